@@ -1,0 +1,165 @@
+"""``pact_loss``: the PACT objective (SPEC §3) behind one function, and its module."""
+from __future__ import annotations
+
+import torch
+
+from .config import PACTConfig
+from .function import FUSED_BACKENDS, PACTLossFunction
+from .naive_backend import naive_pact_loss
+from .output import PACTLossOutput
+from .validation import check_inputs
+
+BACKENDS = ("auto", "naive") + tuple(FUSED_BACKENDS)
+
+
+def triton_available() -> bool:
+    """True when the ``triton`` backend can run here (module present and triton importable)."""
+    try:
+        import triton  # noqa: F401
+
+        from . import triton_backend  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(backend: str, logits: torch.Tensor) -> str:
+    """The concrete backend for ``backend`` on ``logits``' device.
+
+    ``auto`` picks ``triton`` for CUDA tensors when triton is installed, and
+    ``torch`` everywhere else.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        return "triton" if logits.is_cuda and triton_available() else "torch"
+    return backend
+
+
+def pact_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ref_full: torch.Tensor | None,
+    ref_post: torch.Tensor | None,
+    safety_ids: torch.Tensor,
+    safety_weights: torch.Tensor,
+    answer_pos: torch.Tensor | None,
+    *,
+    lambda_kl: float = 3.0,
+    mass_threshold: float = 0.9,
+    gate_scale: float = 1.0,
+    gate_bias: float = 0.0,
+    gate_temperature: float = 1.0,
+    decay_start: int = 8,
+    decay_tau: float = 8.0,
+    kl_temperature: float = 1.0,
+    variant: str = "pact",
+    ignore_index: int = -100,
+    backend: str = "auto",
+    inplace_grad: bool = False,
+) -> PACTLossOutput:
+    """The PACT loss ``mean(CE) + λ·mean(KL_safety)`` over the labelled rows (SPEC §3).
+
+    Args:
+        logits: ``[rows, V]`` fine-tuned logits z, float32 / bfloat16 / float16
+            (float64 for gradient checks). The only input that gets a gradient.
+        labels: ``[rows]`` integer next-token targets; ``ignore_index`` on rows
+            that count for nothing (prompt, padding).
+        ref_full: ``[rows, K]`` (gathered on ``safety_ids``, in their order) or
+            ``[rows, V]`` frozen reference logits on the full context. The
+            ``full_vocab`` variant needs ``[rows, V]``.
+        ref_post: like ``ref_full``, on the no-prompt view (row k of the answer
+            in both views predicts the same token). Read by ``response_only_ref``
+            and ``pact`` only; may be None for the other variants.
+        safety_ids: ``[K]`` integer ids of the safety set S, distinct, in ``[0, V)``.
+        safety_weights: ``[K]`` float weights w(v) ≥ 0, at least one > 0 (zeros
+            keep a token in S for the softmax and the dispersion, out of the KL).
+        answer_pos: ``[rows]`` integer 0-based position of each row within its
+            answer (the decay of ``pact``); may be None for the other variants.
+        lambda_kl, mass_threshold, gate_scale, gate_bias, gate_temperature,
+        decay_start, decay_tau, kl_temperature, variant, ignore_index:
+            see :class:`PACTConfig` (``**PACTConfig.authors().as_kwargs()``
+            passes a preset).
+        backend: ``auto`` (triton on CUDA, else torch), ``naive`` (the oracle),
+            ``torch`` (row blocks, gradient made in forward), ``triton``, ``cuda``.
+        inplace_grad: fused backends only: write the gradient into the logits
+            buffer (saves one ``[rows, V]`` buffer; anything else that reads
+            these logits afterwards sees the gradient instead).
+
+    Returns:
+        :class:`PACTLossOutput` with ``loss`` (differentiable scalar), ``ce``,
+        ``kl`` (detached scalars), ``gate`` (``[rows]`` float32 c̃) and
+        ``num_rows``. With no labelled row the loss is 0 with zero gradients.
+
+    Gradients flow to ``logits`` only; the references are treated as constants.
+    """
+    cfg = PACTConfig(
+        lambda_kl=lambda_kl, mass_threshold=mass_threshold, gate_scale=gate_scale, gate_bias=gate_bias,
+        gate_temperature=gate_temperature, decay_start=decay_start, decay_tau=decay_tau,
+        kl_temperature=kl_temperature, variant=variant, ignore_index=ignore_index,
+    )
+    return pact_loss_from_config(
+        logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg,
+        backend=backend, inplace_grad=inplace_grad,
+    )
+
+
+def pact_loss_from_config(
+    logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg: PACTConfig,
+    *, backend: str = "auto", inplace_grad: bool = False, chunk_rows: int | None = None,
+) -> PACTLossOutput:
+    """:func:`pact_loss` with the hyper-parameters as a :class:`PACTConfig`.
+
+    ``chunk_rows`` sets the rows per block of the ``torch`` backend (tests use
+    it to exercise partial blocks).
+    """
+    name = resolve_backend(backend, logits)
+    check_inputs(logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg)
+    if name == "naive":
+        if inplace_grad:
+            raise ValueError("inplace_grad=True needs a fused backend; backend='naive' always uses autograd")
+        return naive_pact_loss(logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg)
+    loss, ce, kl, gate, n = PACTLossFunction.apply(
+        logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg, name, chunk_rows, inplace_grad
+    )
+    return PACTLossOutput(loss=loss, ce=ce, kl=kl, gate=gate, num_rows=n)
+
+
+class PACTLoss(torch.nn.Module):
+    """``nn.Module`` holding the safety set and the hyper-parameters.
+
+    Args:
+        safety_ids: ``[K]`` integer ids of S.
+        safety_weights: ``[K]`` float weights (None: all ones).
+        config: a :class:`PACTConfig` (default: the paper's).
+        backend: as in :func:`pact_loss`.
+        inplace_grad: as in :func:`pact_loss`.
+
+    ``forward(logits, labels, ref_full, ref_post=None, answer_pos=None)`` returns
+    :class:`PACTLossOutput`. The ids and weights are buffers, so ``.to(device)``
+    moves them with the model.
+    """
+
+    def __init__(self, safety_ids, safety_weights=None, config: PACTConfig | None = None,
+                 backend: str = "auto", inplace_grad: bool = False):
+        super().__init__()
+        ids = torch.as_tensor(safety_ids, dtype=torch.long)
+        weights = torch.ones(ids.shape, dtype=torch.float32) if safety_weights is None else torch.as_tensor(
+            safety_weights, dtype=torch.float32
+        )
+        self.register_buffer("safety_ids", ids)
+        self.register_buffer("safety_weights", weights)
+        self.config = config or PACTConfig()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend={backend!r} is unknown; use one of {', '.join(BACKENDS)}")
+        self.backend = backend
+        self.inplace_grad = inplace_grad
+
+    def forward(self, logits, labels, ref_full, ref_post=None, answer_pos=None) -> PACTLossOutput:
+        return pact_loss_from_config(
+            logits, labels, ref_full, ref_post, self.safety_ids, self.safety_weights, answer_pos, self.config,
+            backend=self.backend, inplace_grad=self.inplace_grad,
+        )
+
+    def extra_repr(self) -> str:
+        return f"k={self.safety_ids.numel()}, backend={self.backend!r}, config={self.config}"

@@ -1,0 +1,32 @@
+"""The value returned by :func:`pact_kernels.pact_loss`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PACTLossOutput:
+    """Result of one PACT loss evaluation.
+
+    Attributes:
+        loss: scalar, ``ce + lambda_kl * kl``; the only differentiable field
+            (gradient to ``logits``).
+        ce: scalar, mean cross-entropy over the labelled rows (detached).
+        kl: scalar, mean KL term over the labelled rows, before λ (detached).
+        gate: ``[rows]`` float32, the per-row gate c̃ actually used to mix the
+            references (0 for rows with ``ignore_index`` and for the variants
+            without calibration; detached).
+        num_rows: scalar int64 tensor, the number of labelled rows ``n``.
+    """
+
+    loss: torch.Tensor
+    ce: torch.Tensor
+    kl: torch.Tensor
+    gate: torch.Tensor
+    num_rows: torch.Tensor
+
+    def __iter__(self):
+        # `loss, ce, kl, gate, n = pact_loss(...)` works as well as attributes.
+        return iter((self.loss, self.ce, self.kl, self.gate, self.num_rows))

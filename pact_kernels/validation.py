@@ -1,0 +1,146 @@
+"""Input checks for :func:`pact_kernels.pact_loss`.
+
+Every check runs before any work, and each error names the argument and says
+how to fix it. The value checks (ids, weights, labels) read small tensors
+only; on CUDA they cost one device synchronisation per call.
+"""
+from __future__ import annotations
+
+import torch
+
+from .config import PACTConfig
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+def _check_float_matrix(name: str, t: torch.Tensor, rows: int, widths: tuple, device: torch.device) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {t.dtype}; use float32, bfloat16, float16 or float64")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but logits are on {device}; move it with .to(logits.device)")
+    if t.dim() != 2 or t.shape[0] != rows or t.shape[1] not in widths:
+        allowed = " or ".join(f"[{rows}, {w}]" for w in widths)
+        raise ValueError(
+            f"{name} has shape {list(t.shape)}; expected {allowed} (one row per logits row; "
+            f"the reference gathered on the K safety ids, or over the whole vocabulary)"
+        )
+
+
+def _check_index_vector(name: str, t: torch.Tensor, length: int, device: torch.device) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype.is_floating_point or t.dtype.is_complex or t.dtype == torch.bool:
+        raise TypeError(f"{name} has dtype {t.dtype}; use an integer dtype (torch.long)")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but logits are on {device}; move it with .to(logits.device)")
+    if t.dim() != 1 or (length >= 0 and t.shape[0] != length):
+        want = f"[{length}]" if length >= 0 else "a 1-D tensor"
+        raise ValueError(f"{name} has shape {list(t.shape)}; expected {want}")
+
+
+def check_inputs(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ref_full: torch.Tensor | None,
+    ref_post: torch.Tensor | None,
+    safety_ids: torch.Tensor,
+    safety_weights: torch.Tensor,
+    answer_pos: torch.Tensor | None,
+    cfg: PACTConfig,
+) -> None:
+    """Raise TypeError / ValueError for any input that :func:`pact_loss` cannot use.
+
+    Shapes: ``logits [rows, V]``, ``labels [rows]``, ``ref_full`` / ``ref_post``
+    ``[rows, K]`` or ``[rows, V]``, ``safety_ids [K]``, ``safety_weights [K]``,
+    ``answer_pos [rows]``.
+    """
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if logits.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"logits has dtype {logits.dtype}; use float32, bfloat16, float16 or float64")
+    if logits.dim() != 2:
+        raise ValueError(
+            f"logits has shape {list(logits.shape)}; expected [rows, V] "
+            "(flatten batch and sequence first: logits.flatten(0, -2), labels.flatten())"
+        )
+    rows, vocab = logits.shape
+    device = logits.device
+    _check_index_vector("labels", labels, rows, device)
+    _check_index_vector("safety_ids", safety_ids, -1, device)
+    k = safety_ids.shape[0]
+    if k == 0:
+        raise ValueError("safety_ids is empty; pass at least one safety token id")
+    if k > vocab:
+        raise ValueError(f"safety_ids has {k} entries but the vocabulary has only {vocab} tokens")
+
+    if not isinstance(safety_weights, torch.Tensor):
+        raise TypeError(f"safety_weights must be a torch.Tensor, got {type(safety_weights).__name__}")
+    if not safety_weights.dtype.is_floating_point:
+        raise TypeError(f"safety_weights has dtype {safety_weights.dtype}; use a floating dtype (float32)")
+    if safety_weights.device != device:
+        raise ValueError(
+            f"safety_weights is on {safety_weights.device} but logits are on {device}; "
+            "move it with .to(logits.device)"
+        )
+    if safety_weights.shape != (k,):
+        raise ValueError(f"safety_weights has shape {list(safety_weights.shape)}; expected [{k}], one per safety id")
+
+    if cfg.variant == "full_vocab":
+        if ref_full is None:
+            raise ValueError("variant='full_vocab' needs ref_full, the reference logits over the whole vocabulary")
+        _check_float_matrix("ref_full", ref_full, rows, (vocab,), device)
+    else:
+        if ref_full is None:
+            raise ValueError("ref_full is None; pass the frozen reference's logits on the full context")
+        _check_float_matrix("ref_full", ref_full, rows, (k, vocab), device)
+    if cfg.uses_gate:
+        if ref_post is None:
+            raise ValueError(
+                f"variant={cfg.variant!r} needs ref_post, the reference's logits on the no-prompt view; "
+                "pass it, or use variant='safety_weights' for a reference without calibration"
+            )
+        _check_float_matrix("ref_post", ref_post, rows, (k, vocab), device)
+    if cfg.uses_decay:
+        if answer_pos is None:
+            raise ValueError(
+                "variant='pact' needs answer_pos, each row's 0-based index within its answer; "
+                "pass it, or use variant='response_only_ref' for a gate without position decay"
+            )
+    if answer_pos is not None:
+        _check_index_vector("answer_pos", answer_pos, rows, device)
+
+    # Value checks, gathered into one host transfer.
+    ids = safety_ids.long()
+    w = safety_weights.float()
+    labelled = labels != cfg.ignore_index
+    flags = torch.stack(
+        [
+            ((ids < 0) | (ids >= vocab)).any(),
+            ids.unique().numel() != torch.tensor(k, device=device),
+            (~torch.isfinite(w)).any(),
+            (w < 0).any(),
+            ~(w > 0).any(),
+            (labelled & ((labels < 0) | (labels >= vocab))).any(),
+            (labelled & (answer_pos < 0)).any() if answer_pos is not None else torch.tensor(False, device=device),
+        ]
+    ).tolist()
+    bad_range, dupes, nonfinite_w, negative_w, no_positive_w, bad_labels, bad_pos = flags
+    if bad_range:
+        raise ValueError(f"safety_ids has ids outside [0, {vocab}); ids must index the logits' vocabulary")
+    if dupes:
+        raise ValueError("safety_ids has duplicate ids; each safety token must appear once")
+    if nonfinite_w:
+        raise ValueError("safety_weights has NaN or infinite entries; weights must be finite and >= 0")
+    if negative_w:
+        raise ValueError("safety_weights has negative entries; weights must be >= 0 (clip them with .clamp_min(0))")
+    if no_positive_w:
+        raise ValueError("safety_weights has no positive entry; at least one safety token must weigh more than 0")
+    if bad_labels:
+        raise ValueError(
+            f"labels has values outside [0, {vocab}) other than ignore_index={cfg.ignore_index}; "
+            "mask prompt and padding positions with ignore_index"
+        )
+    if bad_pos:
+        raise ValueError("answer_pos is negative on a labelled row; it must be the 0-based index within the answer")
