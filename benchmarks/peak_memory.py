@@ -67,15 +67,17 @@ def forward_backward(backend: str, inputs, variant: str = "pact", inplace_grad: 
     logits.grad = None
     out = pact_loss(*inputs, variant=variant, backend=backend, inplace_grad=inplace_grad)
     out.loss.backward()
-    return float(out.loss)
+    return float(out.loss.detach())
 
 
 def measure_in_subprocess(backend: str, rows: int, vocab: int, k: int = 50, dtype: str = "float32",
-                          variant: str = "pact") -> dict:
+                          variant: str = "pact", inplace_grad: bool = False) -> dict:
     """Run this module in a fresh CPU process and return its JSON result."""
     env = dict(os.environ, **CPU_MALLOC_ENV)
     cmd = [sys.executable, "-m", "benchmarks.peak_memory", "--backend", backend, "--rows", str(rows),
            "--vocab", str(vocab), "--k", str(k), "--dtype", dtype, "--variant", variant]
+    if inplace_grad:
+        cmd.append("--inplace-grad")
     out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -89,17 +91,19 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--variant", default="pact")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--inplace-grad", action="store_true", help="write the gradient into the logits buffer")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     inputs = make_inputs(args.rows, args.vocab, args.k, dtype, device)
-    forward_backward(args.backend, inputs, args.variant)  # warm-up: lazy imports, first-touch allocations
+    run = lambda: forward_backward(args.backend, inputs, args.variant, args.inplace_grad)  # noqa: E731
+    run()  # warm-up: lazy imports, first-touch allocations
     inputs[0].grad = None
-    peak = peak_bytes(lambda: forward_backward(args.backend, inputs, args.variant), device)
+    peak = peak_bytes(run, device)
     logits_bytes = inputs[0].numel() * inputs[0].element_size()
     print(json.dumps({
         "backend": args.backend, "rows": args.rows, "vocab": args.vocab, "k": args.k, "dtype": args.dtype,
-        "variant": args.variant, "device": str(device), "peak_bytes": peak, "logits_bytes": logits_bytes,
+        "variant": args.variant, "device": str(device), "inplace_grad": args.inplace_grad, "peak_bytes": peak, "logits_bytes": logits_bytes,
     }))
 
 
