@@ -1,0 +1,245 @@
+"""The triton backend against the float64 naive oracle: loss terms, gate and gradient.
+
+Runs the kernels on the CPU under ``TRITON_INTERPRET=1`` (set here when
+missing), or on a GPU with ``PACT_TEST_DEVICE=cuda`` (benchmarks/gpu_check.sh).
+Tolerances are SPEC's: relative error < 1e-5 for float32 inputs, < 1e-2 for
+bfloat16 / float16 (the gradient is rounded to the logits' dtype once).
+"""
+from __future__ import annotations
+
+import os
+
+DEVICE = os.environ.get("PACT_TEST_DEVICE", "cpu")
+if DEVICE == "cpu":
+    # Must precede the first import of triton_kernels: @triton.jit reads it.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from pact_kernels import VARIANTS, PACTConfig, pact_loss_from_config  # noqa: E402
+from pact_kernels.naive_backend import naive_pact_loss  # noqa: E402
+from pact_kernels.triton_backend import forward_with_grad  # noqa: E402
+
+from .inputs import random_batch, rel_err  # noqa: E402
+
+# The interpreter warns on −inf − (−inf) in lanes that tl.where then discards.
+pytestmark = pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+GATED = ("response_only_ref", "pact")
+
+
+def make_batch(variant, rows=10, vocab=1000, k=7, dtype=torch.float32, ref_width="k", seed=0):
+    """A random batch (``[rows, V]`` logits of ``dtype``), with two labels inside S.
+
+    ``full_vocab`` always gets ``[rows, V]`` references. Row 0, 5 are unlabelled.
+    """
+    width = "v" if variant == "full_vocab" else ref_width
+    b = random_batch(rows=rows, vocab=vocab, k=k, dtype=dtype, ref_width=width, seed=seed, ignore_every=5)
+    b["labels"][1] = b["safety_ids"][0]
+    b["labels"][rows - 1] = b["safety_ids"][k - 1]
+    return b
+
+
+def oracle(b, cfg):
+    """The naive backend on float64 copies: (output, gradient of the logits [rows, V] float64)."""
+    z = b["logits"].detach().cpu().double().requires_grad_()
+    f64 = lambda t: None if t is None else t.detach().cpu().double()  # noqa: E731
+    cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731
+    out = naive_pact_loss(z, cpu(b["labels"]), f64(b["ref_full"]), f64(b["ref_post"]), cpu(b["safety_ids"]),
+                          f64(b["safety_weights"]), cpu(b["answer_pos"]), cfg)
+    out.loss.backward()
+    return out, z.grad
+
+
+def on_device(b):
+    return {name: t.to(DEVICE) for name, t in b.items()}
+
+
+def triton(b, cfg, inplace_grad=False):
+    """``forward_with_grad`` of the triton backend on a device copy of ``b``: (loss, ce, kl, gate, n, grad)."""
+    d = on_device(b)
+    logits = d.pop("logits").clone()
+    result = forward_with_grad(logits, *d.values(), cfg, inplace_grad=inplace_grad)
+    return tuple(t.cpu() for t in result[:5]) + (result[5],)
+
+
+def assert_matches_oracle(b, cfg, inplace_grad=False):
+    """Loss, ce, kl, gate, num_rows and gradient of the triton backend against the oracle."""
+    dtype = b["logits"].dtype
+    tol = TOL[dtype]
+    want, want_grad = oracle(b, cfg)
+    loss, ce, kl, gate, n, grad = triton(b, cfg, inplace_grad)
+    assert grad.dtype == dtype and grad.shape == b["logits"].shape
+    assert loss.dtype == ce.dtype == kl.dtype == gate.dtype == torch.float32
+    assert int(n) == int(want.num_rows)
+    assert rel_err(loss, want.loss) < tol
+    assert rel_err(ce, want.ce) < tol
+    assert rel_err(kl, want.kl) < tol
+    assert rel_err(grad.cpu(), want_grad) < tol
+    # The gate is piecewise constant in its inputs: equal up to float32 rounding.
+    assert torch.allclose(gate.double(), want.gate.double(), rtol=1e-5, atol=1e-6)
+    unlabelled = b["labels"] == cfg.ignore_index
+    assert (grad.cpu()[unlabelled] == 0).all()
+    return want, grad
+
+
+# Every variant × float32/bfloat16 × references gathered ([rows, K]) or full ([rows, V]).
+VARIANT_WIDTHS = [(v, w) for v in VARIANTS for w in ("k", "v") if not (v == "full_vocab" and w == "k")]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("variant,ref_width", VARIANT_WIDTHS)
+def test_matches_oracle(variant, ref_width, dtype):
+    b = make_batch(variant, dtype=dtype, ref_width=ref_width, seed=1)
+    cfg = PACTConfig(variant=variant, decay_start=8)
+    want, _ = assert_matches_oracle(b, cfg)
+    if variant in GATED:
+        # The inputs exercise the gate: it varies across rows, and pact decays it after N.
+        labelled = want.gate[b["labels"] != -100]
+        assert labelled.unique().numel() > 2
+        late = (b["answer_pos"] >= 9) & (b["labels"] != -100)
+        if variant == "pact":
+            assert late.any() and ((b["answer_pos"] < 8) & (b["labels"] != -100)).any()
+
+
+@pytest.mark.parametrize("k", [1, 7, 50, 64])
+@pytest.mark.parametrize("variant", ["safety_tokens", "pact"])
+def test_safety_set_sizes(variant, k):
+    b = make_batch(variant, rows=6, vocab=1000, k=k, seed=k)
+    assert_matches_oracle(b, PACTConfig(variant=variant))
+
+
+@pytest.mark.parametrize("variant", ["safety_weights", "response_only_ref", "pact", "full_vocab"])
+def test_other_hyper_parameters(variant):
+    # authors preset (T = 2, α = 2, λ = 1) with a cooler gate softmax, another τ_mass and a bias.
+    cfg = PACTConfig.authors(variant=variant, gate_temperature=0.5, mass_threshold=0.7, gate_bias=0.1,
+                             decay_start=3, decay_tau=2.5)
+    b = make_batch(variant, rows=8, vocab=1000, k=50, seed=7)
+    assert_matches_oracle(b, cfg)
+
+
+@pytest.mark.parametrize("k", [41, 47, 50, 55, 61])
+def test_dispersion_counts_and_caps_at_k(k):
+    # τ_mass = 1: a uniform q needs all K entries (float32 rounding may leave the total
+    # just under 1: the count is capped at K), a one-hot q needs one. So
+    # I(q_ft) = 1, I(q_post) = 1/K and the gate is sigmoid(α·(1 − 1/K − β)) exactly.
+    b = make_batch("response_only_ref", rows=3, vocab=200, k=k, seed=k)
+    b["logits"][:, b["safety_ids"]] = 0.5
+    b["ref_post"].zero_()
+    b["ref_post"][:, 3] = 100.0
+    cfg = PACTConfig(variant="response_only_ref", mass_threshold=1.0, gate_scale=2.0, gate_bias=0.25)
+    *_, gate, n, grad = triton(b, cfg)
+    want = torch.sigmoid(torch.tensor(2.0 * (1 - 1 / k - 0.25)))
+    labelled = b["labels"] != -100
+    assert torch.allclose(gate[labelled], want.expand(int(labelled.sum())), rtol=1e-6)
+
+
+def test_zero_weights_stay_in_the_softmax_only():
+    b = make_batch("pact", rows=8, vocab=1000, k=50, seed=5)
+    b["safety_weights"][::2] = 0.0  # authors-style weights: half of S weighs 0
+    want, grad = assert_matches_oracle(b, PACTConfig())
+    assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_in_place_gradient(variant, dtype):
+    b = make_batch(variant, rows=6, vocab=1000, k=7, dtype=dtype, seed=2)
+    cfg = PACTConfig(variant=variant)
+    *_, fresh_grad = triton(b, cfg)
+    logits = b["logits"].clone().to(DEVICE)
+    d = on_device(b)
+    d.pop("logits")
+    *_, grad = forward_with_grad(logits, *d.values(), cfg, inplace_grad=True)
+    assert grad.data_ptr() == logits.data_ptr()
+    assert torch.equal(grad, fresh_grad)  # the same values as the out-of-place buffer, bit for bit
+    assert_matches_oracle(b, cfg, inplace_grad=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_minus_inf_outside_the_safety_set(variant, dtype):
+    b = make_batch(variant, rows=6, vocab=1000, k=7, dtype=dtype, seed=3)
+    keep = torch.zeros(1000, dtype=torch.bool)
+    keep[b["safety_ids"]] = True
+    keep[b["labels"][b["labels"] >= 0]] = True
+    masked = ~keep & (torch.arange(1000) % 3 != 0)  # two thirds of the other columns
+    b["logits"][:, masked] = float("-inf")
+    if variant == "full_vocab":  # a reference that is −inf there too keeps the KL finite
+        b["ref_full"][:, masked] = float("-inf")
+    _, grad = assert_matches_oracle(b, PACTConfig(variant=variant))
+    assert torch.isfinite(grad).all() and (grad[:, masked] == 0).all()
+
+
+def test_whole_minus_inf_blocks_large_vocab():
+    # V = 50257 spans two 32768-wide blocks; the first is all −inf, so the online
+    # log-sum-exp starts from an empty prefix. S and the labels lie in the second block.
+    vocab, k = 50257, 50
+    b = make_batch("pact", rows=4, vocab=vocab, k=k, seed=4)
+    ids = 40000 + torch.randperm(vocab - 40000, generator=torch.Generator().manual_seed(0))[:k]
+    b["safety_ids"] = ids
+    b["labels"] = torch.tensor([-100, int(ids[3]), 45000, 50256])
+    b["logits"][:, :40000] = float("-inf")
+    assert_matches_oracle(b, PACTConfig())
+
+
+@pytest.mark.parametrize("variant,dtype,ref_width", [
+    ("pact", torch.float32, "k"),
+    ("pact", torch.bfloat16, "v"),
+    ("full_vocab", torch.float32, "v"),
+])
+def test_large_vocab(variant, dtype, ref_width):
+    b = make_batch(variant, rows=4, vocab=50257, k=50, dtype=dtype, ref_width=ref_width, seed=6)
+    assert_matches_oracle(b, PACTConfig(variant=variant))
+
+
+@pytest.mark.parametrize("variant", ["pact", "full_vocab"])
+def test_float16(variant):
+    b = make_batch(variant, rows=6, vocab=1000, k=50, dtype=torch.float16, seed=8)
+    assert_matches_oracle(b, PACTConfig(variant=variant))
+
+
+def test_strided_logits_and_references():
+    b = make_batch("pact", rows=6, vocab=1000, k=7, ref_width="v", seed=9)
+    cfg = PACTConfig()
+    want, want_grad = oracle(b, cfg)
+    wide = torch.randn(6, 1100)
+    wide[:, 50:1050] = b["logits"]
+    ref = torch.randn(1000, 6).t()  # column stride 6
+    ref.copy_(b["ref_post"])
+    d = on_device(dict(b, logits=wide[:, 50:1050], ref_post=ref))
+    loss, ce, kl, gate, n, grad = forward_with_grad(*d.values(), cfg)
+    assert rel_err(loss.cpu(), want.loss) < 1e-5
+    assert rel_err(grad.cpu(), want_grad) < 1e-5
+
+
+@pytest.mark.parametrize("variant", ["pact", "full_vocab"])
+def test_autograd_scales_the_gradient(variant):
+    # Through pact_loss and PACTLossFunction: backward of 2.5·loss gives 2.5× the oracle's gradient.
+    b = on_device(make_batch(variant, rows=6, vocab=1000, k=7, seed=10))
+    cfg = PACTConfig(variant=variant)
+    want, want_grad = oracle(b, cfg)
+    args = dict(b)
+    logits = args.pop("logits").clone().requires_grad_()
+    out = pact_loss_from_config(logits, *args.values(), cfg, backend="triton")
+    (2.5 * out.loss).backward()
+    assert rel_err(out.loss.detach().cpu(), want.loss) < 1e-5
+    assert rel_err(logits.grad.cpu(), 2.5 * want_grad) < 1e-5
+
+
+@pytest.mark.parametrize("inplace_grad", [False, True])
+@pytest.mark.parametrize("variant", ["pact", "full_vocab"])
+def test_no_labelled_row_gives_zero(variant, inplace_grad):
+    b = make_batch(variant, rows=4, vocab=1000, k=7, seed=11)
+    b["labels"][:] = -100
+    loss, ce, kl, gate, n, grad = triton(b, PACTConfig(variant=variant), inplace_grad=inplace_grad)
+    assert float(loss) == 0.0 and float(ce) == 0.0 and float(kl) == 0.0 and int(n) == 0
+    assert (grad == 0).all() and (gate == 0).all()
+
+
+def test_float64_is_refused():
+    b = make_batch("pact", rows=2, vocab=100, k=7, dtype=torch.float64)
+    with pytest.raises(TypeError, match="float64"):
+        triton(b, PACTConfig())
