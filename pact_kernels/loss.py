@@ -27,12 +27,14 @@ def resolve_backend(backend: str, logits: torch.Tensor) -> str:
     """The concrete backend for ``backend`` on ``logits``' device.
 
     ``auto`` picks ``triton`` for CUDA tensors when triton is installed, and
-    ``torch`` everywhere else.
+    ``torch`` everywhere else (float64 logits included: the triton kernels
+    accumulate in float32 and refuse float64).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is unknown; use one of {', '.join(BACKENDS)}")
     if backend == "auto":
-        return "triton" if logits.is_cuda and triton_available() else "torch"
+        use_triton = logits.is_cuda and logits.dtype != torch.float64 and triton_available()
+        return "triton" if use_triton else "torch"
     return backend
 
 
