@@ -2,9 +2,10 @@
 
 A fused backend exposes ``forward_with_grad(logits, labels, ref_full, ref_post,
 safety_ids, safety_weights, answer_pos, cfg, chunk_rows=None, inplace_grad=False)``
-returning ``(loss, ce, kl, gate, num_rows, grad)``: the gradient of the loss
-with respect to the logits is made during the forward, and backward only
-scales it.
+returning ``(loss, ce, kl, gate, num_rows, grad, ce_rows, kl_rows)``: the
+gradient of the loss with respect to the logits is made during the forward,
+and backward only scales it. ``ce_rows``/``kl_rows`` (float32 ``[rows]``, 0 on
+ignored rows) may be left out; the per-row fields of the output are then None.
 """
 from __future__ import annotations
 
@@ -29,9 +30,9 @@ def fused_forward(backend: str):
 
 
 class PACTLossFunction(torch.autograd.Function):
-    """``loss, ce, kl, gate, num_rows = PACTLossFunction.apply(logits, labels,
-    ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg, backend,
-    chunk_rows, inplace_grad)``.
+    """``loss, ce, kl, gate, num_rows, ce_rows, kl_rows = PACTLossFunction.apply(
+    logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos,
+    cfg, backend, chunk_rows, inplace_grad)``.
 
     Only ``loss`` is differentiable, with respect to ``logits``. The gradient
     buffer is scaled in place by the incoming gradient when it is not 1 (loss scaling,
@@ -42,14 +43,15 @@ class PACTLossFunction(torch.autograd.Function):
     def forward(ctx, logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg, backend="torch",
                 chunk_rows=None, inplace_grad=False):
         forward_with_grad = fused_forward(backend)
-        loss, ce, kl, gate, n, grad = forward_with_grad(
+        loss, ce, kl, gate, n, grad, *per_row = forward_with_grad(
             logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg,
             chunk_rows=chunk_rows, inplace_grad=inplace_grad,
         )
+        ce_rows, kl_rows = per_row if per_row else (None, None)
         ctx.save_for_backward(grad)
         ctx.scaled = False
-        ctx.mark_non_differentiable(ce, kl, gate, n)
-        return loss, ce, kl, gate, n
+        ctx.mark_non_differentiable(*(t for t in (ce, kl, gate, n, ce_rows, kl_rows) if t is not None))
+        return loss, ce, kl, gate, n, ce_rows, kl_rows
 
     @staticmethod
     @torch.autograd.function.once_differentiable

@@ -90,8 +90,8 @@ def pact_loss(
 
     Returns:
         :class:`PACTLossOutput` with ``loss`` (differentiable scalar), ``ce``,
-        ``kl`` (detached scalars), ``gate`` (``[rows]`` float32 c̃) and
-        ``num_rows``. With no labelled row the loss is 0 with zero gradients.
+        ``kl`` (detached scalars), ``gate`` (``[rows]`` float32 c̃),
+        ``num_rows`` and the per-row ``ce_rows`` / ``kl_rows``. With no labelled row the loss is 0 with zero gradients.
 
     Gradients flow to ``logits`` only; the references are treated as constants.
     """
@@ -121,10 +121,10 @@ def pact_loss_from_config(
         if inplace_grad:
             raise ValueError("inplace_grad=True needs a fused backend; backend='naive' always uses autograd")
         return naive_pact_loss(logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg)
-    loss, ce, kl, gate, n = PACTLossFunction.apply(
+    loss, ce, kl, gate, n, ce_rows, kl_rows = PACTLossFunction.apply(
         logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg, name, chunk_rows, inplace_grad
     )
-    return PACTLossOutput(loss=loss, ce=ce, kl=kl, gate=gate, num_rows=n)
+    return PACTLossOutput(loss=loss, ce=ce, kl=kl, gate=gate, num_rows=n, ce_rows=ce_rows, kl_rows=kl_rows)
 
 
 class PACTLoss(torch.nn.Module):

@@ -106,8 +106,11 @@ def naive_pact_loss(
         kl_rows = temp**2 * terms.sum(dim=-1)
 
     denominator = n.clamp_min(1).to(compute)
-    ce = torch.where(labelled, ce_rows, 0).sum() / denominator
-    kl = torch.where(labelled, kl_rows, 0).sum() / denominator
+    ce_rows = torch.where(labelled, ce_rows, 0)
+    kl_rows = torch.where(labelled, kl_rows, 0)
+    ce = ce_rows.sum() / denominator
+    kl = kl_rows.sum() / denominator
     loss = ce + cfg.lambda_kl * kl
     gate = torch.where(labelled, gate, 0).detach().float()
-    return PACTLossOutput(loss=loss, ce=ce.detach(), kl=kl.detach(), gate=gate, num_rows=n)
+    return PACTLossOutput(loss=loss, ce=ce.detach(), kl=kl.detach(), gate=gate, num_rows=n,
+                          ce_rows=ce_rows.detach().float(), kl_rows=kl_rows.detach().float())

@@ -19,6 +19,9 @@ class PACTLossOutput:
             references (0 for rows with ``ignore_index`` and for the variants
             without calibration; detached).
         num_rows: scalar int64 tensor, the number of labelled rows ``n``.
+        ce_rows: ``[rows]`` float32 per-row cross-entropy, 0 on ignored rows
+            (detached; None from a backend that does not report rows).
+        kl_rows: ``[rows]`` float32 per-row KL term before λ, likewise.
     """
 
     loss: torch.Tensor
@@ -26,6 +29,8 @@ class PACTLossOutput:
     kl: torch.Tensor
     gate: torch.Tensor
     num_rows: torch.Tensor
+    ce_rows: torch.Tensor | None = None
+    kl_rows: torch.Tensor | None = None
 
     def __iter__(self):
         # `loss, ce, kl, gate, n = pact_loss(...)` works as well as attributes.

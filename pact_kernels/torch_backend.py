@@ -107,8 +107,9 @@ def forward_with_grad(
     """Loss terms and ``d loss / d logits`` in one pass over row blocks.
 
     Shapes as in :func:`pact_kernels.pact_loss`. Returns
-    ``(loss, ce, kl, gate, num_rows, grad)``; ``grad`` has the logits' shape and
-    dtype and is the logits tensor itself when ``inplace_grad``.
+    ``(loss, ce, kl, gate, num_rows, grad, ce_rows, kl_rows)``; ``grad`` has the
+    logits' shape and dtype and is the logits tensor itself when ``inplace_grad``;
+    ``ce_rows``/``kl_rows`` are float32 ``[rows]``, 0 on ignored rows.
     """
     rows, vocab = logits.shape
     compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
@@ -162,8 +163,10 @@ def forward_with_grad(
         grad[block] = g  # last: with inplace_grad this overwrites the block just read
         del z, g
 
-    ce = torch.where(labelled, ce_rows, 0).sum() * inv_n
-    kl = torch.where(labelled, kl_rows, 0).sum() * inv_n
+    ce_rows = torch.where(labelled, ce_rows, 0)
+    kl_rows = torch.where(labelled, kl_rows, 0)
+    ce = ce_rows.sum() * inv_n
+    kl = kl_rows.sum() * inv_n
     loss = ce + cfg.lambda_kl * kl
     gate = torch.where(labelled, gate, 0).float()
-    return loss, ce, kl, gate, n, grad
+    return loss, ce, kl, gate, n, grad, ce_rows.float(), kl_rows.float()

@@ -67,6 +67,9 @@ def test_torch_backend_matches_oracle_float32(variant, ref_width, preset):
         assert rel_err(out.ce, want.ce) < 1e-5
         assert rel_err(out.kl, want.kl) < 1e-5
         assert rel_err(out.gate, want.gate) < 1e-5
+        assert rel_err(out.ce_rows, want.ce_rows) < 1e-5
+        assert rel_err(out.kl_rows, want.kl_rows) < 1e-5
+        assert (out.ce_rows[b["labels"] == -100] == 0).all()
     assert rel_err(got_grad, want_grad) < 1e-5
     assert rel_err(naive32_grad, want_grad) < 1e-5
     assert got_grad.dtype == torch.float32
