@@ -98,10 +98,12 @@ def forward_with_grad(
         inplace_grad: write the gradient into ``logits`` itself.
 
     Returns:
-        ``(loss, ce, kl, gate, num_rows, grad)``: float32 scalars ``loss``,
-        ``ce``, ``kl``; ``gate`` float32 ``[rows]`` (0 on unlabelled rows and
-        ungated variants); ``num_rows`` int64 scalar; ``grad`` ``[rows, V]`` in
-        the logits' dtype (the logits tensor itself with ``inplace_grad``).
+        ``(loss, ce, kl, gate, num_rows, grad, ce_rows, kl_rows)``: float32
+        scalars ``loss``, ``ce``, ``kl``; ``gate`` float32 ``[rows]`` (0 on
+        unlabelled rows and ungated variants); ``num_rows`` int64 scalar;
+        ``grad`` ``[rows, V]`` in the logits' dtype (the logits tensor itself
+        with ``inplace_grad``); ``ce_rows``, ``kl_rows`` float32 ``[rows]``
+        per-row terms (0 on unlabelled rows).
     """
     del chunk_rows
     _check_supported(logits)
@@ -136,7 +138,7 @@ def forward_with_grad(
     ce = ce_rows.sum() * inv_n[0]
     kl = kl_rows.sum() * inv_n[0]
     loss = ce + cfg.lambda_kl * kl
-    return loss, ce, kl, gate, n, grad
+    return loss, ce, kl, gate, n, grad, ce_rows, kl_rows
 
 
 def _launch_safety_set(z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,

@@ -58,11 +58,14 @@ def on_device(b):
 
 
 def triton(b, cfg, inplace_grad=False):
-    """``forward_with_grad`` of the triton backend on a device copy of ``b``: (loss, ce, kl, gate, n, grad)."""
+    """``forward_with_grad`` of the triton backend on a device copy of ``b``.
+
+    Returns ``(loss, ce, kl, gate, n, grad, ce_rows, kl_rows)``, all but ``grad`` on the CPU.
+    """
     d = on_device(b)
     logits = d.pop("logits").clone()
     result = forward_with_grad(logits, *d.values(), cfg, inplace_grad=inplace_grad)
-    return tuple(t.cpu() for t in result[:5]) + (result[5],)
+    return tuple(t if i == 5 else t.cpu() for i, t in enumerate(result))
 
 
 def assert_matches_oracle(b, cfg, inplace_grad=False):
@@ -70,7 +73,7 @@ def assert_matches_oracle(b, cfg, inplace_grad=False):
     dtype = b["logits"].dtype
     tol = TOL[dtype]
     want, want_grad = oracle(b, cfg)
-    loss, ce, kl, gate, n, grad = triton(b, cfg, inplace_grad)
+    loss, ce, kl, gate, n, grad, ce_rows, kl_rows = triton(b, cfg, inplace_grad)
     assert grad.dtype == dtype and grad.shape == b["logits"].shape
     assert loss.dtype == ce.dtype == kl.dtype == gate.dtype == torch.float32
     assert int(n) == int(want.num_rows)
@@ -78,6 +81,7 @@ def assert_matches_oracle(b, cfg, inplace_grad=False):
     assert rel_err(ce, want.ce) < tol
     assert rel_err(kl, want.kl) < tol
     assert rel_err(grad.cpu(), want_grad) < tol
+    assert rel_err(ce_rows, want.ce_rows) < tol and rel_err(kl_rows, want.kl_rows) < tol
     # The gate is piecewise constant in its inputs: equal up to float32 rounding.
     assert torch.allclose(gate.double(), want.gate.double(), rtol=1e-5, atol=1e-6)
     unlabelled = b["labels"] == cfg.ignore_index
@@ -130,7 +134,7 @@ def test_dispersion_counts_and_caps_at_k(k):
     b["ref_post"].zero_()
     b["ref_post"][:, 3] = 100.0
     cfg = PACTConfig(variant="response_only_ref", mass_threshold=1.0, gate_scale=2.0, gate_bias=0.25)
-    *_, gate, n, grad = triton(b, cfg)
+    gate = triton(b, cfg)[3]
     want = torch.sigmoid(torch.tensor(2.0 * (1 - 1 / k - 0.25)))
     labelled = b["labels"] != -100
     assert torch.allclose(gate[labelled], want.expand(int(labelled.sum())), rtol=1e-6)
@@ -148,11 +152,11 @@ def test_zero_weights_stay_in_the_softmax_only():
 def test_in_place_gradient(variant, dtype):
     b = make_batch(variant, rows=6, vocab=1000, k=7, dtype=dtype, seed=2)
     cfg = PACTConfig(variant=variant)
-    *_, fresh_grad = triton(b, cfg)
+    fresh_grad = triton(b, cfg)[5]
     logits = b["logits"].clone().to(DEVICE)
     d = on_device(b)
     d.pop("logits")
-    *_, grad = forward_with_grad(logits, *d.values(), cfg, inplace_grad=True)
+    grad = forward_with_grad(logits, *d.values(), cfg, inplace_grad=True)[5]
     assert grad.data_ptr() == logits.data_ptr()
     assert torch.equal(grad, fresh_grad)  # the same values as the out-of-place buffer, bit for bit
     assert_matches_oracle(b, cfg, inplace_grad=True)
@@ -210,7 +214,7 @@ def test_strided_logits_and_references():
     ref = torch.randn(1000, 6).t()  # column stride 6
     ref.copy_(b["ref_post"])
     d = on_device(dict(b, logits=wide[:, 50:1050], ref_post=ref))
-    loss, ce, kl, gate, n, grad = forward_with_grad(*d.values(), cfg)
+    loss, ce, kl, gate, n, grad, *_ = forward_with_grad(*d.values(), cfg)
     assert rel_err(loss.cpu(), want.loss) < 1e-5
     assert rel_err(grad.cpu(), want_grad) < 1e-5
 
@@ -226,6 +230,7 @@ def test_autograd_scales_the_gradient(variant):
     out = pact_loss_from_config(logits, *args.values(), cfg, backend="triton")
     (2.5 * out.loss).backward()
     assert rel_err(out.loss.detach().cpu(), want.loss) < 1e-5
+    assert rel_err(out.kl_rows.cpu(), want.kl_rows) < 1e-5
     assert rel_err(logits.grad.cpu(), 2.5 * want_grad) < 1e-5
 
 
@@ -234,7 +239,8 @@ def test_autograd_scales_the_gradient(variant):
 def test_no_labelled_row_gives_zero(variant, inplace_grad):
     b = make_batch(variant, rows=4, vocab=1000, k=7, seed=11)
     b["labels"][:] = -100
-    loss, ce, kl, gate, n, grad = triton(b, PACTConfig(variant=variant), inplace_grad=inplace_grad)
+    loss, ce, kl, gate, n, grad, ce_rows, kl_rows = triton(b, PACTConfig(variant=variant), inplace_grad=inplace_grad)
+    assert (ce_rows == 0).all() and (kl_rows == 0).all()
     assert float(loss) == 0.0 and float(ce) == 0.0 and float(kl) == 0.0 and int(n) == 0
     assert (grad == 0).all() and (gate == 0).all()
 
