@@ -1,0 +1,57 @@
+"""The ``pact`` command line: ``pact <command> ...`` (also ``python -m pact``).
+
+Each command lives in its own module under :mod:`pact.commands` with two
+functions: ``register(subparsers)`` adds its parser (and sets
+``func=run``), ``run(args) -> int`` does the work. To add a command, write
+the module and append its name to :data:`COMMANDS`. Heavy imports (torch,
+transformers) happen inside ``run`` so ``pact --help`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+#: Modules under ``pact.commands`` that register a subcommand, in help order.
+COMMANDS: list[str] = ["identify", "intervene"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="pact",
+        description="PACT: fine-tune an aligned LLM without losing its safety alignment.",
+    )
+    parser.add_argument("--version", action="version", version=f"pact {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"pact.commands.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # expected user errors get one clean line
+        from .commands.common import USER_ERRORS
+
+        if isinstance(e, USER_ERRORS):
+            print(f"pact {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

