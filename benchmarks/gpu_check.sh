@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# One script for a lent GPU (issue 4): checks every backend and variant against
+# the float64 oracle on the GPU, then runs the benchmark; logs and tables go to $OUT.
+# Installs nothing from the network. Budget: under 8 minutes on an H100
+# (each stage has its own timeout so the benchmark always gets its turn).
+#
+#   OUT=/some/dir bash benchmarks/gpu_check.sh          # on the GPU machine, from the repo root
+#   OUT=/tmp/dry bash benchmarks/gpu_check.sh --dry      # CPU smoke run of the same steps (interpreted kernels)
+#
+# Liger-Kernel's cross-entropy line needs liger_kernel importable; the GPU image
+# lacks it and cannot download it, so carry its wheel: here,
+#   pip download liger-kernel --no-deps -d .wheels      (and add .wheels to the run's carry list)
+# and this script installs it from .wheels (or $LIGER_WHEELS) into a temporary folder, offline.
+#
+# Files in $OUT: gpu_check.log (everything printed, versions first),
+# pytest_triton.log, correctness.json, gpu_bench.md, gpu_bench.json, gpu_bench.raw.json.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results/gpu-check}
+mkdir -p "$OUT"
+PY=${PYTHON:-python3}
+# The repo's own venv where there is one (a developer machine); the GPU image's python3 otherwise.
+if [ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ]; then PY=.venv/bin/python; fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+DRY=0
+[ "${1:-}" = "--dry" ] && DRY=1
+LOG="$OUT/gpu_check.log"
+: >"$LOG"
+say() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$LOG"; }
+status=0
+
+say "environment"
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 || echo "no nvidia-smi"
+  "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], '| torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.cuda.is_available() and torch.cuda.get_device_name())"
+} 2>&1 | tee -a "$LOG"
+
+WHEELS=${LIGER_WHEELS:-.wheels}
+if [ "$DRY" = 0 ] && ls "$WHEELS"/liger_kernel-*.whl >/dev/null 2>&1; then
+  say "installing liger_kernel offline from $WHEELS"
+  LIGER_DIR=$(mktemp -d)
+  "$PY" -m pip install --quiet --no-index --no-deps --target "$LIGER_DIR" "$WHEELS"/liger_kernel-*.whl 2>&1 | tee -a "$LOG" \
+    && export PYTHONPATH="$PYTHONPATH:$LIGER_DIR"
+fi
+"$PY" -c "import liger_kernel" >/dev/null 2>&1 && say "liger_kernel importable" || say "liger_kernel not importable: no Liger line"
+
+if [ "$DRY" = 1 ]; then
+  export TRITON_INTERPRET=1 PACT_TEST_DEVICE=cpu
+  DEVICE=cpu
+  SMALL=--small
+else
+  unset TRITON_INTERPRET
+  export PACT_TEST_DEVICE=cuda
+  DEVICE=cuda
+  SMALL=
+fi
+
+say "1/3 triton test file on $DEVICE (the CPU suite's oracle checks)"
+timeout 130 "$PY" -m pytest tests/kernels/test_triton_backend.py -q -p no:cacheprovider >"$OUT/pytest_triton.log" 2>&1
+rc=$?; [ $rc = 0 ] || { status=1; say "pytest failed or timed out (exit $rc)"; }
+tail -n 5 "$OUT/pytest_triton.log" | tee -a "$LOG"
+
+say "2/3 every backend x variant x dtype x reference width vs the float64 oracle, then 64-bit offsets"
+timeout 110 "$PY" -m benchmarks.gpu_correctness --device "$DEVICE" $SMALL -o "$OUT/correctness.json" >>"$LOG" 2>&1
+rc=$?; [ $rc = 0 ] || { status=1; say "correctness failed or timed out (exit $rc)"; }
+grep -E "^FAIL|gpu_correctness:" "$LOG" | tail -n 20
+
+say "3/3 benchmark"
+timeout 240 "$PY" -m benchmarks.run_gpu_bench --device "$DEVICE" -o "$OUT/gpu_bench" >>"$LOG" 2>&1
+rc=$?; [ $rc = 0 ] || { status=1; say "benchmark failed or timed out (exit $rc)"; }
+[ -f "$OUT/gpu_bench.md" ] && cat "$OUT/gpu_bench.md"
+
+say "done (exit $status)"
+exit $status
