@@ -7,6 +7,7 @@ bfloat16 / float16 (the gradient is rounded to the logits' dtype once).
 """
 from __future__ import annotations
 
+import json
 import os
 
 DEVICE = os.environ.get("PACT_TEST_DEVICE", "cpu")
@@ -249,3 +250,65 @@ def test_float64_is_refused():
     b = make_batch("pact", rows=2, vocab=100, k=7, dtype=torch.float64)
     with pytest.raises(TypeError, match="float64"):
         triton(b, PACTConfig())
+
+
+# The Python parts of benchmarks/gpu_check.sh, smoke-run on the CPU so that a typo
+# cannot wait for the next GPU session to show.
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the GPU run covers these scripts itself")
+def test_gpu_correctness_script_small(tmp_path):
+    from benchmarks import gpu_correctness
+
+    out = tmp_path / "correctness.json"
+    assert gpu_correctness.main(["--device", "cpu", "--small", "-o", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["failed"] == 0 and len(report["cases"]) == 108
+    assert {c["backend"] for c in report["cases"]} == {"naive", "torch", "triton", "triton+inplace"}
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="the GPU run covers these scripts itself")
+def test_gpu_benchmark_runner_small(tmp_path):
+    from benchmarks import run_gpu_bench
+
+    out = tmp_path / "bench"
+    code = run_gpu_bench.main(["--device", "cpu", "--dtypes", "float32", "-k", "forward_backward or copy",
+                               "-o", str(out)])
+    assert code == 0
+    shapes = json.loads(out.with_suffix(".json").read_text())["shapes"]
+    assert len(shapes) == 1 and shapes[0]["vocab"] == 1000
+    assert {"naive forward_backward", "torch forward_backward", "triton forward_backward",
+            "triton_inplace forward_backward", "copy floor"} <= set(shapes[0]["ms"])
+    table = out.with_suffix(".md").read_text()
+    assert "| 8 | 1000 | float32 |" in table and "Acceptance shape" in table
+
+
+def test_benchmark_summary_ratios_and_acceptance():
+    from benchmarks import run_gpu_bench
+
+    logits_bytes = 16384 * 152064 * 2
+
+    def bench(case, mode, ms, peak, grad):
+        info = dict(case=case, mode=mode, rows=16384, vocab=152064, k=50, dtype="bfloat16", device="H100",
+                    logits_bytes=logits_bytes, peak_bytes=peak, grad_bytes=grad, beyond_grad_bytes=peak - grad)
+        return {"extra_info": info, "stats": {"median": ms / 1e3}}
+
+    raw = {"benchmarks": [
+        bench("naive", "forward_backward", 100.0, 6 * logits_bytes, logits_bytes),
+        bench("triton", "forward_backward", 10.0, logits_bytes + logits_bytes // 50, logits_bytes),
+        bench("triton_inplace", "forward_backward", 9.0, logits_bytes // 20, 0),
+        bench("liger_ce", "forward_backward", 8.0, 0, 0),
+        bench("copy", "floor", 5.0, 0, 0),
+    ]}
+    (summary,) = [run_gpu_bench.summarise(k, c) for k, c in run_gpu_bench.collect(raw).items()]
+    assert summary["triton_speedup_vs_naive"] == pytest.approx(10.0)
+    assert summary["triton_over_floor"] == pytest.approx(2.0)
+    assert summary["triton_over_liger_ce"] == pytest.approx(1.25)
+    assert summary["triton_beyond_grad_pct_of_logits"] == pytest.approx(2.0, rel=1e-3)
+    assert summary["triton_inplace_beyond_logits_pct"] == pytest.approx(5.0, rel=1e-3)
+    assert summary["copy_gb_per_s"] == pytest.approx(2 * logits_bytes / 5e-3 / 1e9)
+    lines = run_gpu_bench.acceptance_lines([summary])
+    assert "- PASS: triton fwd+bwd at least 8x faster than naive (10.00)" in lines
+    assert "- FAIL: triton within 1.5x of the bandwidth floor (2.00)" in lines
+    assert "- FAIL: triton within 1.15x of Liger's cross-entropy (1.25)" in lines
+    assert "- PASS: in-place extra memory under 10% of the logits (5.00)" in lines
