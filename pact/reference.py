@@ -1,0 +1,258 @@
+"""The frozen reference of PACT: forwards that return logits on the K safety tokens only.
+
+- :class:`SafetyHead`: the K rows of the output embedding (gathered once,
+  also under ZeRO-3), so the reference never computes the full vocabulary.
+- :func:`decoder_rows`: hidden states of a causal LM at selected positions.
+- :class:`RowModel`: the module DeepSpeed wraps; policy logits at the loss
+  rows, or the reference's K-token logits. With LoRA the reference is the
+  policy network with its adapter disabled (peft ``disable_adapter``): no
+  second copy. For full fine-tuning it is a second frozen model in its own
+  DeepSpeed engine (ZeRO-3 shards it).
+- :class:`OnlineReference`: both views through such an engine, every step.
+- :class:`ReferenceCache`: both views' K-token logits computed once and
+  memory-mapped from disk.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data.collator import PACTBatch
+
+
+def _gathered(params):
+    """Context gathering ZeRO-3-partitioned parameters (a no-op otherwise)."""
+    partitioned = [p for p in params if hasattr(p, "ds_id")]
+    if not partitioned:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
+
+
+def causal_lm_of(model):
+    """The ``transformers`` causal LM inside a peft model / DeepSpeed engine / plain model."""
+    model = getattr(model, "module", model)  # DeepSpeed engine
+    if hasattr(model, "get_base_model"):      # peft
+        model = model.get_base_model()
+    return model
+
+
+def final_logit_softcap(causal_lm) -> float | None:
+    """Gemma-2 style ``final_logit_softcapping`` of the model's config (None when absent)."""
+    cap = getattr(causal_lm.config, "final_logit_softcapping", None)
+    return float(cap) if cap else None
+
+
+def decoder_rows(causal_lm, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Final hidden states at the loss rows.
+
+    Args:
+        causal_lm: a ``transformers`` causal LM (``get_decoder()`` gives the trunk).
+        input_ids: ``[B, L]`` int64.
+        attention_mask: ``[B, L]`` int64.
+        rows: ``[rows]`` int64 flat indices into ``[B*L]``.
+
+    Returns:
+        ``[rows, H]`` hidden states in the model's dtype.
+    """
+    hidden = causal_lm.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return hidden.flatten(0, 1)[rows]
+
+
+def full_logits(causal_lm, hidden: torch.Tensor) -> torch.Tensor:
+    """``[rows, V]`` logits of the output head on ``[rows, H]`` hidden states (soft-cap applied)."""
+    logits = causal_lm.get_output_embeddings()(hidden)
+    cap = final_logit_softcap(causal_lm)
+    return cap * torch.tanh(logits / cap) if cap else logits
+
+
+class SafetyHead:
+    """The output head restricted to the K safety ids.
+
+    Args:
+        weight: ``[K, H]`` rows of the output embedding.
+        bias: ``[K]`` or None.
+        softcap: the model's final-logit soft-cap, or None.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, softcap: float | None = None):
+        self.weight, self.bias, self.softcap = weight, bias, softcap
+
+    @classmethod
+    def from_model(cls, model, safety_ids: torch.Tensor) -> "SafetyHead":
+        """Copy the K rows of ``model``'s output embedding (gathered under ZeRO-3)."""
+        lm = causal_lm_of(model)
+        head = lm.get_output_embeddings()
+        params = [head.weight] + ([head.bias] if getattr(head, "bias", None) is not None else [])
+        with _gathered(params), torch.no_grad():
+            ids = safety_ids.to(head.weight.device)
+            weight = head.weight[ids].detach().clone()
+            bias = head.bias[ids].detach().clone() if getattr(head, "bias", None) is not None else None
+        return cls(weight, bias, final_logit_softcap(lm))
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[rows, H]`` hidden -> ``[rows, K]`` float32 logits on S."""
+        weight = self.weight.to(device=hidden.device, dtype=hidden.dtype)
+        bias = None if self.bias is None else self.bias.to(device=hidden.device, dtype=hidden.dtype)
+        logits = torch.nn.functional.linear(hidden, weight, bias).float()
+        return self.softcap * torch.tanh(logits / self.softcap) if self.softcap else logits
+
+
+class RowModel(torch.nn.Module):
+    """A causal LM (plain or peft) that returns logits at the loss rows only.
+
+    DeepSpeed wraps this module, so every forward (policy and reference) goes
+    through the engine and its ZeRO-3 hooks. Modes:
+
+    - ``policy``: ``[rows, V]`` logits of the trainable model (with gradient);
+    - ``reference``: ``[rows, K]`` float32 logits on S of the frozen model (no
+      gradient, eval mode, LoRA adapter disabled when there is one);
+    - ``reference_full``: ``[rows, V]`` float32 logits of the frozen model
+      (the ``full_vocab`` variant).
+
+    Args:
+        model: a ``transformers`` causal LM, or a peft model around one.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.safety_head: SafetyHead | None = None
+
+    @property
+    def is_peft(self) -> bool:
+        return hasattr(self.model, "disable_adapter")
+
+    def set_safety_ids(self, safety_ids: torch.Tensor) -> None:
+        """Copy the K rows of the output embedding for the reference modes."""
+        self.safety_head = SafetyHead.from_model(self.model, safety_ids)
+
+    def forward(self, input_ids, attention_mask, rows, mode: str = "policy"):
+        """``input_ids``/``attention_mask`` ``[B, L]`` int64, ``rows`` ``[rows]`` int64 flat indices."""
+        lm = causal_lm_of(self.model)
+        if mode == "policy":
+            return full_logits(lm, decoder_rows(lm, input_ids, attention_mask, rows))
+        if mode not in ("reference", "reference_full"):
+            raise ValueError(f"mode={mode!r}: use policy, reference or reference_full")
+        adapter_off = self.model.disable_adapter() if self.is_peft else contextlib.nullcontext()
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad(), adapter_off:
+                hidden = decoder_rows(lm, input_ids, attention_mask, rows)
+                if mode == "reference_full":
+                    return full_logits(lm, hidden).float()
+                return self.safety_head(hidden)
+        finally:
+            self.train(was_training)
+
+
+class OnlineReference:
+    """The reference computed every step through a DeepSpeed engine around a :class:`RowModel`.
+
+    With LoRA pass the policy's own engine (the reference is the same network
+    with the adapter off); for full fine-tuning, the frozen reference's engine.
+    """
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def __call__(self, batch: PACTBatch, full_vocab: bool = False):
+        """``(r_full, r_post)`` ``[rows, K]`` float32; with ``full_vocab``, ``(r_full [rows, V], None)``."""
+        if full_vocab:
+            return self.engine(batch.full_ids, batch.full_mask, batch.full_rows, mode="reference_full"), None
+        r_full = self.engine(batch.full_ids, batch.full_mask, batch.full_rows, mode="reference")
+        r_post = self.engine(batch.post_ids, batch.post_mask, batch.post_rows, mode="reference")
+        return r_full, r_post
+
+
+def cache_fingerprint(model_name: str, safety_ids: list[int], dataset_digest: str) -> str:
+    """Digest of what a reference cache depends on: the model, S and the tokenised data."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": model_name, "ids": list(map(int, safety_ids)), "data": dataset_digest}).encode())
+    return h.hexdigest()
+
+
+class ReferenceCache:
+    """The reference's K-token logits of both views, for every sample, memory-mapped.
+
+    Layout: ``logits.f32`` holds ``[total_rows, 2, K]`` float32 (view 0 full,
+    view 1 no-prompt); sample i owns rows ``offsets[i]:offsets[i+1]``.
+    ``manifest.json`` (written last, atomically) holds the fingerprint; a
+    directory without it, or with another fingerprint, is not a valid cache.
+
+    Args:
+        directory: the cache directory.
+        num_answer: number of answer rows of every sample, in dataset order.
+        k: the number of safety tokens.
+        fingerprint: :func:`cache_fingerprint` of the run.
+    """
+
+    def __init__(self, directory: str | os.PathLike, num_answer: list[int], k: int, fingerprint: str):
+        self.dir = Path(directory)
+        self.k = k
+        self.fingerprint = fingerprint
+        self.offsets = np.concatenate([[0], np.cumsum(num_answer)]).astype(np.int64)
+        self.total_rows = int(self.offsets[-1])
+        self._array = None
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / "manifest.json"
+
+    @property
+    def data_path(self) -> Path:
+        return self.dir / "logits.f32"
+
+    def status(self) -> str:
+        """``valid``, ``missing``, or a sentence saying why the directory holds another cache."""
+        if not self.manifest_path.is_file():
+            return "missing"
+        manifest = json.loads(self.manifest_path.read_text())
+        if manifest.get("fingerprint") != self.fingerprint:
+            return (f"the reference cache in {self.dir} was built for other data, safety tokens or model "
+                    f"(fingerprint {manifest.get('fingerprint', '?')[:12]} != {self.fingerprint[:12]}); "
+                    "delete it or point ref_cache to a new directory")
+        return "valid"
+
+    def create(self) -> None:
+        """Allocate the data file (rank 0, before any rank writes)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        np.memmap(self.data_path, dtype=np.float32, mode="w+", shape=(max(1, self.total_rows), 2, self.k)).flush()
+
+    def write(self, sample_ids, r_full: torch.Tensor, r_post: torch.Tensor, num_answer) -> None:
+        """Store the rows of several samples (in batch order) into their slots."""
+        arr = np.memmap(self.data_path, dtype=np.float32, mode="r+", shape=(max(1, self.total_rows), 2, self.k))
+        start = 0
+        full, post = r_full.float().cpu().numpy(), r_post.float().cpu().numpy()
+        for sid, n in zip(sample_ids, num_answer):
+            lo = self.offsets[int(sid)]
+            arr[lo:lo + n, 0] = full[start:start + n]
+            arr[lo:lo + n, 1] = post[start:start + n]
+            start += n
+        arr.flush()
+
+    def finish(self, meta: dict) -> None:
+        """Write the manifest atomically: the cache becomes valid."""
+        tmp = self.manifest_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(meta, fingerprint=self.fingerprint, total_rows=self.total_rows, k=self.k),
+                                  indent=2))
+        os.replace(tmp, self.manifest_path)
+
+    def __call__(self, batch: PACTBatch, full_vocab: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(r_full, r_post)`` ``[rows, K]`` float32 for a batch, read from the memory map."""
+        if full_vocab:
+            raise ValueError("the reference cache holds K-token logits only; the full_vocab variant needs none")
+        if self._array is None:
+            self._array = np.memmap(self.data_path, dtype=np.float32, mode="r", shape=(max(1, self.total_rows), 2, self.k))
+        parts = [self._array[self.offsets[int(s)]:self.offsets[int(s) + 1]] for s in batch.sample_ids.tolist()]
+        block = torch.from_numpy(np.concatenate(parts)) if parts else torch.empty(0, 2, self.k)
+        block = block.to(batch.labels.device)
+        return block[:, 0], block[:, 1]

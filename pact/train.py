@@ -1,0 +1,283 @@
+"""PACT fine-tuning: ``deepspeed pact/train.py --config CONFIG.yaml [key=value ...] [--resume]``.
+
+Also ``pact train ...`` (one process) and ``python pact/train.py ...``. The
+steps, top to bottom: check the config (before any model is loaded), build
+the data, load the model (LoRA or full), start DeepSpeed, set up the
+reference (adapter off, a frozen engine, or a disk cache), then the loop:
+policy forward at the loss rows, reference forward at S, the method's loss,
+backward, step, log, checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+if __name__ == "__main__":  # run as a script: keep pact/ itself off the import path
+    sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from pact.data.collator import PACTCollator
+from pact.data.views import ViewBuilder
+from pact.methods import PACT, SFT, Method
+from pact.models import load_model, load_tokenizer, resolve_model_ref
+from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint
+from pact.safety_tokens import SafetyTokens
+from pact.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
+from pact.training.config import ConfigError, TrainConfig, deepspeed_config, load_config
+from pact.training.data import StepSampler, dataset_digest, load_mixture, tokenize_mixture
+from pact.training.metrics import StepMetrics, TrainLogger
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run stops and keeps its last checkpoint."""
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="pact train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML run config (configs/*.yaml)")
+    parser.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss.lambda_kl=1 lora_r=16")
+    return parser.parse_args(argv)
+
+
+def model_vocab_size(cfg: TrainConfig) -> int:
+    """The model's output vocabulary from its config alone (no weights loaded)."""
+    from transformers import AutoConfig
+
+    ref = resolve_model_ref(cfg.model, cfg.gguf_file)
+    kw = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+    try:
+        return int(AutoConfig.from_pretrained(ref.path, **kw).vocab_size)
+    except Exception as e:
+        raise ConfigError(f"cannot read the config of model {cfg.model!r}: {e}") from e
+
+
+def load_safety_tokens(cfg: TrainConfig) -> SafetyTokens | None:
+    """The safety set, checked against the model's vocabulary before any weights are loaded."""
+    if not cfg.safety_tokens:
+        return None
+    try:
+        return SafetyTokens.load(cfg.safety_tokens, vocab_size=model_vocab_size(cfg))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
+def init_distributed():
+    """Start the process group (gloo without CUDA); returns ``(rank, world, device)``."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ:  # a plain `python pact/train.py` / `pact train`: one rank
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
+    backend = get_accelerator().communication_backend_name() if torch.cuda.is_available() else "gloo"
+    deepspeed.init_distributed(dist_backend=backend)
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device(get_accelerator().device_name(local_rank)) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def build_model(cfg: TrainConfig, safety_ids: torch.Tensor | None) -> RowModel:
+    """The trainable model: the causal LM with a LoRA adapter (default) or all weights trainable."""
+    model = load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype)
+    model.train()
+    torch.manual_seed(cfg.seed)  # identical LoRA initialisation on every rank
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(
+            r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
+    else:
+        model.requires_grad_(True)
+    row_model = RowModel(model)
+    if safety_ids is not None:
+        row_model.set_safety_ids(safety_ids)
+    return row_model
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    def factor(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
+        if cfg.lr_scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        if cfg.lr_scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        return 1.0
+    return factor
+
+
+def build_method(cfg: TrainConfig, tokens: SafetyTokens | None) -> Method:
+    if cfg.method == "sft":
+        return SFT()
+    return PACT(cfg.loss_config(), tokens.ids_tensor(), tokens.weights_tensor(), backend=cfg.backend)
+
+
+def build_reference(cfg, method, engine, ds_config, tokens, views, collator, rank, world, device):
+    """The reference for the run: adapter-off (LoRA), a frozen DeepSpeed engine (full), or the disk cache."""
+    import deepspeed
+
+    if not method.needs_reference:
+        return None
+    if cfg.lora:
+        online = OnlineReference(engine)
+    else:
+        ref_model = RowModel(load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype))
+        ref_model.set_safety_ids(tokens.ids_tensor())
+        stage = ds_config["zero_optimization"]["stage"]
+        ref_config = dict(ds_config, zero_optimization={"stage": 3 if stage == 3 else 0})
+        ref_engine, *_ = deepspeed.initialize(model=ref_model, config=ref_config)
+        ref_engine.eval()
+        online = OnlineReference(ref_engine)
+    if not cfg.ref_cache:
+        return online
+    fingerprint = cache_fingerprint(str(resolve_model_ref(cfg.model, cfg.gguf_file)), tokens.ids, dataset_digest(views))
+    cache = ReferenceCache(cfg.ref_cache, [v.num_answer for v in views], len(tokens.ids), fingerprint)
+    status = cache.status()
+    if status == "valid":
+        return cache
+    if status != "missing":
+        raise ConfigError(status)
+    fill_reference_cache(cache, online, views, collator, cfg.micro_batch_size, rank, world, device)
+    return cache
+
+
+@torch.no_grad()
+def fill_reference_cache(cache, online, views, collator, micro_batch, rank, world, device):
+    """Every rank computes its share of samples; all ranks run the same number of forwards (ZeRO-3)."""
+    from tqdm import tqdm
+
+    if rank == 0:
+        cache.create()
+    dist.barrier()
+    mine = list(range(rank, len(views), world))
+    batches = [mine[i:i + micro_batch] for i in range(0, len(mine), micro_batch)]
+    rounds = math.ceil(math.ceil(len(views) / world) / micro_batch)
+    for j in tqdm(range(rounds), desc="reference cache", disable=rank != 0):
+        ids = batches[j] if j < len(batches) else batches[-1] if batches else [0]
+        batch = collator([(i, views[i]) for i in ids]).to(device)
+        r_full, r_post = online(batch)
+        if j < len(batches):
+            cache.write(ids, r_full, r_post, [views[i].num_answer for i in ids])
+    dist.barrier()
+    if rank == 0:
+        cache.finish({"samples": len(views)})
+    dist.barrier()
+
+
+def all_finite(loss: torch.Tensor) -> bool:
+    """True when the loss is finite on every rank."""
+    bad = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=loss.device)
+    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return bad.item() == 0.0
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run (or resume) one training run; returns the final trainer state."""
+    import deepspeed
+    from tqdm import tqdm
+
+    tokens = load_safety_tokens(cfg)  # config errors stop here, before any model is loaded
+    rank, world, device = init_distributed()
+    run_dir = Path(cfg.output_dir)
+    tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
+    samples, mixture_record = load_mixture(cfg)
+    views, dropped = tokenize_mixture(samples, ViewBuilder(tokenizer, cfg.max_length, cfg.post_bos))
+    collator = PACTCollator(tokenizer.pad_token_id)
+    sampler = StepSampler(len(views), cfg.micro_batch_size, cfg.gradient_accumulation_steps, world, rank, cfg.seed)
+    if sampler.steps_per_epoch == 0:
+        raise ConfigError(f"{len(views)} samples do not fill one step of {sampler.block} "
+                          "(micro_batch_size x gradient_accumulation_steps x ranks)")
+    total_steps = cfg.epochs * sampler.steps_per_epoch
+    total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "run.json", json.dumps(dict(
+            cfg.to_dict(), k=len(tokens.ids) if tokens else 0, lambda_kl=cfg.loss_config().lambda_kl,
+            decay_start=cfg.loss_config().decay_start, world_size=world, samples=len(views), dropped=dropped,
+            total_steps=total_steps), indent=2))
+        write_text_atomic(run_dir / "mixture.json", json.dumps(mixture_record))
+
+    method = build_method(cfg, tokens)
+    row_model = build_model(cfg, tokens.ids_tensor() if tokens else None)
+    ds_config = deepspeed_config(cfg, world)
+    ds_config["zero_allow_untested_optimizer"] = True
+    trainable = [p for p in row_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas),
+                                  weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    engine, _, _, _ = deepspeed.initialize(model=row_model, optimizer=optimizer, lr_scheduler=scheduler,
+                                           config=ds_config)
+    reference = build_reference(cfg, method, engine, ds_config, tokens, views, collator, rank, world, device)
+
+    step = 0
+    if cfg.resume:
+        ckpt = latest_checkpoint(run_dir)
+        if ckpt is not None:
+            step = load_checkpoint(engine, ckpt, rank)["step"]
+            if rank == 0:
+                print(f"pact train: resumed from {ckpt} at step {step}", file=sys.stderr)
+    logger = TrainLogger(run_dir, rank == 0, resume_step=step)
+    safety_ids = tokens.ids_tensor() if tokens else None
+    progress = tqdm(total=total_steps, initial=step, desc=f"train {method.name}", disable=rank != 0)
+    engine.train()
+    while step < total_steps:
+        epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
+        metrics = StepMetrics(safety_ids, device)
+        for micro in sampler.micro_batches(epoch, in_epoch):
+            batch = collator([(i, views[i]) for i in micro]).to(device)
+            logits = engine(batch.full_ids, batch.full_mask, batch.full_rows)  # [rows, V]
+            metrics.add_confidence(batch, logits)
+            ref = reference(batch, method.full_vocab) if reference is not None else None
+            result = method.loss(batch, logits, ref)
+            if not all_finite(result.loss):
+                last = latest_checkpoint(run_dir)
+                raise NonFiniteLossError(f"non-finite loss at step {step + 1} (epoch {epoch}); stopped. "
+                                         f"Last checkpoint kept: {last or 'none'}. Lower learning_rate or check the data.")
+            engine.backward(result.loss)
+            engine.step()
+            metrics.add_loss(result.loss, result, batch)
+        step += 1
+        record = dict(step=step, epoch=epoch, lr=engine.get_lr()[0], **metrics.reduce())
+        if step % cfg.log_every == 0 or step == total_steps:
+            logger.log(record)
+        progress.update(1)
+        progress.set_postfix(loss=f"{record['loss']:.4f}", kl=f"{record['kl']:.4f}")
+        stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
+        if step == total_steps or (cfg.save_every and step % cfg.save_every == 0) or stopping:
+            save_checkpoint(engine, run_dir, step, {"step": step, "epoch": epoch, "total_steps": total_steps},
+                            rank, keep=cfg.keep_checkpoints)
+        if stopping:
+            break
+    progress.close()
+    logger.close()
+    return {"step": step, "total_steps": total_steps, "run_dir": str(run_dir)}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
+    try:
+        cfg = load_config(args.config, overrides)
+        train(cfg)
+    except (ConfigError, NonFiniteLossError) as e:
+        print(f"pact train: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

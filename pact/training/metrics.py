@@ -1,0 +1,149 @@
+"""Per-step training metrics, reduced over micro-batches and ranks, and their JSONL/TensorBoard log.
+
+One JSONL line per optimizer step (``train_log.jsonl``):
+``{"step", "epoch", "loss", "ce", "kl", "gate_mean", "lr",
+  "benign": {"ce", "kl", "rows", "safety_prob", "safety_logit"},
+  "harmful": {...}}``; ``safety_prob``/``safety_logit`` are the mean over the K
+safety tokens of the probability / logit at answer positions 0..3 (the
+material of the paper's Figures 3, 6 and 7), null where a step had no such row.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+POSITIONS = 4
+KINDS = ("benign", "harmful")
+# Per kind: ce_sum, kl_sum, rows, then per position: prob_sum, logit_sum, count.
+_PER_KIND = 3 + 3 * POSITIONS
+
+
+class StepMetrics:
+    """Sums of one optimizer step; :meth:`reduce` all-reduces them over ranks.
+
+    Args:
+        safety_ids: ``[K]`` int64 ids whose confidence is tracked (None: skip).
+        device: where the sums live (the collective's device).
+    """
+
+    def __init__(self, safety_ids: torch.Tensor | None, device):
+        self.safety_ids = safety_ids
+        self.device = device
+        # loss_sum, micro_batches, gate_sum, rows, then the per-kind block
+        self.sums = torch.zeros(4 + 2 * _PER_KIND, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def add_confidence(self, batch, logits: torch.Tensor) -> None:
+        """Safety-token confidence at answer positions 0..3 from the policy logits ``[rows, V]``.
+
+        Call it before the loss: the fused loss writes its gradient into the logits.
+        """
+        if self.safety_ids is None:
+            return
+        ids = self.safety_ids.to(logits.device)
+        for k, kind_mask in enumerate((~batch.row_harmful, batch.row_harmful)):
+            base = 4 + k * _PER_KIND
+            for t in range(POSITIONS):
+                sel = kind_mask & (batch.answer_pos == t)
+                if not sel.any():
+                    continue
+                z = logits.detach()[sel].float()
+                z_s = z[:, ids]
+                probs = torch.exp(z_s - torch.logsumexp(z, dim=-1, keepdim=True))
+                off = base + 3 + 3 * t
+                self.sums[off] += probs.mean(dim=-1).double().sum()
+                self.sums[off + 1] += z_s.mean(dim=-1).double().sum()
+                self.sums[off + 2] += sel.sum()
+
+    @torch.no_grad()
+    def add_loss(self, loss: torch.Tensor, result, batch) -> None:
+        """One micro-batch's loss and the method's per-row CE, KL and gate."""
+        s = self.sums
+        s[0] += loss.detach().double()
+        s[1] += 1
+        s[2] += result.gate.double().sum()
+        s[3] += batch.labels.numel()
+        for k, kind_mask in enumerate((~batch.row_harmful, batch.row_harmful)):
+            base = 4 + k * _PER_KIND
+            s[base] += result.ce_rows[kind_mask].double().sum()
+            s[base + 1] += result.kl_rows[kind_mask].double().sum()
+            s[base + 2] += kind_mask.sum()
+
+    def reduce(self) -> dict:
+        """All-reduce (sum) over ranks and turn the sums into the log record (without step/lr)."""
+        s = self.sums.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(s)
+        s = s.tolist()
+        rec = {"loss": s[0] / max(s[1], 1), "gate_mean": s[2] / max(s[3], 1)}
+        total_rows = 0.0
+        ce_total = kl_total = 0.0
+        for k, kind in enumerate(KINDS):
+            base = 4 + k * _PER_KIND
+            rows = s[base + 2]
+            total_rows += rows
+            ce_total += s[base]
+            kl_total += s[base + 1]
+            counts = [s[base + 3 + 3 * t + 2] for t in range(POSITIONS)]
+            tracked = self.safety_ids is not None and all(c > 0 for c in counts)
+            rec[kind] = {
+                "ce": s[base] / rows if rows else None,
+                "kl": s[base + 1] / rows if rows else None,
+                "rows": int(rows),
+                "safety_prob": [s[base + 3 + 3 * t] / counts[t] for t in range(POSITIONS)] if tracked else None,
+                "safety_logit": [s[base + 4 + 3 * t] / counts[t] for t in range(POSITIONS)] if tracked else None,
+            }
+        # row-weighted means over the step (the logged loss above is the mean of micro-batch losses)
+        rec["ce"] = ce_total / max(total_rows, 1)
+        rec["kl"] = kl_total / max(total_rows, 1)
+        return rec
+
+
+class TrainLogger:
+    """Appends step records to ``train_log.jsonl`` (and TensorBoard when installed); rank 0 only.
+
+    On resume the log is cut back to the steps before the checkpoint, so it
+    never holds a step twice.
+    """
+
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int = 0):
+        self.enabled = enabled
+        self.path = Path(run_dir) / "train_log.jsonl"
+        self.tb = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line)["step"] <= resume_step]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+        except Exception:  # tensorboard not installed
+            self.tb = None
+
+    def log(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            step = record["step"]
+            for key in ("loss", "ce", "kl", "gate_mean", "lr"):
+                self.tb.add_scalar(f"train/{key}", record[key], step)
+            for kind in KINDS:
+                for key in ("ce", "kl"):
+                    if record[kind][key] is not None:
+                        self.tb.add_scalar(f"{kind}/{key}", record[kind][key], step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
