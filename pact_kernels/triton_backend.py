@@ -16,6 +16,8 @@ Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 
@@ -23,18 +25,22 @@ from .config import PACTConfig
 from .triton_kernels import pact_full_vocab_kernel, pact_safety_set_kernel
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Widest block of the vocabulary one program holds in registers per sweep
-# (Liger-Kernel's cross-entropy uses 32768 with 32 warps on CUDA).
-MAX_BLOCK_V = 32768
-# The two-stream full_vocab kernel keeps twice the live values per element.
-MAX_BLOCK_V_TWO_STREAMS = 16384
-NUM_WARPS = 32
+# Columns of z one program holds per step of a sweep. Chosen so that the
+# kernels compile for sm_90 without register spills (ptxas, 32 warps):
+# 16384 for the one-stream kernel, 8192 for the two-stream full_vocab one.
+# PACT_TRITON_BLOCK_V / PACT_TRITON_FULL_VOCAB_BLOCK_V / PACT_TRITON_NUM_WARPS
+# override them (benchmarks/tune_triton.py compares settings on a GPU).
+SAFETY_SET_BLOCK_V = int(os.environ.get("PACT_TRITON_BLOCK_V", "16384"))
+FULL_VOCAB_BLOCK_V = int(os.environ.get("PACT_TRITON_FULL_VOCAB_BLOCK_V", "8192"))
+NUM_WARPS = int(os.environ.get("PACT_TRITON_NUM_WARPS", "0"))  # 0: from the block size
 
 
-def block_sizes(vocab_size: int, two_streams: bool) -> int:
-    """Columns per block of a sweep: the next power of two of V, capped."""
-    cap = MAX_BLOCK_V_TWO_STREAMS if two_streams else MAX_BLOCK_V
-    return min(cap, triton.next_power_of_2(vocab_size))
+def launch_config(vocab_size: int, two_streams: bool) -> tuple:
+    """``(BLOCK_V, num_warps)``: the next power of two of V, capped; 256 columns per warp (4 to 32 warps)."""
+    cap = FULL_VOCAB_BLOCK_V if two_streams else SAFETY_SET_BLOCK_V
+    block = min(cap, triton.next_power_of_2(vocab_size))
+    warps = NUM_WARPS or min(32, max(4, block // 256))
+    return block, warps
 
 
 def padded_k(k: int) -> int:
@@ -57,8 +63,6 @@ def _check_supported(logits: torch.Tensor) -> None:
 
 def triton_interpreting() -> bool:
     """True when ``TRITON_INTERPRET=1`` makes triton run kernels on the CPU."""
-    import os
-
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
@@ -159,6 +163,7 @@ def _launch_safety_set(z, grad, labels64, ref_full, ref_post, safety_ids, safety
     # Ungated variants never read r_post / answer_pos: pass r_full / labels as placeholders.
     r_post = _column_strided(ref_post.detach()) if cfg.uses_gate else r_full
     pos = answer_pos.to(torch.int64).contiguous() if cfg.uses_decay else labels64
+    block_v, num_warps = launch_config(vocab, two_streams=False)
     pact_safety_set_kernel[(rows,)](
         z, z.stride(0), z.stride(1),
         grad, grad.stride(0), grad.stride(1),
@@ -172,8 +177,7 @@ def _launch_safety_set(z, grad, labels64, ref_full, ref_post, safety_ids, safety
         float(cfg.gate_temperature), float(cfg.decay_start), float(cfg.decay_tau), float(cfg.kl_temperature),
         RF_GATHER=_is_full_width(r_full, vocab), RP_GATHER=_is_full_width(r_post, vocab),
         USE_GATE=cfg.uses_gate, USE_DECAY=cfg.uses_decay,
-        BLOCK_V=block_sizes(vocab, two_streams=False), K_PAD=padded_k(k),
-        num_warps=NUM_WARPS,
+        BLOCK_V=block_v, K_PAD=padded_k(k), num_warps=num_warps,
     )
 
 
@@ -185,6 +189,7 @@ def _is_full_width(ref: torch.Tensor, vocab_size: int) -> bool:
 def _launch_full_vocab(z, grad, ref_full, labels64, inv_n, ce_rows, kl_rows, gate, cfg: PACTConfig) -> None:
     """Launch :func:`pact_full_vocab_kernel` over all rows (``ref_full`` ``[rows, V]``)."""
     rows, vocab = z.shape
+    block_v, num_warps = launch_config(vocab, two_streams=True)
     pact_full_vocab_kernel[(rows,)](
         z, z.stride(0), z.stride(1),
         grad, grad.stride(0), grad.stride(1),
@@ -192,6 +197,5 @@ def _launch_full_vocab(z, grad, ref_full, labels64, inv_n, ce_rows, kl_rows, gat
         labels64, inv_n,
         ce_rows, kl_rows, gate,
         vocab, cfg.ignore_index, float(cfg.lambda_kl), float(cfg.kl_temperature),
-        UNIT_TEMPERATURE=cfg.kl_temperature == 1.0, BLOCK_V=block_sizes(vocab, two_streams=True),
-        num_warps=NUM_WARPS,
+        UNIT_TEMPERATURE=cfg.kl_temperature == 1.0, BLOCK_V=block_v, num_warps=num_warps,
     )

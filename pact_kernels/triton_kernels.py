@@ -9,10 +9,12 @@ One program per row of the logits. Each program sweeps its row of ``z`` twice:
 2. the gradient sweep: ``(softmax(z) − onehot(y))/n`` (plus the full-vocab KL
    term for ``full_vocab``) written once in the gradient's dtype.
 
-For the safety-set variants the K safety columns get their float32 total
-(cross-entropy part + ``λ·T·(p_ft − p_ref)``, times ``1/n``) stored after the
-sweep, behind a barrier: the sweep's value there is overwritten, never read
-back, so each stored value is rounded to the output dtype exactly once.
+For the safety-set variants the sweep writes ``softmax(z)/n`` only; the
+target column and the K safety columns then get their float32 totals
+(``softmax − 1`` at the target, ``+ λ·T·(p_ft − p_ref)`` on S, times ``1/n``)
+stored after it, behind a barrier: the sweep's value there is overwritten,
+never read back, so each stored value is rounded to the output dtype exactly
+once, and the sweep's inner loop stays load, exp, store.
 
 Every load is cast to float32 at once (accumulation in float32; the CPU
 interpreter also mis-computes bf16 arithmetic). Row offsets are 64-bit.
@@ -154,25 +156,27 @@ def pact_safety_set_kernel(
         kl_row = kl_temperature * kl_temperature * tl.sum(terms, axis=0)
 
         inv_n = tl.load(inv_n_ptr)
-        is_target = (ids == y).to(tl.float32)
-        g_s = (tl.exp(z_s - lse) - is_target + lambda_kl * kl_temperature * (p_ft - p_ref)) * inv_n
+        is_target = ids == y
+        g_s = (tl.exp(z_s - lse) - is_target.to(tl.float32) + lambda_kl * kl_temperature * (p_ft - p_ref)) * inv_n
+        g_y = (tl.exp(z_y - lse) - 1.0) * inv_n
+        y_outside_s = tl.sum((is_target & kmask).to(tl.int32), axis=0) == 0
 
         tl.store(ce_ptr + row, lse - z_y)
         tl.store(kl_ptr + row, kl_row)
         tl.store(gate_ptr + row, gate)
 
-        # Sweep 2: the cross-entropy gradient over V (with inplace_grad, g aliases z:
-        # every value above was read before this point).
+        # Sweep 2: softmax(z)/n over V (with inplace_grad, g aliases z: every
+        # value above was read before this point). Nothing but load, exp, store.
         tl.debug_barrier()
         for start in range(0, V, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)
             cmask = cols < V
             x = tl.load(z_row + cols * stride_z_col, mask=cmask, other=float("-inf")).to(tl.float32)
-            g = tl.exp(x - lse)
-            g = tl.where(cols == y, g - 1.0, g) * inv_n
-            tl.store(g_row + cols * stride_g_col, g.to(g_row.dtype.element_ty), mask=cmask)
-        # The S columns: their float32 totals overwrite the sweep's partial values.
+            tl.store(g_row + cols * stride_g_col, (tl.exp(x - lse) * inv_n).to(g_row.dtype.element_ty), mask=cmask)
+        # The target and S columns: their float32 totals overwrite the sweep's values
+        # (the target's here only when it lies outside S; else g_s carries its −1).
         tl.debug_barrier()
+        tl.store(g_row + y * stride_g_col, g_y.to(g_row.dtype.element_ty), mask=y_outside_s)
         tl.store(g_row + ids * stride_g_col, g_s.to(g_row.dtype.element_ty), mask=kmask)
 
 
@@ -246,6 +250,7 @@ def pact_full_vocab_kernel(
         tl.store(kl_ptr + row, kl_row)
         tl.store(gate_ptr + row, 0.0)
 
+        y32 = y.to(tl.int32)
         tl.debug_barrier()
         kl_scale = lambda_kl * kl_temperature
         for start in range(0, V, BLOCK_V):
@@ -258,5 +263,5 @@ def pact_full_vocab_kernel(
                 p_t = p
             else:
                 p_t = tl.exp(x / kl_temperature - lse_t)
-            g = p - (cols == y).to(tl.float32) + kl_scale * (p_t - tl.exp(r_t - lse_r))
+            g = p - (cols == y32).to(tl.float32) + kl_scale * (p_t - tl.exp(r_t - lse_r))
             tl.store(g_row + cols * stride_g_col, (g * inv_n).to(g_row.dtype.element_ty), mask=cmask)

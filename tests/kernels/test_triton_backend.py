@@ -178,9 +178,28 @@ def test_minus_inf_outside_the_safety_set(variant, dtype):
     assert torch.isfinite(grad).all() and (grad[:, masked] == 0).all()
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_many_small_blocks(variant, monkeypatch):
+    # 128-column blocks: V = 1000 takes eight steps per sweep, the last one partial.
+    from pact_kernels import triton_backend
+
+    monkeypatch.setattr(triton_backend, "SAFETY_SET_BLOCK_V", 128)
+    monkeypatch.setattr(triton_backend, "FULL_VOCAB_BLOCK_V", 128)
+    assert triton_backend.launch_config(1000, two_streams=variant == "full_vocab") == (128, 4)
+    b = make_batch(variant, rows=6, vocab=1000, k=50, seed=12)
+    b["logits"][:, :300] = float("-inf")  # the first blocks hold only −inf
+    b["logits"][:, b["safety_ids"]] = torch.randn(6, 50, dtype=torch.float64).to(b["logits"].dtype)
+    b["labels"] = torch.where(b["labels"] < 300, b["safety_ids"][2], b["labels"])
+    b["labels"][0] = -100
+    if variant == "full_vocab":
+        b["ref_full"][:, :300] = float("-inf")
+        b["ref_full"][:, b["safety_ids"]] = 1.0
+    assert_matches_oracle(b, PACTConfig(variant=variant))
+
+
 def test_whole_minus_inf_blocks_large_vocab():
-    # V = 50257 spans two 32768-wide blocks; the first is all −inf, so the online
-    # log-sum-exp starts from an empty prefix. S and the labels lie in the second block.
+    # V = 50257 spans four 16384-wide blocks; the first two are all −inf, so the online
+    # log-sum-exp starts from an empty prefix. S and the labels lie in the last blocks.
     vocab, k = 50257, 50
     b = make_batch("pact", rows=4, vocab=vocab, k=k, seed=4)
     ids = 40000 + torch.randperm(vocab - 40000, generator=torch.Generator().manual_seed(0))[:k]
@@ -312,3 +331,24 @@ def test_benchmark_summary_ratios_and_acceptance():
     assert "- FAIL: triton within 1.5x of the bandwidth floor (2.00)" in lines
     assert "- FAIL: triton within 1.15x of Liger's cross-entropy (1.25)" in lines
     assert "- PASS: in-place extra memory under 10% of the logits (5.00)" in lines
+
+
+def test_kernels_compile_for_h100_without_spills_in_loops():
+    # The interpreter cannot see CUDA compile errors or register spills: compile for
+    # sm_90 with triton's bundled ptxas (no GPU needed) in a process without TRITON_INTERPRET.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import triton
+
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas").exists():
+        pytest.skip("this triton build ships no ptxas")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = "1"
+    repo = Path(__file__).resolve().parents[2]
+    run = subprocess.run([sys.executable, "-m", "benchmarks.compile_check"], cwd=repo, env=env,
+                         capture_output=True, text=True, timeout=300)
+    records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert len(records) == 5 and all(r["spills_in_loops"] == 0 for r in records)
