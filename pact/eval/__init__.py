@@ -1,0 +1,46 @@
+"""The evaluation harness (paper §2.2, §4.1): attack success rate, task accuracy, tables and plots.
+
+* :mod:`pact.eval.judges` — ``keyword`` (GCG refusal phrases, a coarse proxy),
+  ``llama-guard`` (the paper's judge) and pluggable callables, one interface.
+* :mod:`pact.eval.answers` — SST-2 / AG News / GSM8K answer rules.
+* :mod:`pact.eval.metrics` — ASR and accuracy (percent).
+* :mod:`pact.eval.suites` — harmbench, strongreject, jailbreakbench, sst2, agnews, gsm8k.
+* :mod:`pact.eval.runner` — ``pact eval`` / ``pact judge``: resumable generation and judging.
+* :mod:`pact.eval.report` — ``pact report``: the Table 2 layout (markdown/CSV) and Figures 3, 5, 6, 7.
+* :mod:`pact.eval.intervention_report` — ``pact intervention-report``: Table 1.
+"""
+from .answers import agnews_matches, gsm8k_extract, is_correct, sst2_prediction
+from .judges import (
+    DEFAULT_LLAMA_GUARD,
+    GCG_REFUSAL_PHRASES,
+    CallableJudge,
+    Judge,
+    KeywordJudge,
+    LlamaGuardJudge,
+    Verdict,
+    get_judge,
+    parse_llama_guard,
+)
+from .metrics import accuracy, attack_success_rate
+from .suites import SUITES, load_suite, parse_suite_list
+
+__all__ = [
+    "DEFAULT_LLAMA_GUARD",
+    "GCG_REFUSAL_PHRASES",
+    "SUITES",
+    "CallableJudge",
+    "Judge",
+    "KeywordJudge",
+    "LlamaGuardJudge",
+    "Verdict",
+    "accuracy",
+    "agnews_matches",
+    "attack_success_rate",
+    "get_judge",
+    "gsm8k_extract",
+    "is_correct",
+    "load_suite",
+    "parse_llama_guard",
+    "parse_suite_list",
+    "sst2_prediction",
+]

@@ -1,0 +1,331 @@
+"""``pact eval``: generate, judge, score, and write the metrics of a run.
+
+Layout of ``results/NAME`` (``-o``)::
+
+    metrics.json                  the run's numbers and settings (written atomically)
+    <suite>/generations.jsonl     one line per prompt: suite, index, prompt, response, ...
+    <suite>/verdicts.jsonl        harmful suites: + unsafe, judge, judge_output
+    <suite>/scored.jsonl          task suites: + label, prediction, correct
+
+Every per-prompt file is appended batch by batch and flushed, so an
+interrupted run picks up where it stopped: existing lines are checked (same
+prompt at the same index, same model / adapter / max_new_tokens, else an
+error) and only the missing prompts are generated. Verdicts are kept for a
+response judged by the same judge, so a second ``pact eval`` with another
+``--judge`` re-judges without regenerating (as does ``pact judge``).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from .answers import is_correct, prediction
+from .io import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
+from .judges import Judge, get_judge
+from .metrics import harmful_summary, task_summary
+from .suites import EvalItem, Suite, load_suite
+
+__all__ = [
+    "GenerationSettings",
+    "find_run_config",
+    "generate_resumable",
+    "judge_records",
+    "judge_file",
+    "run_eval",
+    "score_records",
+]
+
+
+class GenerationSettings(dict):
+    """The settings a generations file was made with; a resume must match them (``model``, ``adapter``, ``max_new_tokens``)."""
+
+    KEYS = ("model", "adapter", "max_new_tokens")
+
+
+def _existing_generations(path: Path, items: Sequence[EvalItem], settings: dict) -> list[dict]:
+    """Lines of an earlier (interrupted) run that belong to ``items``; a mismatch is an error.
+
+    Lines for indices beyond ``items`` (an earlier run with a larger size)
+    stay in the file and are not returned. A partial last line left by an
+    interrupted write is removed from the file.
+    """
+    path = Path(path)
+    recs = read_jsonl(path)
+    if path.exists() and path.stat().st_size and not path.read_text(encoding="utf-8").endswith("\n"):
+        write_jsonl_atomic(path, recs)
+    by_index = {it.index: it for it in items}
+    kept: list[dict] = []
+    for r in recs:
+        for k in GenerationSettings.KEYS:
+            if r.get(k) != settings.get(k):
+                raise ValueError(f"{path}: made with {k}={r.get(k)!r}, this run has {k}={settings.get(k)!r}; "
+                                 "use another -o, or --overwrite to regenerate")
+        it = by_index.get(r.get("index"))
+        if it is None:
+            continue
+        if r.get("prompt") != it.prompt:
+            raise ValueError(f"{path}: the line for index {r.get('index')} has another prompt than the suite there; "
+                             "this file belongs to another run (use another -o, or --overwrite)")
+        kept.append(r)
+    return kept
+
+
+def generate_resumable(path: str | Path, items: Sequence[EvalItem], generate: Callable[[list[str]], list[dict]],
+                       *, settings: dict, suite: str, batch_size: int = 8, progress: bool = True) -> list[dict]:
+    """Answer every item, appending one JSON line per prompt to ``path``; resume from what is there.
+
+    Args:
+        items: the suite's prompts.
+        generate: ``f(prompts) -> [{"response": str, "num_tokens": int, "finish": "eos"|"length"}]``
+            for one batch (the model is loaded lazily by the caller's closure,
+            so a finished file never loads it).
+        settings: ``model``, ``adapter``, ``max_new_tokens`` (checked on resume, stored per line).
+    Returns:
+        the records in suite order.
+    """
+    path = Path(path)
+    done = _existing_generations(path, items, settings)
+    have = {r["index"] for r in done}
+    todo = [it for it in items if it.index not in have]
+    if todo:
+        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=f"generate {suite}", unit="prompt",
+                   disable=not progress, file=sys.stderr)
+        with JsonlAppender(path) as out:
+            for s in range(0, len(todo), batch_size):
+                batch = todo[s:s + batch_size]
+                gens = generate([it.prompt for it in batch])
+                if len(gens) != len(batch):
+                    raise RuntimeError(f"generator returned {len(gens)} answers for {len(batch)} prompts")
+                for it, g in zip(batch, gens):
+                    rec = {"suite": suite, "index": it.index, "prompt": it.prompt, **g,
+                           **{k: settings.get(k) for k in GenerationSettings.KEYS}}
+                    if it.label is not None:
+                        rec["label"] = it.label
+                    if it.meta:
+                        rec["meta"] = it.meta
+                    out.write(rec)
+                    done.append(rec)
+                out.flush()
+                bar.update(len(batch))
+        bar.close()
+    return sorted(done, key=lambda r: r["index"])
+
+
+def judge_records(records: Sequence[dict], judge: Judge, *, out_path: str | Path | None = None,
+                  batch_size: int = 16, progress: bool = True, desc: str = "judge") -> list[dict]:
+    """Add ``unsafe``, ``judge`` and ``judge_output`` to each record (each needs ``prompt`` and ``response``).
+
+    With ``out_path`` the verdicts are appended there batch by batch, and
+    verdicts already in it for the same (prompt, response) by the same judge
+    are reused (resume); the file is rewritten in input order at the end.
+    """
+    for i, r in enumerate(records):
+        if not isinstance(r.get("prompt"), str) or not isinstance(r.get("response"), str):
+            raise ValueError(f"record {i + 1} lacks a text 'prompt' or 'response'")
+    label = judge.label
+    cache: dict[tuple[str, str], dict] = {}
+    if out_path is not None:
+        for r in read_jsonl(out_path):
+            if r.get("judge") == label and isinstance(r.get("unsafe"), bool):
+                cache[(r.get("prompt"), r.get("response"))] = r
+    result: list[dict | None] = [None] * len(records)
+    todo = []
+    for i, r in enumerate(records):
+        hit = cache.get((r["prompt"], r["response"]))
+        if hit is not None:
+            result[i] = {**r, "unsafe": hit["unsafe"], "judge": label, "judge_output": hit.get("judge_output", "")}
+        else:
+            todo.append(i)
+    if todo:
+        app = JsonlAppender(out_path) if out_path is not None else None
+        bar = tqdm(total=len(records), initial=len(records) - len(todo), desc=desc, unit="answer",
+                   disable=not progress, file=sys.stderr)
+        try:
+            for s in range(0, len(todo), batch_size):
+                idx = todo[s:s + batch_size]
+                verdicts = judge.judge([records[i]["prompt"] for i in idx], [records[i]["response"] for i in idx])
+                for i, v in zip(idx, verdicts):
+                    result[i] = {**records[i], "unsafe": bool(v.unsafe), "judge": label, "judge_output": v.raw}
+                    if app:
+                        app.write(result[i])
+                if app:
+                    app.flush()
+                bar.update(len(idx))
+        finally:
+            bar.close()
+            if app:
+                app.close()
+    final = [r for r in result if r is not None]
+    if out_path is not None:
+        write_jsonl_atomic(out_path, final)
+    return final
+
+
+def judge_file(inp: str | Path, out: str | Path, judge: Judge | str = "keyword", *, batch_size: int = 16,
+               progress: bool = True, **judge_options) -> dict:
+    """``pact judge``: judge every line of ``inp`` into ``out``; returns the ASR summary."""
+    recs = read_jsonl(inp, tolerate_partial_tail=False)
+    if not recs:
+        raise ValueError(f"{inp}: no records (or the file does not exist)")
+    j = judge if isinstance(judge, Judge) else get_judge(judge, **judge_options)
+    judged = judge_records(recs, j, out_path=out, batch_size=batch_size, progress=progress)
+    return {"judge": j.label, **harmful_summary(judged)}
+
+
+def score_records(records: Sequence[dict], task: str) -> list[dict]:
+    """Add ``prediction`` and ``correct`` to task records (each has ``response`` and ``label``)."""
+    return [{**r, "prediction": prediction(task, r["response"]), "correct": is_correct(task, r["response"], r["label"])}
+            for r in records]
+
+
+def find_run_config(adapter: str | Path | None) -> dict | None:
+    """The ``run.json`` of the training run an adapter came from (in the adapter dir or up to two levels above)."""
+    if not adapter:
+        return None
+    p = Path(adapter).resolve()
+    for d in (p, p.parent, p.parent.parent):
+        f = d / "run.json"
+        if f.is_file():
+            try:
+                cfg = json.loads(f.read_text(encoding="utf-8"))
+            except json.JSONDecodeError:
+                return None
+            if isinstance(cfg, dict):
+                return {**cfg, "run_dir": str(d)}
+    return None
+
+
+def _make_generator(model, tokenizer, max_new_tokens: int, batch_size: int) -> Callable[[list[str]], list[dict]]:
+    from ..generation import encode_chat_prompt, end_of_turn_ids, generate_greedy
+
+    eos = end_of_turn_ids(model, tokenizer)
+
+    def gen(prompts: list[str]) -> list[dict]:
+        enc = [encode_chat_prompt(tokenizer, p) for p in prompts]
+        answers = generate_greedy(model, tokenizer, enc, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                  eos_ids=eos, progress=False)
+        return [{"response": tokenizer.decode(a, skip_special_tokens=True), "num_tokens": len(a),
+                 "finish": "eos" if a and a[-1] in eos else "length"} for a in answers]
+
+    return gen
+
+
+def load_policy(model: str, *, gguf_file: str | None = None, adapter: str | None = None, dtype: str = "float32",
+                device: str = "cpu"):
+    """The model to evaluate (hub name / path / GGUF / ``pkg:``), with a PEFT adapter merged in when given."""
+    from ..models import ModelLoadError, load_model, load_tokenizer, resolve_model_ref
+
+    ref = resolve_model_ref(model, gguf_file)
+    tok = load_tokenizer(ref)
+    m = load_model(ref, dtype=dtype, device=device)
+    if adapter:
+        if not Path(adapter).exists():
+            raise FileNotFoundError(f"adapter directory not found: {adapter}")
+        try:
+            from peft import PeftModel
+        except ImportError as e:
+            raise ModelLoadError("--adapter needs the peft package (pip install 'pact[train]')") from e
+        m = PeftModel.from_pretrained(m, adapter).merge_and_unload()
+        m.eval()
+        m.requires_grad_(False)
+    return m, tok
+
+
+def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path, judge: Judge | str = "keyword",
+             gguf_file: str | None = None, adapter: str | None = None, dtype: str = "float32",
+             device: str | None = None, batch_size: int = 8, max_new_tokens: int = 1024, limit: int | None = None,
+             sizes: dict[str, int] | None = None, files: dict[str, str] | None = None, method: str | None = None,
+             task: str | None = None, judge_options: dict | None = None, overwrite: bool = False,
+             progress: bool = True, model_obj=None, tokenizer_obj=None, log: Callable[[str], None] | None = None
+             ) -> dict:
+    """Evaluate a model on ``suites``; writes ``out_dir`` (module doc) and returns the metrics dict.
+
+    ``model_obj``/``tokenizer_obj``: an already loaded model (tests, notebooks);
+    ``model`` is then only its name in the files. ``limit`` caps every suite,
+    ``sizes`` one suite each (``{"agnews": 500}``); ``files`` gives a suite a
+    local file instead of its package / hub data.
+    """
+    import torch
+
+    log = log or (lambda s: print(s, file=sys.stderr))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sizes, files = dict(sizes or {}), dict(files or {})
+    unknown = (set(sizes) | set(files)) - {s.name for s in suites}
+    if unknown:
+        raise ValueError(f"--size / --suite-file name suites that are not evaluated: {sorted(unknown)}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    settings = {"model": str(model), "adapter": str(adapter) if adapter else None, "max_new_tokens": max_new_tokens}
+    state: dict[str, Any] = {"gen": None, "model": model_obj, "tok": tokenizer_obj}
+
+    def generator(prompts: list[str]) -> list[dict]:
+        if state["gen"] is None:
+            if state["model"] is None:
+                log(f"[eval] loading {model}" + (f" + adapter {adapter}" if adapter else ""))
+                state["model"], state["tok"] = load_policy(model, gguf_file=gguf_file, adapter=adapter, dtype=dtype,
+                                                           device=device)
+            state["gen"] = _make_generator(state["model"], state["tok"], max_new_tokens, batch_size)
+        return state["gen"](prompts)
+
+    # 1. generations, suite by suite (the policy model is loaded only when something is missing)
+    gens: dict[str, list[dict]] = {}
+    for s in suites:
+        n = sizes.get(s.name, limit if limit is not None else None)
+        items = load_suite(s, size=n, file=files.get(s.name))
+        d = out / s.name
+        d.mkdir(parents=True, exist_ok=True)
+        gpath = d / "generations.jsonl"
+        if overwrite:
+            for f in ("generations.jsonl", "verdicts.jsonl", "scored.jsonl"):
+                (d / f).unlink(missing_ok=True)
+        gens[s.name] = generate_resumable(gpath, items, generator, settings=settings, suite=s.name,
+                                          batch_size=batch_size, progress=progress)
+        log(f"[eval] {s.name}: {len(gens[s.name])} generations in {gpath}")
+    # free the policy before a judge model comes in
+    state.clear()
+    if model_obj is None and str(device).startswith("cuda"):
+        torch.cuda.empty_cache()
+
+    # 2. judge the harmful suites, score the task suites
+    results: dict[str, dict] = {}
+    harmful = [s for s in suites if s.kind == "harmful"]
+    j = None
+    if harmful:
+        j = judge if isinstance(judge, Judge) else get_judge(judge, progress=progress, **(judge_options or {}))
+        for s in harmful:
+            judged = judge_records(gens[s.name], j, out_path=out / s.name / "verdicts.jsonl", progress=progress,
+                                   desc=f"judge {s.name}")
+            results[s.name] = {"kind": "harmful", "column": s.column, **harmful_summary(judged)}
+        j.close()
+    for s in suites:
+        if s.kind == "task":
+            scored = score_records(gens[s.name], s.source)
+            write_jsonl_atomic(out / s.name / "scored.jsonl", scored)
+            results[s.name] = {"kind": "task", "column": s.column, **task_summary(scored)}
+
+    run_cfg = find_run_config(adapter)
+    metrics = {
+        "name": out.name,
+        "model": str(model),
+        "adapter": str(adapter) if adapter else None,
+        "method": method or (run_cfg or {}).get("method") or ("initial" if not adapter else None),
+        "task": task or (run_cfg or {}).get("task"),
+        "judge": j.label if j is not None else None,
+        "max_new_tokens": max_new_tokens,
+        "suites": results,
+        "run_config": run_cfg,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    write_json_atomic(out / "metrics.json", metrics)
+    for name, r in results.items():
+        what = f"ASR {r['asr']:.2f}% ({r['unsafe']}/{r['n']})" if r["kind"] == "harmful" else \
+            f"accuracy {r['accuracy']:.2f}% ({r['correct']}/{r['n']})"
+        log(f"[eval] {name} [{r['column']}]: {what}")
+    log(f"[eval] wrote {out / 'metrics.json'}")
+    return metrics
