@@ -13,7 +13,7 @@
 # and this script installs it from .wheels (or $LIGER_WHEELS) into a temporary folder, offline.
 #
 # Files in $OUT: gpu_check.log (everything printed, versions first),
-# pytest_triton.log, correctness.json, gpu_bench.md, gpu_bench.json, gpu_bench.raw.json.
+# pytest_triton.log, correctness.json, gpu_bench.md, gpu_bench.json, gpu_bench.raw.json, tune.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu-check}
@@ -55,20 +55,28 @@ else
   SMALL=
 fi
 
-say "1/3 triton test file on $DEVICE (the CPU suite's oracle checks)"
-timeout 130 "$PY" -m pytest tests/kernels/test_triton_backend.py -q -p no:cacheprovider >"$OUT/pytest_triton.log" 2>&1
+say "1/4 triton test file on $DEVICE (the CPU suite's oracle checks)"
+timeout 110 "$PY" -m pytest tests/kernels/test_triton_backend.py -q -p no:cacheprovider >"$OUT/pytest_triton.log" 2>&1
 rc=$?; [ $rc = 0 ] || { status=1; say "pytest failed or timed out (exit $rc)"; }
 tail -n 5 "$OUT/pytest_triton.log" | tee -a "$LOG"
 
-say "2/3 every backend x variant x dtype x reference width vs the float64 oracle, then 64-bit offsets"
-timeout 110 "$PY" -m benchmarks.gpu_correctness --device "$DEVICE" $SMALL -o "$OUT/correctness.json" >>"$LOG" 2>&1
+say "2/4 every backend x variant x dtype x reference width vs the float64 oracle, then 64-bit offsets"
+timeout 100 "$PY" -m benchmarks.gpu_correctness --device "$DEVICE" $SMALL -o "$OUT/correctness.json" >>"$LOG" 2>&1
 rc=$?; [ $rc = 0 ] || { status=1; say "correctness failed or timed out (exit $rc)"; }
 grep -E "^FAIL|gpu_correctness:" "$LOG" | tail -n 20
 
-say "3/3 benchmark"
-timeout 240 "$PY" -m benchmarks.run_gpu_bench --device "$DEVICE" -o "$OUT/gpu_bench" >>"$LOG" 2>&1
+say "3/4 benchmark"
+timeout 220 "$PY" -m benchmarks.run_gpu_bench --device "$DEVICE" -o "$OUT/gpu_bench" >>"$LOG" 2>&1
 rc=$?; [ $rc = 0 ] || { status=1; say "benchmark failed or timed out (exit $rc)"; }
 [ -f "$OUT/gpu_bench.md" ] && cat "$OUT/gpu_bench.md"
+
+say "4/4 launch settings of the triton kernels (block columns x warps)"
+if [ "$DRY" = 1 ]; then
+  "$PY" -c "import benchmarks.tune_triton" 2>&1 | tee -a "$LOG" || status=1
+else
+  timeout 45 "$PY" -m benchmarks.tune_triton -o "$OUT/tune.json" 2>&1 | tee -a "$LOG"
+  rc=${PIPESTATUS[0]}; [ $rc = 0 ] || say "tuning failed or timed out (exit $rc; the benchmark above stands)"
+fi
 
 say "done (exit $status)"
 exit $status

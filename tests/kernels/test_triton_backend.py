@@ -333,6 +333,7 @@ def test_benchmark_summary_ratios_and_acceptance():
     assert "- PASS: in-place extra memory under 10% of the logits (5.00)" in lines
 
 
+@pytest.mark.skipif(DEVICE != "cpu", reason="on a GPU the kernels compile for real")
 def test_kernels_compile_for_h100_without_spills_in_loops():
     # The interpreter cannot see CUDA compile errors or register spills: compile for
     # sm_90 with triton's bundled ptxas (no GPU needed) in a process without TRITON_INTERPRET.
