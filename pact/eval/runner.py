@@ -166,14 +166,21 @@ def judge_records(records: Sequence[dict], judge: Judge, *, out_path: str | Path
     return final
 
 
-def judge_file(inp: str | Path, out: str | Path, judge: Judge | str = "keyword", *, batch_size: int = 16,
-               progress: bool = True, **judge_options) -> dict:
-    """``pact judge``: judge every line of ``inp`` into ``out``; returns the ASR summary."""
+def judge_file(inp: str | Path, out: str | Path, judge: Judge | str = "keyword", *, chunk_size: int = 16,
+               progress: bool = True, judge_options: dict | None = None) -> dict:
+    """``pact judge``: judge every line of ``inp`` into ``out``; returns the ASR summary.
+
+    ``chunk_size`` answers go to the judge per call (and are flushed to
+    ``out`` together); ``judge_options`` go to :func:`~pact.eval.judges.get_judge`.
+    """
     recs = read_jsonl(inp, tolerate_partial_tail=False)
     if not recs:
         raise ValueError(f"{inp}: no records (or the file does not exist)")
-    j = judge if isinstance(judge, Judge) else get_judge(judge, **judge_options)
-    judged = judge_records(recs, j, out_path=out, batch_size=batch_size, progress=progress)
+    j = judge if isinstance(judge, Judge) else get_judge(judge, progress=progress, **(judge_options or {}))
+    try:
+        judged = judge_records(recs, j, out_path=out, batch_size=chunk_size, progress=progress)
+    finally:
+        j.close()
     return {"judge": j.label, **harmful_summary(judged)}
 
 
