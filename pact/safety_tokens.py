@@ -438,8 +438,9 @@ def identify(safe_model, base_model, tokenizer, prompts, *, k: int = 50, selecti
         raise ValueError("every response is empty")
 
     # 2-3. teacher forcing and accumulation ------------------------------------
-    acc_d = torch.zeros(V, dtype=torch.float64)
-    acc_p = torch.zeros(V, dtype=torch.float64)
+    dev = next(safe_model.parameters()).device       # accumulate where the logits are; [V] float64
+    acc_d = torch.zeros(V, dtype=torch.float64, device=dev)
+    acc_p = torch.zeros(V, dtype=torch.float64, device=dev)
     num_steps = 0
     batches = [keep[s: s + batch_size] for s in range(0, len(keep), batch_size)]
     for b in tqdm(batches, desc="teacher forcing", disable=not progress, unit="batch"):
@@ -454,8 +455,8 @@ def identify(safe_model, base_model, tokenizer, prompts, *, k: int = 50, selecti
         num_steps += ls.shape[0]
         del ls, lb
     denom = num_steps if average == "token" else len(keep)
-    d = acc_d / denom
-    p_mean = acc_p / denom
+    d = (acc_d / denom).cpu()
+    p_mean = (acc_p / denom).cpu()
 
     # 4. selection -------------------------------------------------------------
     ids, weights = select_tokens(d, p_mean, k, selection)
