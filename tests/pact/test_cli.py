@@ -58,9 +58,14 @@ def test_python_dash_m_and_responses_file(tiny_dir, prompts_csv, tmp_path, tok, 
     r = subprocess.run([sys.executable, "-m", "pact", *args, "-o", str(out1)], capture_output=True, text=True,
                        env=env, timeout=240)
     assert r.returncode == 0, r.stderr
+    script = os.path.join(os.path.dirname(sys.executable), "pact")   # the console script
+    out3 = tmp_path / "c.json"
+    r = subprocess.run([script, *args, "-o", str(out3)], capture_output=True, text=True, env=env, timeout=240)
+    assert r.returncode == 0, r.stderr
     assert main([*args, "-o", str(out2)]) == 0
     a, b = SafetyTokens.load(out1, tokenizer=tok), SafetyTokens.load(out2, tokenizer=tok)
-    assert a.ids == b.ids and a.weights == b.weights
+    c = SafetyTokens.load(out3, tokenizer=tok)
+    assert a.ids == b.ids == c.ids and a.weights == b.weights == c.weights
     n_resp = len(tok("sorry i cannot help with that", add_special_tokens=False)["input_ids"]) + 1  # + end of turn
     assert a.num_steps == len(PROMPTS) * n_resp and a.extra["responses"] == "given"
     assert a.extra["base_format"] == "plain"
