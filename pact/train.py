@@ -29,7 +29,8 @@ from pact.methods import PACT, SFT, Method
 from pact.models import load_model, load_tokenizer, resolve_model_ref
 from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint
 from pact.safety_tokens import SafetyTokens
-from pact.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, write_text_atomic
+from pact.training.checkpoint import (export_final, latest_checkpoint, load_checkpoint, save_checkpoint,
+                                      write_text_atomic)
 from pact.training.config import ConfigError, TrainConfig, deepspeed_config, load_config
 from pact.training.data import StepSampler, dataset_digest, load_mixture, tokenize_mixture
 from pact.training.metrics import StepMetrics, TrainLogger
@@ -233,11 +234,13 @@ def train(cfg: TrainConfig) -> dict:
     logger = TrainLogger(run_dir, rank == 0, resume_step=step)
     safety_ids = tokens.ids_tensor() if tokens else None
     progress = tqdm(total=total_steps, initial=step, desc=f"train {method.name}", disable=rank != 0)
+    sample_log = (run_dir / f"samples-rank{rank}.jsonl").open("a") if cfg.record_samples else None
     engine.train()
     while step < total_steps:
         epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
         metrics = StepMetrics(safety_ids, device)
-        for micro in sampler.micro_batches(epoch, in_epoch):
+        micro_batches = sampler.micro_batches(epoch, in_epoch)
+        for micro in micro_batches:
             batch = collator([(i, views[i]) for i in micro]).to(device)
             logits = engine(batch.full_ids, batch.full_mask, batch.full_rows)  # [rows, V]
             metrics.add_confidence(batch, logits)
@@ -250,20 +253,25 @@ def train(cfg: TrainConfig) -> dict:
             engine.backward(result.loss)
             engine.step()
             metrics.add_loss(result.loss, result, batch)
+        if sample_log is not None:
+            sample_log.write(json.dumps({"step": step + 1, "samples": [i for mb in micro_batches for i in mb]}) + "\n")
         step += 1
         record = dict(step=step, epoch=epoch, lr=engine.get_lr()[0], **metrics.reduce())
         if step % cfg.log_every == 0 or step == total_steps:
             logger.log(record)
         progress.update(1)
         progress.set_postfix(loss=f"{record['loss']:.4f}", kl=f"{record['kl']:.4f}")
-        stopping = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps
-        if step == total_steps or (cfg.save_every and step % cfg.save_every == 0) or stopping:
+        if step == total_steps or (cfg.save_every and step % cfg.save_every == 0):
             save_checkpoint(engine, run_dir, step, {"step": step, "epoch": epoch, "total_steps": total_steps},
                             rank, keep=cfg.keep_checkpoints)
-        if stopping:
-            break
+        if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
+            break  # an interruption: no checkpoint beyond the last scheduled one
     progress.close()
     logger.close()
+    if step == total_steps:
+        export_final(engine, run_dir, rank)
+    if sample_log is not None:
+        sample_log.close()
     return {"step": step, "total_steps": total_steps, "run_dir": str(run_dir)}
 
 

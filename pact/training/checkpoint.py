@@ -59,6 +59,22 @@ def export_weights(engine, out_dir: Path, rank: int) -> None:
             model.save_pretrained(str(out_dir), safe_serialization=True)
 
 
+def export_final(engine, run_dir: Path, rank: int) -> Path:
+    """The trained weights at ``run_dir/final`` (adapter or full model), written atomically."""
+    final = Path(run_dir) / "final"
+    tmp = Path(run_dir) / "final.tmp"
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+    _barrier()
+    export_weights(engine, tmp, rank)
+    _barrier()
+    if rank == 0:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    _barrier()
+    return final
+
+
 def checkpoints_root(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 

@@ -78,6 +78,7 @@ class TrainConfig:
     save_every: int = 0                # steps between checkpoints (0: only at the end)
     keep_checkpoints: int = 2
     log_every: int = 1
+    record_samples: bool = False       # write samples-rank{r}.jsonl: the dataset indices each rank read per step
     ref_cache: str | None = None       # directory for the reference's K-token logits
     resume: bool = False
 
@@ -91,8 +92,8 @@ class TrainConfig:
         """The :class:`PACTConfig` of this run (preset + ``loss`` overrides)."""
         return PACTConfig.preset(self.preset, variant=self.variant or "pact", **self.loss)
 
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` on the first inconsistent value."""
+    def validate(self, check_files: bool = True) -> None:
+        """Raise :class:`ConfigError` on the first inconsistent value (``check_files``: also that files exist)."""
         if not self.model:
             raise ConfigError("model is empty; set model: to a hub name, a local directory or a .gguf file")
         if self.method not in METHODS:
@@ -106,7 +107,7 @@ class TrainConfig:
             raise ConfigError(f"loss: {e}") from e
         if self.variant is not None and not self.safety_tokens:
             raise ConfigError(f"method={self.method!r} needs safety_tokens: the tokens.json of `pact identify`")
-        if self.safety_tokens and not Path(self.safety_tokens).is_file():
+        if check_files and self.safety_tokens and not Path(self.safety_tokens).is_file():
             raise ConfigError(f"safety_tokens file not found: {self.safety_tokens}")
         if not 0.0 <= self.harmful_fraction <= 1.0:
             raise ConfigError(f"harmful_fraction={self.harmful_fraction} must be in [0, 1]")
@@ -122,13 +123,16 @@ class TrainConfig:
             raise ConfigError(f"lr_scheduler={self.lr_scheduler!r}: use constant, linear or cosine")
         if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
-        if isinstance(self.deepspeed, str) and not Path(self.deepspeed).is_file():
+        if check_files and isinstance(self.deepspeed, str) and not Path(self.deepspeed).is_file():
             raise ConfigError(f"deepspeed config not found: {self.deepspeed}")
         if self.ref_cache and self.variant in (None, "full_vocab"):
             raise ConfigError(f"ref_cache holds K-token reference logits; method={self.method!r} cannot use it")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
 
 def _parse_value(text: str):
@@ -152,8 +156,12 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return out
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config (optional), apply overrides, check every key and value."""
+def load_config(path: str | None = None, overrides: list[str] | None = None, check_files: bool = True) -> TrainConfig:
+    """Read a YAML config (optional), apply overrides, check every key and value.
+
+    ``check_files=False`` skips the existence checks of the files it names
+    (to validate shipped configs on a machine without their models and tokens).
+    """
     raw: dict = {}
     if path:
         p = Path(path)
@@ -168,9 +176,30 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         if key not in known:
             hint = difflib.get_close_matches(key, known, n=1)
             raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-    cfg = TrainConfig(**raw)
-    cfg.validate()
+    cfg = TrainConfig(**{key: _coerce(key, value) for key, value in raw.items()})
+    cfg.loss = {key: _coerce_number(f"loss.{key}", value) for key, value in cfg.loss.items()}
+    cfg.validate(check_files)
     return cfg
+
+
+def _coerce_number(name: str, value):
+    """YAML reads ``3e-5`` as a string (no dot): numbers are turned back into numbers."""
+    if isinstance(value, str):
+        try:
+            return int(value) if value.strip().lstrip("+-").isdigit() else float(value)
+        except ValueError:
+            raise ConfigError(f"{name}={value!r} is not a number") from None
+    return value
+
+
+def _coerce(key: str, value):
+    annotation = str(_FIELD_TYPES[key])
+    if value is None or not any(t in annotation for t in ("int", "float")) or "str" in annotation:
+        return value
+    value = _coerce_number(key, value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}={value!r} must be a number")
+    return value
 
 
 def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:

