@@ -146,3 +146,17 @@ def test_pact_keeps_safety_token_probability_that_sft_lets_fall(setup):
     assert end_sft < 0.15 * start  # SFT: the safety tokens collapse
     assert end_pact > 3 * end_sft  # PACT: several times more of the aligned model's confidence survives
     assert sft[-1]["harmful"]["ce"] < pact[-1]["harmful"]["ce"]  # and it resists fitting the harmful answers
+
+
+def test_full_fine_tuning_with_a_frozen_reference_engine_under_zero3(setup):
+    """No LoRA: every weight trains, the reference is a second frozen engine (ZeRO-3 shards both)."""
+    from transformers import AutoModelForCausalLM
+
+    records, out, _ = run(setup, "full-zero3", "lora=false", "max_steps=3", "deepspeed=configs/deepspeed/zero3.json",
+                          ranks=2)
+    assert len(records) == 3 and all(r["kl"] > 0 for r in records)
+    before = dict(AutoModelForCausalLM.from_pretrained(setup["model"]).named_parameters())
+    after = dict(AutoModelForCausalLM.from_pretrained(out / "final").named_parameters())
+    moved = [(after[n] - p).abs().max().item() for n, p in before.items()]
+    # Adam moves every weight by about lr per step in the first steps: 3 steps at lr 1e-3
+    assert len(moved) == len(after) and min(moved) > 1e-3 and max(moved) < 4e-3
