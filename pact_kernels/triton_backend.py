@@ -25,12 +25,15 @@ from .config import PACTConfig
 from .triton_kernels import pact_full_vocab_kernel, pact_safety_set_kernel
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-# Columns of z one program holds per step of a sweep. Chosen so that the
-# kernels compile for sm_90 without register spills (ptxas, 32 warps):
-# 16384 for the one-stream kernel, 8192 for the two-stream full_vocab one.
-# PACT_TRITON_BLOCK_V / PACT_TRITON_FULL_VOCAB_BLOCK_V / PACT_TRITON_NUM_WARPS
-# override them (benchmarks/tune_triton.py compares settings on a GPU).
-SAFETY_SET_BLOCK_V = int(os.environ.get("PACT_TRITON_BLOCK_V", "16384"))
+# Columns of z one program holds per step of a sweep, with 32 warps (8 to 32
+# columns a thread). Wide steps keep many bytes in flight per SM; these widths
+# compile for sm_90 without register spills in the sweep loops, for rows
+# aligned to 16 elements or not (python -m benchmarks.compile_check): 32768 for
+# the one-stream kernel (as Liger-Kernel's cross-entropy), 8192 for the
+# two-stream full_vocab one. PACT_TRITON_BLOCK_V,
+# PACT_TRITON_FULL_VOCAB_BLOCK_V and PACT_TRITON_NUM_WARPS override them
+# (benchmarks/tune_triton.py compares settings on a GPU).
+SAFETY_SET_BLOCK_V = int(os.environ.get("PACT_TRITON_BLOCK_V", "32768"))
 FULL_VOCAB_BLOCK_V = int(os.environ.get("PACT_TRITON_FULL_VOCAB_BLOCK_V", "8192"))
 NUM_WARPS = int(os.environ.get("PACT_TRITON_NUM_WARPS", "0"))  # 0: from the block size
 

@@ -112,7 +112,9 @@ def pact_safety_set_kernel(
         d = 0.0
         for start in range(0, V, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)
-            x = tl.load(z_row + cols * stride_z_col, mask=cols < V, other=float("-inf")).to(tl.float32)
+            # evict_last: sweep 2 reads the row again, from L2 if it is still there.
+            x = tl.load(z_row + cols * stride_z_col, mask=cols < V, other=float("-inf"),
+                        eviction_policy="evict_last").to(tl.float32)
             m, d = _online_lse_update(m, d, x)
         lse = m + tl.log(d)
         z_y = tl.load(z_row + y * stride_z_col).to(tl.float32)
@@ -166,13 +168,18 @@ def pact_safety_set_kernel(
         tl.store(gate_ptr + row, gate)
 
         # Sweep 2: softmax(z)/n over V (with inplace_grad, g aliases z: every
-        # value above was read before this point). Nothing but load, exp, store.
+        # value above was read before this point). Nothing but load, exp, store,
+        # from the row's end back: the blocks sweep 1 read last are the likeliest
+        # still in L2, and this last read of z and the gradient's write leave it first.
+        num_blocks = tl.cdiv(V, BLOCK_V)
         tl.debug_barrier()
-        for start in range(0, V, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V)
+        for step in range(0, num_blocks):
+            cols = (num_blocks - 1 - step) * BLOCK_V + tl.arange(0, BLOCK_V)
             cmask = cols < V
-            x = tl.load(z_row + cols * stride_z_col, mask=cmask, other=float("-inf")).to(tl.float32)
-            tl.store(g_row + cols * stride_g_col, (tl.exp(x - lse) * inv_n).to(g_row.dtype.element_ty), mask=cmask)
+            x = tl.load(z_row + cols * stride_z_col, mask=cmask, other=float("-inf"),
+                        eviction_policy="evict_first").to(tl.float32)
+            g = (tl.exp(x - lse) * inv_n).to(g_row.dtype.element_ty)
+            tl.store(g_row + cols * stride_g_col, g, mask=cmask, eviction_policy="evict_first")
         # The target and S columns: their float32 totals overwrite the sweep's values
         # (the target's here only when it lies outside S; else g_s carries its −1).
         tl.debug_barrier()
@@ -220,8 +227,10 @@ def pact_full_vocab_kernel(
         for start in range(0, V, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)
             cmask = cols < V
-            x = tl.load(z_row + cols * stride_z_col, mask=cmask, other=float("-inf")).to(tl.float32)
-            r_t = tl.load(r_row + cols * stride_r_col, mask=cmask, other=float("-inf")).to(tl.float32) / kl_temperature
+            x = tl.load(z_row + cols * stride_z_col, mask=cmask, other=float("-inf"),
+                        eviction_policy="evict_last").to(tl.float32)
+            r_t = tl.load(r_row + cols * stride_r_col, mask=cmask, other=float("-inf"),
+                          eviction_policy="evict_last").to(tl.float32) / kl_temperature
             m_z, d_z = _online_lse_update(m_z, d_z, x)
             if UNIT_TEMPERATURE:
                 x_t = x
@@ -250,18 +259,23 @@ def pact_full_vocab_kernel(
         tl.store(kl_ptr + row, kl_row)
         tl.store(gate_ptr + row, 0.0)
 
-        y32 = y.to(tl.int32)
-        tl.debug_barrier()
+        # Sweep 2, from the row's end back (as in pact_safety_set_kernel).
+        y32 = y.to(tl.int32)  # a 32-bit compare per element (V < 2**31)
         kl_scale = lambda_kl * kl_temperature
-        for start in range(0, V, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V)
+        num_blocks = tl.cdiv(V, BLOCK_V)
+        tl.debug_barrier()
+        for step in range(0, num_blocks):
+            cols = (num_blocks - 1 - step) * BLOCK_V + tl.arange(0, BLOCK_V)
             cmask = cols < V
-            x = tl.load(z_row + cols * stride_z_col, mask=cmask, other=float("-inf")).to(tl.float32)
-            r_t = tl.load(r_row + cols * stride_r_col, mask=cmask, other=float("-inf")).to(tl.float32) / kl_temperature
+            x = tl.load(z_row + cols * stride_z_col, mask=cmask, other=float("-inf"),
+                        eviction_policy="evict_first").to(tl.float32)
+            r_t = tl.load(r_row + cols * stride_r_col, mask=cmask, other=float("-inf"),
+                          eviction_policy="evict_first").to(tl.float32) / kl_temperature
             p = tl.exp(x - lse)
             if UNIT_TEMPERATURE:
                 p_t = p
             else:
                 p_t = tl.exp(x / kl_temperature - lse_t)
             g = p - (cols == y32).to(tl.float32) + kl_scale * (p_t - tl.exp(r_t - lse_r))
-            tl.store(g_row + cols * stride_g_col, (g * inv_n).to(g_row.dtype.element_ty), mask=cmask)
+            tl.store(g_row + cols * stride_g_col, (g * inv_n).to(g_row.dtype.element_ty), mask=cmask,
+                     eviction_policy="evict_first")
