@@ -47,11 +47,11 @@ def tiny_model(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2):
     return LlamaForCausalLM(config)
 
 
-def save_tiny(out_dir: str | Path, seed: int = 0) -> Path:
+def save_tiny(out_dir: str | Path, seed: int = 0, hidden: int = 32, layers: int = 2) -> Path:
     """Write the tiny model and its tokenizer to ``out_dir`` (``save_pretrained`` layout)."""
     out = Path(out_dir)
     tok = tiny_tokenizer()
-    tiny_model(tok, seed).save_pretrained(out)
+    tiny_model(tok, seed, hidden, layers).save_pretrained(out)
     tok.save_pretrained(out)
     return out
 
@@ -60,8 +60,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--layers", type=int, default=2)
     args = parser.parse_args(argv)
-    print(save_tiny(args.out_dir, args.seed))
+    print(save_tiny(args.out_dir, args.seed, args.hidden, args.layers))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ if __name__ == "__main__":  # run as a script: keep pact/ itself off the import 
 import argparse
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -237,6 +238,7 @@ def train(cfg: TrainConfig) -> dict:
     sample_log = (run_dir / f"samples-rank{rank}.jsonl").open("a") if cfg.record_samples else None
     engine.train()
     while step < total_steps:
+        started = time.perf_counter()
         epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
         metrics = StepMetrics(safety_ids, device)
         micro_batches = sampler.micro_batches(epoch, in_epoch)
@@ -256,7 +258,8 @@ def train(cfg: TrainConfig) -> dict:
         if sample_log is not None:
             sample_log.write(json.dumps({"step": step + 1, "samples": [i for mb in micro_batches for i in mb]}) + "\n")
         step += 1
-        record = dict(step=step, epoch=epoch, lr=engine.get_lr()[0], **metrics.reduce())
+        record = dict(step=step, epoch=epoch, lr=engine.get_lr()[0], **metrics.reduce(),
+                      seconds=time.perf_counter() - started)
         if step % cfg.log_every == 0 or step == total_steps:
             logger.log(record)
         progress.update(1)

@@ -1,0 +1,92 @@
+"""Training step time of ``pact`` vs ``sft`` on one small model, reference online and from ``--ref-cache``.
+
+    .venv/bin/python -m benchmarks.train_step [--hidden 256 --layers 4 --steps 20]
+
+Each method runs ``pact/train.py`` in a fresh process on the same data and
+seed (one process, ZeRO 0, float32, LoRA r 8 on all projections); the step
+time is the median of the per-step wall times in ``train_log.jsonl`` after
+two warm-up steps (the cache is filled before the first step, so its
+one-time cost is reported apart). Writes ``benchmarks/results/train_step.{json,md}``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .cpu_report import write_atomic
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_tokens(path: Path, vocab: int, k: int) -> None:
+    from pact.safety_tokens import SafetyTokens
+
+    ids = torch.randperm(vocab, generator=torch.Generator().manual_seed(0))[:k].tolist()
+    SafetyTokens(safe_model="bench", base_model="bench", vocab_size=vocab, k=k, selection="paper", ids=ids,
+                 strings=[str(i) for i in ids], weights=[1.0 / (j + 1) for j in range(k)],
+                 scores=[1.0 / (j + 1) for j in range(k)], mean_safe_prob=[0.01] * k, prompts="bench",
+                 num_prompts=1, num_steps=1).save(path)
+
+
+def run(name: str, root: Path, model: Path, tokens: Path, steps: int, *overrides: str) -> dict:
+    out = root / name
+    cmd = [sys.executable, str(REPO / "pact" / "train.py"), "--config", str(REPO / "configs" / "tiny.yaml"),
+           f"model={model}", f"safety_tokens={tokens}", f"output_dir={out}", "deepspeed=null", f"max_steps={steps}",
+           "num_samples=100", "harmful_fraction=0.1", "save_every=0",
+           "lora_target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]", *overrides]
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+    wall = time.perf_counter() - start
+    times = [json.loads(line)["seconds"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    return {"name": name, "step_seconds": statistics.median(times[2:]), "steps": len(times), "process_seconds": wall}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--k", type=int, default=50)
+    parser.add_argument("-o", "--out", default="benchmarks/results/train_step")
+    args = parser.parse_args(argv)
+    from pact.tiny import save_tiny
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = save_tiny(root / "model", hidden=args.hidden, layers=args.layers)
+        tokens = root / "tokens.json"
+        make_tokens(tokens, 259, args.k)
+        results = [
+            run("sft", root, model, tokens, args.steps, "method=sft"),
+            run("pact (reference online)", root, model, tokens, args.steps, "method=pact"),
+            run("pact (--ref-cache)", root, model, tokens, args.steps, "method=pact", f"ref_cache={root / 'cache'}"),
+        ]
+    sft = results[0]["step_seconds"]
+    lines = [
+        f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; byte-level Llama, "
+        f"hidden {args.hidden}, {args.layers} layers, micro-batch 2, up to 256 tokens, K = {args.k}, float32, "
+        f"median of steps 3..{args.steps}",
+        "",
+        "| method | step s | vs sft | process s (incl. start-up, cache fill) |",
+        "|---|---|---|---|",
+    ] + [f"| {r['name']} | {r['step_seconds']:.3f} | {r['step_seconds'] / sft:.2f} | {r['process_seconds']:.1f} |"
+         for r in results]
+    table = "\n".join(lines) + "\n"
+    out = Path(args.out)
+    write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
+    write_atomic(out.with_suffix(".md"), table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
