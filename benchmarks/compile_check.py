@@ -27,7 +27,8 @@ SPECIALISATIONS = [
     # (kernel, dtype, constexprs besides BLOCK_V)
     ("safety_set", "bf16", dict(RF_GATHER=False, RP_GATHER=False, USE_GATE=True, USE_DECAY=True, K_PAD=64)),
     ("safety_set", "fp32", dict(RF_GATHER=True, RP_GATHER=True, USE_GATE=True, USE_DECAY=True, K_PAD=64)),
-    ("safety_set", "fp16", dict(RF_GATHER=False, RP_GATHER=False, USE_GATE=False, USE_DECAY=False, K_PAD=64)),
+    ("safety_set", "fp16", dict(RF_GATHER=False, RP_GATHER=True, USE_GATE=True, USE_DECAY=False, K_PAD=2)),
+    ("safety_set", "bf16", dict(RF_GATHER=False, RP_GATHER=False, USE_GATE=False, USE_DECAY=False, K_PAD=2)),
     ("full_vocab", "bf16", dict(UNIT_TEMPERATURE=False)),
     ("full_vocab", "fp32", dict(UNIT_TEMPERATURE=True)),
 ]

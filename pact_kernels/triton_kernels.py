@@ -75,6 +75,77 @@ def _load_ref_on_s(r_row, stride_r_col, ids, kk, kmask, GATHER: tl.constexpr):
 
 
 @triton.jit
+def _row_lse(z_row, stride_z_col, V, BLOCK_V: tl.constexpr):
+    """Sweep 1 of a one-stream row: log-sum-exp of the float32-cast ``z`` row over V."""
+    m = float("-inf")
+    d = 0.0
+    for start in range(0, V, BLOCK_V):
+        cols = start + tl.arange(0, BLOCK_V)
+        # evict_last: sweep 2 reads the row again, from L2 if it is still there.
+        x = tl.load(z_row + cols * stride_z_col, mask=cols < V, other=float("-inf"),
+                    eviction_policy="evict_last").to(tl.float32)
+        m, d = _online_lse_update(m, d, x)
+    return m + tl.log(d)
+
+
+@triton.jit
+def _write_softmax_row(z_row, stride_z_col, g_row, stride_g_col, lse, inv_n, V, BLOCK_V: tl.constexpr):
+    """Sweep 2 of a one-stream row: ``g = softmax(z)·inv_n`` over V, in g's dtype.
+
+    Nothing but load, exp, store, from the row's end back: the blocks sweep 1
+    read last are the likeliest still in L2, and this last read of z and the
+    gradient's write are marked to leave L2 first. ``g_row`` may alias ``z_row``.
+    """
+    num_blocks = tl.cdiv(V, BLOCK_V)
+    for step in range(0, num_blocks):
+        cols = (num_blocks - 1 - step) * BLOCK_V + tl.arange(0, BLOCK_V)
+        cmask = cols < V
+        x = tl.load(z_row + cols * stride_z_col, mask=cmask, other=float("-inf"),
+                    eviction_policy="evict_first").to(tl.float32)
+        g = (tl.exp(x - lse) * inv_n).to(g_row.dtype.element_ty)
+        tl.store(g_row + cols * stride_g_col, g, mask=cmask, eviction_policy="evict_first")
+
+
+@triton.jit
+def _gate(z_s, r_post, kmask, t, K, mass_threshold, gate_scale, gate_bias, gate_temperature, decay_start, decay_tau,
+          USE_DECAY: tl.constexpr):
+    """``c̃ = sigmoid(α·(I(q_ft) − I(q_post) − β))``, times ``exp(−(t − N)/τ)`` past N when ``USE_DECAY``.
+
+    ``z_s``, ``r_post``: [K_PAD] float32 logits on S; ``t``: the row's answer position (float32).
+    """
+    i_ft = _dispersion(z_s / gate_temperature, kmask, mass_threshold, K)
+    i_post = _dispersion(r_post / gate_temperature, kmask, mass_threshold, K)
+    gate = tl.sigmoid(gate_scale * (i_ft - i_post - gate_bias))
+    if USE_DECAY:
+        gate = gate * tl.exp(-tl.maximum(t - decay_start, 0.0) / decay_tau)
+    return gate
+
+
+@triton.jit
+def _weighted_kl(z_s, mixed, w, kmask, kl_temperature):
+    """``(KL_row, p_ft, p_ref)`` on S: ``p_ref ∝ w·exp(m/T)`` over w > 0, ``p_ft = softmax(z_s/T)``.
+
+    ``KL_row = T²·Σ_{w>0} p_ref·(log p_ref − log p_ft)``; tokens with w = 0 get
+    p_ref = 0 and add nothing. All arguments [K_PAD] float32 (``z_s`` −inf on padding).
+    """
+    positive = (w > 0) & kmask
+    log_un = tl.where(positive, tl.log(tl.where(positive, w, 1.0)) + mixed / kl_temperature, float("-inf"))
+    log_un_max = tl.max(log_un, axis=0)
+    e_ref = tl.exp(log_un - log_un_max)
+    sum_ref = tl.sum(e_ref, axis=0)
+    p_ref = e_ref / sum_ref
+    log_p_ref = log_un - log_un_max - tl.log(sum_ref)
+    z_t = z_s / kl_temperature
+    z_t_max = tl.max(z_t, axis=0)
+    e_ft = tl.exp(z_t - z_t_max)
+    sum_ft = tl.sum(e_ft, axis=0)
+    p_ft = e_ft / sum_ft
+    log_p_ft = z_t - z_t_max - tl.log(sum_ft)
+    terms = tl.where(positive, p_ref * (log_p_ref - log_p_ft), 0.0)
+    return kl_temperature * kl_temperature * tl.sum(terms, axis=0), p_ft, p_ref
+
+
+@triton.jit
 def pact_safety_set_kernel(
     z_ptr, stride_z_row, stride_z_col,
     g_ptr, stride_g_row, stride_g_col,
@@ -107,16 +178,7 @@ def pact_safety_set_kernel(
         tl.store(kl_ptr + row, 0.0)
         tl.store(gate_ptr + row, 0.0)
     else:
-        # Sweep 1: online log-sum-exp of z over V.
-        m = float("-inf")
-        d = 0.0
-        for start in range(0, V, BLOCK_V):
-            cols = start + tl.arange(0, BLOCK_V)
-            # evict_last: sweep 2 reads the row again, from L2 if it is still there.
-            x = tl.load(z_row + cols * stride_z_col, mask=cols < V, other=float("-inf"),
-                        eviction_policy="evict_last").to(tl.float32)
-            m, d = _online_lse_update(m, d, x)
-        lse = m + tl.log(d)
+        lse = _row_lse(z_row, stride_z_col, V, BLOCK_V)  # sweep 1
         z_y = tl.load(z_row + y * stride_z_col).to(tl.float32)
 
         # Gathers of S, then the K-value work in registers.
@@ -129,57 +191,29 @@ def pact_safety_set_kernel(
         r_full = _load_ref_on_s(rf_ptr + row * stride_rf_row, stride_rf_col, ids, kk, kmask, RF_GATHER)
         if USE_GATE:
             r_post = _load_ref_on_s(rp_ptr + row * stride_rp_row, stride_rp_col, ids, kk, kmask, RP_GATHER)
-            i_ft = _dispersion(z_s / gate_temperature, kmask, mass_threshold, K)
-            i_post = _dispersion(r_post / gate_temperature, kmask, mass_threshold, K)
-            gate = tl.sigmoid(gate_scale * (i_ft - i_post - gate_bias))
+            t = 0.0
             if USE_DECAY:
                 t = tl.load(pos_ptr + row).to(tl.float32)
-                gate = gate * tl.exp(-tl.maximum(t - decay_start, 0.0) / decay_tau)
+            gate = _gate(z_s, r_post, kmask, t, K, mass_threshold, gate_scale, gate_bias, gate_temperature,
+                         decay_start, decay_tau, USE_DECAY)
             mixed = (1.0 - gate) * r_full + gate * r_post
         else:
             gate = 0.0
             mixed = r_full
-
-        # p_ref ∝ w·exp(m/T) over w > 0; p_ft = softmax(z_s/T) over S.
-        positive = (w > 0) & kmask
-        log_un = tl.where(positive, tl.log(tl.where(positive, w, 1.0)) + mixed / kl_temperature, float("-inf"))
-        log_un_max = tl.max(log_un, axis=0)
-        e_ref = tl.exp(log_un - log_un_max)
-        sum_ref = tl.sum(e_ref, axis=0)
-        p_ref = e_ref / sum_ref
-        log_p_ref = log_un - log_un_max - tl.log(sum_ref)
-        z_t = z_s / kl_temperature
-        z_t_max = tl.max(z_t, axis=0)
-        e_ft = tl.exp(z_t - z_t_max)
-        sum_ft = tl.sum(e_ft, axis=0)
-        p_ft = e_ft / sum_ft
-        log_p_ft = z_t - z_t_max - tl.log(sum_ft)
-        terms = tl.where(positive, p_ref * (log_p_ref - log_p_ft), 0.0)
-        kl_row = kl_temperature * kl_temperature * tl.sum(terms, axis=0)
+        kl_row, p_ft, p_ref = _weighted_kl(z_s, mixed, w, kmask, kl_temperature)
 
         inv_n = tl.load(inv_n_ptr)
         is_target = ids == y
         g_s = (tl.exp(z_s - lse) - is_target.to(tl.float32) + lambda_kl * kl_temperature * (p_ft - p_ref)) * inv_n
         g_y = (tl.exp(z_y - lse) - 1.0) * inv_n
         y_outside_s = tl.sum((is_target & kmask).to(tl.int32), axis=0) == 0
-
         tl.store(ce_ptr + row, lse - z_y)
         tl.store(kl_ptr + row, kl_row)
         tl.store(gate_ptr + row, gate)
 
-        # Sweep 2: softmax(z)/n over V (with inplace_grad, g aliases z: every
-        # value above was read before this point). Nothing but load, exp, store,
-        # from the row's end back: the blocks sweep 1 read last are the likeliest
-        # still in L2, and this last read of z and the gradient's write leave it first.
-        num_blocks = tl.cdiv(V, BLOCK_V)
+        # Sweep 2 (with inplace_grad, g aliases z: every value above was read before this point).
         tl.debug_barrier()
-        for step in range(0, num_blocks):
-            cols = (num_blocks - 1 - step) * BLOCK_V + tl.arange(0, BLOCK_V)
-            cmask = cols < V
-            x = tl.load(z_row + cols * stride_z_col, mask=cmask, other=float("-inf"),
-                        eviction_policy="evict_first").to(tl.float32)
-            g = (tl.exp(x - lse) * inv_n).to(g_row.dtype.element_ty)
-            tl.store(g_row + cols * stride_g_col, g, mask=cmask, eviction_policy="evict_first")
+        _write_softmax_row(z_row, stride_z_col, g_row, stride_g_col, lse, inv_n, V, BLOCK_V)
         # The target and S columns: their float32 totals overwrite the sweep's values
         # (the target's here only when it lies outside S; else g_s carries its −1).
         tl.debug_barrier()
