@@ -21,8 +21,8 @@ Plots (matplotlib PNG), from the per-step training logs:
 * ``fig7_safety_logits.png`` (Fig. 7): mean safety-token logit on harmful
   samples at each of the first 4 answer positions, per step; the dotted line
   is the first logged step (the initial model).
-* ``fig6_loss_benign_harmful.png`` (Fig. 6): CE (solid) and the KL term
-  (dashed) on benign and on harmful samples.
+* ``fig6_loss_benign_harmful.png`` (Fig. 6): CE (solid, left axis) and the KL
+  term (dashed, right axis) on benign and on harmful samples.
 * ``fig5_sweep.png`` (Fig. 5): Acc and ASR against λ (``lambda_kl``), N
   (``decay_start``) and K (``k``), from evaluated runs whose other two values
   are the most common ones; a panel needs at least two values.
@@ -177,16 +177,21 @@ def _fmt(v: float | None) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
 
+def _task_prefix(task: str) -> str:
+    """Column-group prefix: ``GSM8K `` etc.; none for runs without a task (no Acc)."""
+    return "" if task == "-" else f"{TASK_NAMES.get(task, task)} "
+
+
 def render_table(runs: Sequence[Run]) -> tuple[str, str]:
     """(markdown, CSV) of the results table."""
     tasks, rows = table_rows(runs)
     if not rows:
         return "", ""
-    head = ["Method"] + [f"{TASK_NAMES.get(t, t)} {c}{ARROWS[c]}" for t in tasks for c in COLUMNS]
+    head = ["Method"] + [f"{_task_prefix(t)}{c}{ARROWS[c]}" for t in tasks for c in COLUMNS]
     md = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method"] + [f"{TASK_NAMES.get(t, t)} {c}" for t in tasks for c in COLUMNS])
+    w.writerow(["method"] + [f"{_task_prefix(t)}{c}" for t in tasks for c in COLUMNS])
     for label, cells in rows:
         vals = [cells.get(t, {}).get(c) for t in tasks for c in COLUMNS]
         md.append("| " + " | ".join([label] + [_fmt(v) for v in vals]) + " |")
@@ -301,20 +306,30 @@ def make_plots(runs: Sequence[Run], out_dir: str | Path, smooth_steps: int | Non
         else:
             plt.close(fig)
 
-        # Fig. 6: CE and KL on benign vs harmful samples
+        # Fig. 6: CE and KL on benign vs harmful samples (KL on its own right-hand axis: it is much smaller)
         fig, axes = plt.subplots(2, 1, figsize=(6.4, 6.4), sharex=True)
         any_line = False
         for ax, kind in zip(axes, ("benign", "harmful")):
+            ax_kl = None
+            handles = []
             for i, r in enumerate(logged):
                 c = colors[i % len(colors)]
-                for key, ls, name in (("ce", "-", "CE"), ("kl", "--", "KL term")):
-                    xs, ys = _series(r.log, lambda rec, k=key, kd=kind: rec[kd][k])
-                    if xs and (key == "ce" or any(abs(y) > 0 for y in ys)):
-                        ax.plot(xs, smooth(ys, _window(len(ys), smooth_steps)), ls, color=c, label=f"{r.label} {name}")
-                        any_line = True
+                xs, ys = _series(r.log, lambda rec, kd=kind: rec[kd]["ce"])
+                if xs:
+                    handles += ax.plot(xs, smooth(ys, _window(len(ys), smooth_steps)), "-", color=c,
+                                       label=f"{r.label} CE")
+                    any_line = True
+                xs, ys = _series(r.log, lambda rec, kd=kind: rec[kd]["kl"])
+                if xs and any(abs(y) > 0 for y in ys):
+                    ax_kl = ax_kl or ax.twinx()
+                    handles += ax_kl.plot(xs, smooth(ys, _window(len(ys), smooth_steps)), "--", color=c,
+                                          label=f"{r.label} KL term")
             ax.set_title(f"{kind} samples")
-            ax.set_ylabel("per-token loss")
-            ax.legend(fontsize=8)
+            ax.set_ylabel("CE per token")
+            if ax_kl is not None:
+                ax_kl.set_ylabel("KL per token (dashed)")
+            if handles:
+                ax.legend(handles=handles, fontsize=8)
         axes[1].set_xlabel("optimizer step")
         if any_line:
             fig.suptitle("Loss during fine-tuning (Fig. 6)")
