@@ -280,11 +280,13 @@ def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path,
             state["gen"] = _make_generator(state["model"], state["tok"], max_new_tokens, batch_size)
         return state["gen"](prompts)
 
+    # 0. every suite's items first: a missing data set fails before any model is loaded
+    suite_items = {s.name: load_suite(s, size=sizes.get(s.name, limit), file=files.get(s.name)) for s in suites}
+
     # 1. generations, suite by suite (the policy model is loaded only when something is missing)
     gens: dict[str, list[dict]] = {}
     for s in suites:
-        n = sizes.get(s.name, limit if limit is not None else None)
-        items = load_suite(s, size=n, file=files.get(s.name))
+        items = suite_items[s.name]
         d = out / s.name
         d.mkdir(parents=True, exist_ok=True)
         gpath = d / "generations.jsonl"

@@ -238,9 +238,10 @@ def test_rejudge_saved_generations_with_pact_judge(byte_tok, tmp_path, capsys):
 
 
 def test_offline_hub_suite_names_the_local_file(tiny_path, tmp_path, capsys):
-    rc = main(["eval", "--model", str(tiny_path), "--suite", "jailbreakbench", "--limit", "2", "-o",
+    rc = main(["eval", "--model", str(tiny_path), "--suite", "harmbench,jailbreakbench", "--limit", "2", "-o",
                str(tmp_path / "x"), "--no-progress"])
     assert rc == 2
+    assert not (tmp_path / "x" / "harmbench").exists()  # failed before generating anything
     err = capsys.readouterr().err
     assert "--suite-file jailbreakbench=" in err and "harmful-behaviors.csv" in err
     csvf = tmp_path / "harmful-behaviors.csv"
