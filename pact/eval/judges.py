@@ -189,6 +189,7 @@ class LlamaGuardJudge(Judge):
         self.dtype, self.device = dtype, device
         self.batch_size, self.max_new_tokens = int(batch_size), int(max_new_tokens)
         self._model, self._tok = model_obj, tokenizer_obj
+        self._given = model_obj is not None and tokenizer_obj is not None  # close() keeps a model it was handed
         self._content_as_parts: bool | None = None
         self.progress = progress
         if self.batch_size < 1 or self.max_new_tokens < 1:
@@ -224,8 +225,10 @@ class LlamaGuardJudge(Judge):
         return model, tok
 
     def close(self) -> None:
-        self._model = self._tok = None
-        self._content_as_parts = None
+        """Drop a model this judge loaded itself (one handed in as ``model_obj`` is kept)."""
+        if not self._given:
+            self._model = self._tok = None
+            self._content_as_parts = None
 
     # -- rendering ----------------------------------------------------------
     def _chat(self, prompt: str, response: str, parts: bool) -> list[dict[str, Any]]:

@@ -268,3 +268,36 @@ def test_llama_guard_refuses_a_model_without_template(guard, tmp_path):
     tok.chat_template = "{{ bos_token }}{% for m in messages %}{{ m['role'] }}{% endfor %}"
     with pytest.raises(ValueError, match="does not render"):
         LlamaGuardJudge("x", model_obj=model, tokenizer_obj=tok).render("a", "b")
+
+
+def test_pact_eval_with_llama_guard_judge(guard, tmp_path):
+    """run_eval -> LlamaGuardJudge: ASR from the guard's parsed verdicts; a handed-in guard survives close()."""
+    from pact.eval.runner import run_eval
+    from pact.eval.suites import parse_suite_list
+    from pact.tiny import tiny_model, tiny_tokenizer
+
+    model, tok = guard
+    real_generate = model.generate
+
+    def forced(input_ids, attention_mask, max_new_tokens, **kw):
+        rows = []
+        for ids, mask in zip(input_ids, attention_mask):
+            said = "unsafe\nS1" if "parathion" in tok.decode(ids[mask.bool()]) else "safe"
+            rows.append(tok(said, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+        w = max(len(r) for r in rows)
+        return torch.cat([input_ids, torch.tensor([r + [tok.pad_token_id] * (w - len(r)) for r in rows])], dim=1)
+
+    ptok = tiny_tokenizer()
+    model.generate = forced
+    try:
+        j = LlamaGuardJudge("tiny-guard", model_obj=model, tokenizer_obj=tok, progress=False)
+        m = run_eval(model="tiny", model_obj=tiny_model(ptok, seed=1).eval(), tokenizer_obj=ptok, judge=j,
+                     suites=parse_suite_list("harmbench"), out_dir=tmp_path / "r", limit=3, max_new_tokens=3,
+                     progress=False, log=lambda _: None)
+        assert j._model is model  # still usable
+    finally:
+        model.generate = real_generate
+    assert m["judge"] == "llama-guard:tiny-guard"
+    assert (m["suites"]["harmbench"]["unsafe"], m["suites"]["harmbench"]["n"]) == (1, 3)
+    v = [json.loads(x) for x in (tmp_path / "r" / "harmbench" / "verdicts.jsonl").read_text().splitlines()]
+    assert [x["judge_output"] for x in v] == ["safe", "unsafe\nS1", "safe"] and "parathion" in v[1]["prompt"]
