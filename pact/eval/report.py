@@ -240,6 +240,11 @@ def _mean_positions(kind: str, key: str):
     return get
 
 
+def _marks(xs: list[float]) -> dict:
+    """Point markers for short curves (few logged steps), where lines alone hide the gaps."""
+    return {"marker": "o", "ms": 3} if len(xs) <= 60 else {}
+
+
 def _window(n: int, smooth_steps: int | None) -> int:
     return smooth_steps if smooth_steps is not None else max(1, n // 50)
 
@@ -273,7 +278,8 @@ def make_plots(runs: Sequence[Run], out_dir: str | Path, smooth_steps: int | Non
             for kind, ls in (("harmful", "-"), ("benign", "--")):
                 xs, ys = _series(r.log, _mean_positions(kind, "safety_prob"))
                 if xs:
-                    ax.plot(xs, smooth(ys, _window(len(ys), smooth_steps)), ls, color=c, label=f"{r.label}, {kind}")
+                    ax.plot(xs, smooth(ys, _window(len(ys), smooth_steps)), ls, color=c, label=f"{r.label}, {kind}",
+                            **_marks(xs))
                     any_line = True
         if any_line:
             ax.set_xlabel("optimizer step")
@@ -292,7 +298,7 @@ def make_plots(runs: Sequence[Run], out_dir: str | Path, smooth_steps: int | Non
                 c = colors[i % len(colors)]
                 xs, ys = _series(r.log, lambda rec, p=pos: rec["harmful"]["safety_logit"][p])
                 if xs:
-                    ax.plot(xs, smooth(ys, _window(len(ys), smooth_steps)), color=c, label=r.label)
+                    ax.plot(xs, smooth(ys, _window(len(ys), smooth_steps)), color=c, label=r.label, **_marks(xs))
                     if i == 0:
                         ax.axhline(ys[0], color="gray", ls=":", lw=1, label="initial (first step)")
                     any_line = True
