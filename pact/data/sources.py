@@ -304,8 +304,9 @@ HUB_SOURCES: dict[str, _HubSpec] = {
         "PKU-Alignment/BeaverTails", None, "30k_test", "prompt",
         "the 30k_test split of https://huggingface.co/datasets/PKU-Alignment/BeaverTails, "
         "exported as JSONL with the unsafe rows (is_safe == false)",
-        "prompt", filter=lambda r: r.get("is_safe") is False, dedupe=True,
-        description="BeaverTails prompts whose answer was labelled unsafe (deduplicated)"),
+        "prompt", target_column="response", filter=lambda r: r.get("is_safe") is False, dedupe=True,
+        description="BeaverTails prompts whose answer was labelled unsafe (deduplicated; the unsafe answer "
+                    "is the target)"),
 }
 
 
