@@ -238,7 +238,7 @@ def train(cfg: TrainConfig) -> dict:
     sample_log = (run_dir / f"samples-rank{rank}.jsonl").open("a") if cfg.record_samples else None
     engine.train()
     while step < total_steps:
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
         metrics = StepMetrics(safety_ids, device)
         micro_batches = sampler.micro_batches(epoch, in_epoch)
@@ -259,7 +259,7 @@ def train(cfg: TrainConfig) -> dict:
             sample_log.write(json.dumps({"step": step + 1, "samples": [i for mb in micro_batches for i in mb]}) + "\n")
         step += 1
         record = dict(step=step, epoch=epoch, lr=engine.get_lr()[0], **metrics.reduce(),
-                      seconds=time.perf_counter() - started)
+                      seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - started_cpu)
         if step % cfg.log_every == 0 or step == total_steps:
             logger.log(record)
         progress.update(1)

@@ -1,7 +1,7 @@
 """Per-step training metrics, reduced over micro-batches and ranks, and their JSONL/TensorBoard log.
 
 One JSONL line per optimizer step (``train_log.jsonl``):
-``{"step", "epoch", "loss", "ce", "kl", "gate_mean", "lr", "seconds",
+``{"step", "epoch", "loss", "ce", "kl", "gate_mean", "lr", "seconds", "cpu_seconds",
   "benign": {"ce", "kl", "rows", "safety_prob", "safety_logit"},
   "harmful": {...}}``; ``safety_prob``/``safety_logit`` are the mean over the K
 safety tokens of the probability / logit at answer positions 0..3 (the
