@@ -6,8 +6,9 @@ A RUN is a directory holding any of
   ``RUN/eval/``): a row of the table;
 * ``train_log.jsonl`` + ``run.json`` of a training run: its curves in the plots.
 
-Table (Table 2 layout): one row per method, one column group per fine-tuning
-task, each group ``Acc↑ SR↓ JB↓ HB↓`` in percent (Acc from the task's suite,
+Table (Table 2 layout): one row per method (runs of one method on different
+tasks share the row; two runs of one method on one task get a row each, named
+after their directories), one column group per fine-tuning task, each group ``Acc↑ SR↓ JB↓ HB↓`` in percent (Acc from the task's suite,
 SR/JB/HB the ASR on StrongREJECT, JailbreakBench, HarmBench). The task of a
 row is the run's ``task`` (``--task`` of ``pact eval`` or the adapter's
 ``run.json``); a run without one (the initial model) fills every task group
@@ -64,7 +65,8 @@ class Run:
     evals: list[dict] = field(default_factory=list)     # metrics.json contents
     config: dict | None = None                           # run.json contents
     log: list[dict] = field(default_factory=list)        # train_log.jsonl lines
-    label: str = ""
+    label: str = ""                                      # legend label, unique among the runs
+    table_label: str = ""                                # table row: the method (runs of one method share a row)
 
     @property
     def method(self) -> str | None:
@@ -120,11 +122,12 @@ def _assign_labels(runs: list[Run], labels: Sequence[str] | None) -> None:
         if len(labels) != len(runs):
             raise ValueError(f"{len(labels)} labels for {len(runs)} runs")
         for r, lab in zip(runs, labels):
-            r.label = lab
+            r.label = r.table_label = lab
         return
     names = [method_name(r.method) if r.method else r.path.name for r in runs]
     counts = Counter(names)
     for r, n in zip(runs, names):
+        r.table_label = n
         r.label = n if counts[n] == 1 else f"{n} ({r.path.name})"
 
 
@@ -154,7 +157,7 @@ def table_rows(runs: Sequence[Run]) -> tuple[list[str], list[tuple[str, dict[str
     for r in runs:
         for m in r.evals:
             tasks, cells = _cells(m)
-            label = r.label if len(r.evals) == 1 else f"{r.label} [{m.get('name', '')}]"
+            label = r.table_label if len(r.evals) == 1 else f"{r.table_label} [{m.get('name', '')}]"
             for t in tasks:
                 if t not in all_tasks:
                     all_tasks.append(t)

@@ -76,8 +76,7 @@ def test_table_in_paper_layout_from_metrics(tmp_path):
     runs = load_runs([pact, sft, init, pact_ag])
     tasks, rows = table_rows(runs)
     assert tasks == ["gsm8k", "agnews"]
-    labels = [r[0] for r in rows]
-    assert labels[:2] == ["Initial", "SFT"] and all(lab.startswith("PACT") for lab in labels[2:])
+    assert [r[0] for r in rows] == ["Initial", "SFT", "PACT"]  # the two PACT runs (two tasks) share a row
     md, csv_text = render_table(runs)
     lines = md.splitlines()
     assert lines[0] == ("| Method | GSM8K Acc↑ | GSM8K SR↓ | GSM8K JB↓ | GSM8K HB↓ | AGNEWS Acc↑ | AGNEWS SR↓ | "
@@ -85,7 +84,12 @@ def test_table_in_paper_layout_from_metrics(tmp_path):
     # the initial model fills both task groups with its one set of ASRs, as in the paper
     assert lines[2] == "| Initial | 56.56 | 1.60 | 3.00 | 7.00 | 83.20 | 1.60 | 3.00 | 7.00 |"
     assert lines[3] == "| SFT | 81.65 | 71.25 | 52.50 | 94.50 | – | – | – | – |"
-    assert "| 80.89 | 9.27 | 11.00 | 29.50 |" in md and "| 89.10 | 5.75 | – | 13.50 |" in md
+    assert lines[4] == "| PACT | 80.89 | 9.27 | 11.00 | 29.50 | 89.10 | 5.75 | – | 13.50 |"
+    # a second PACT run on GSM8K gets its own row, named after its directory
+    again = _write(tmp_path / "pact-gsm8k-2", _metrics("p2", "pact", "gsm8k", {"gsm8k": 70.0, "harmbench": 50.0}))
+    _, rows = table_rows(load_runs([pact, sft, init, pact_ag, again]))
+    assert [r[0] for r in rows] == ["Initial", "SFT", "PACT", "PACT (pact-gsm8k-2)"]
+    assert rows[3][1]["gsm8k"] == {"Acc": 70.0, "SR": None, "JB": None, "HB": 50.0}
     assert csv_text.splitlines()[0].startswith("method,GSM8K Acc,GSM8K SR,GSM8K JB,GSM8K HB,AGNEWS Acc")
     assert csv_text.splitlines()[2].startswith("SFT,81.6500,71.2500,52.5000,94.5000,,,,")
 
