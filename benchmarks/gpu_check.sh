@@ -12,7 +12,11 @@
 #   pip download liger-kernel --no-deps -d .wheels      (and add .wheels to the run's carry list)
 # and this script installs it from .wheels (or $LIGER_WHEELS) into a temporary folder, offline.
 #
-# Files in $OUT: gpu_check.log (everything printed, versions first),
+# The cuda backend (csrc/) is built first, in place (setup.py build_ext --inplace,
+# PACT_BUILD_CUDA=1, TORCH_CUDA_ARCH_LIST=9.0); if it fails, its cases are skipped
+# with a line saying so and everything else runs.
+#
+# Files in $OUT: gpu_check.log (everything printed, versions first), build_cuda.log,
 # pytest_triton.log, correctness.json, gpu_bench.md, gpu_bench.json, gpu_bench.raw.json, tune.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -54,6 +58,18 @@ else
   DEVICE=cuda
   SMALL=
 fi
+
+say "0/4 build the cuda backend (csrc/ -> pact_kernels._cuda), offline, sm_90 only"
+if [ "$DRY" = 1 ]; then
+  say "dry run: cuda backend not built (it needs a CUDA build of torch and nvcc)"
+else
+  # In place, no network, no build isolation; ninja when present, else setuptools' serial compile.
+  TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8} PACT_BUILD_CUDA=1 \
+    timeout 100 "$PY" setup.py build_ext --inplace >"$OUT/build_cuda.log" 2>&1
+  rc=$?; [ $rc = 0 ] || say "cuda backend build failed or timed out (exit $rc; see build_cuda.log; its cases are skipped)"
+  tail -n 3 "$OUT/build_cuda.log" | tee -a "$LOG"
+fi
+"$PY" -c "from pact_kernels import cuda_backend as c; print('cuda backend built:', c.is_built())" 2>&1 | tee -a "$LOG"
 
 say "1/4 triton test file on $DEVICE (the CPU suite's oracle checks)"
 timeout 110 "$PY" -m pytest tests/kernels/test_triton_backend.py -q -p no:cacheprovider >"$OUT/pytest_triton.log" 2>&1

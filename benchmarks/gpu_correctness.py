@@ -4,7 +4,8 @@
     TRITON_INTERPRET=1 python -m benchmarks.gpu_correctness --device cpu --small -o /tmp/c.json
 
 For each backend (``naive`` in the input's precision, ``torch``, ``triton``,
-``triton`` with ``inplace_grad``), variant, dtype (float32, bfloat16,
+``triton`` with ``inplace_grad``, and ``cuda`` with and without it when
+``pact_kernels._cuda`` is built), variant, dtype (float32, bfloat16,
 float16) and reference width (``[rows, K]``, ``[rows, V]``): loss and
 gradient relative errors against the naive backend on float64 copies (SPEC:
 < 1e-5 for float32, < 1e-2 for half precision). On CUDA it then checks the
@@ -27,6 +28,21 @@ from tests.kernels.inputs import random_batch, rel_err
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 CASES = (("naive", False), ("torch", False), ("triton", False), ("triton", True))
+CUDA_CASES = (("cuda", False), ("cuda", True))  # the csrc/ extension, when built and on a CUDA device
+
+
+def cuda_backend_ready(device: str) -> bool:
+    """True when the ``cuda`` backend can run here; else prints why its cases are left out."""
+    from pact_kernels import cuda_backend
+
+    if device != "cuda":
+        print("gpu_correctness: cuda backend skipped: it runs on CUDA devices only", flush=True)
+        return False
+    if not cuda_backend.is_built():
+        print("gpu_correctness: cuda backend skipped: pact_kernels._cuda is not built "
+              f"({cuda_backend.BUILD_COMMAND})", flush=True)
+        return False
+    return True
 
 
 def run_backend(batch: dict, cfg: PACTConfig, backend: str, inplace: bool, device: str):
@@ -61,7 +77,7 @@ def oracle(batch, cfg, device):
     return out, grad.cpu()
 
 
-def small_grid_checks(device: str, rows: int, vocab: int, k: int, log) -> list:
+def small_grid_checks(device: str, rows: int, vocab: int, k: int, log, cases=CASES) -> list:
     records = []
     for dtype in (torch.float32, torch.bfloat16, torch.float16):
         for variant in VARIANTS:
@@ -70,15 +86,15 @@ def small_grid_checks(device: str, rows: int, vocab: int, k: int, log) -> list:
                 batch["labels"][1] = batch["safety_ids"][0]  # a target inside S
                 cfg = PACTConfig(variant=variant)
                 want, want_grad = oracle(batch, cfg, device)
-                for backend, inplace in CASES:
+                for backend, inplace in cases:
                     record = check_case(batch, cfg, backend, inplace, device, want, want_grad)
                     records.append(record)
                     log(record)
     return records
 
 
-def offsets_check(device: str, rows: int, vocab: int, k: int, tail: int, log) -> list:
-    """Triton at ``rows × vocab`` (bf16): its last ``tail`` gradient rows and per-row terms vs the oracle."""
+def offsets_check(device: str, rows: int, vocab: int, k: int, tail: int, log, backend: str = "triton") -> list:
+    """``backend`` at ``rows × vocab`` (bf16): its last ``tail`` gradient rows and per-row terms vs the oracle."""
     g = torch.Generator(device=device).manual_seed(0)
     logits = (2 * torch.randn(rows, vocab, generator=g, device=device)).to(torch.bfloat16)
     labels = torch.randint(0, vocab, (rows,), generator=g, device=device)
@@ -92,7 +108,7 @@ def offsets_check(device: str, rows: int, vocab: int, k: int, tail: int, log) ->
     records = []
     for inplace in (False, True):
         z = logits.clone().requires_grad_()
-        out = pact_loss_from_config(z, labels, ref_full, ref_post, ids, weights, pos, cfg, backend="triton",
+        out = pact_loss_from_config(z, labels, ref_full, ref_post, ids, weights, pos, cfg, backend=backend,
                                     inplace_grad=inplace)
         out.loss.backward()
         n = int(out.num_rows)
@@ -103,7 +119,7 @@ def offsets_check(device: str, rows: int, vocab: int, k: int, tail: int, log) ->
         want, want_grad = oracle(sub, cfg, "cpu")
         n_sub = int(want.num_rows)
         record = {
-            "backend": "triton" + ("+inplace" if inplace else ""), "variant": "pact", "dtype": "bfloat16",
+            "backend": backend + ("+inplace" if inplace else ""), "variant": "pact", "dtype": "bfloat16",
             "shape": [rows, vocab], "rows_checked": f"last {tail}",
             "grad_err": rel_err(z.grad[last].cpu(), want_grad * n_sub / n),
             "ce_rows_err": rel_err(out.ce_rows[last].cpu(), want.ce_rows),
@@ -129,11 +145,15 @@ def main(argv=None) -> int:
     def log(record):
         print(("ok  " if record["ok"] else "FAIL") + " " + json.dumps(record), flush=True)
 
+    with_cuda = cuda_backend_ready(args.device)
+    cases = CASES + (CUDA_CASES if with_cuda else ())
     if args.small:
-        records = small_grid_checks(args.device, rows=6, vocab=300, k=7, log=log)
+        records = small_grid_checks(args.device, rows=6, vocab=300, k=7, log=log, cases=cases)
     else:
-        records = small_grid_checks(args.device, rows=64, vocab=50257, k=50, log=log)
+        records = small_grid_checks(args.device, rows=64, vocab=50257, k=50, log=log, cases=cases)
         records += offsets_check(args.device, rows=16384, vocab=152064, k=50, tail=4, log=log)
+        if with_cuda:
+            records += offsets_check(args.device, rows=16384, vocab=152064, k=50, tail=4, log=log, backend="cuda")
     failed = [r for r in records if not r["ok"]]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,

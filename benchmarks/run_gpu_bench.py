@@ -78,6 +78,8 @@ def summarise(key, cases: dict) -> dict:
         "triton_over_floor": ratio(triton, copy),
         "triton_over_liger_ce": ratio(triton, ms("liger_ce forward_backward")),
         "triton_inplace_over_floor": ratio(ms("triton_inplace forward_backward"), copy),
+        "cuda_over_floor": ratio(ms("cuda forward_backward"), copy),
+        "cuda_over_triton": ratio(ms("cuda forward_backward"), triton),
         "triton_beyond_grad_pct_of_logits": None if beyond is None else 100 * beyond / logits_bytes,
         "triton_inplace_beyond_logits_pct": None if inplace_peak is None else 100 * inplace_peak / logits_bytes,
     }
@@ -96,18 +98,21 @@ def markdown(summaries: list, versions: str) -> str:
         "",
         "Forward + backward:",
         "",
-        "| rows | V | dtype | naive | torch | triton | triton in-place | Liger CE | floor | "
-        "triton vs naive | triton / floor | triton / Liger | triton extra mem % | in-place extra mem % |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rows | V | dtype | naive | torch | triton | triton in-place | cuda | cuda in-place | Liger CE | floor | "
+        "triton vs naive | triton / floor | cuda / floor | cuda / triton | triton / Liger | triton extra mem % | "
+        "in-place extra mem % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         t = s["ms"]
         lines.append(
             f"| {s['rows']} | {s['vocab']} | {s['dtype']} | {_fmt(t.get('naive forward_backward'))} | "
             f"{_fmt(t.get('torch forward_backward'))} | {_fmt(t.get('triton forward_backward'), '.2f')} | "
-            f"{_fmt(t.get('triton_inplace forward_backward'), '.2f')} | {_fmt(t.get('liger_ce forward_backward'), '.2f')} | "
+            f"{_fmt(t.get('triton_inplace forward_backward'), '.2f')} | {_fmt(t.get('cuda forward_backward'), '.2f')} | "
+            f"{_fmt(t.get('cuda_inplace forward_backward'), '.2f')} | {_fmt(t.get('liger_ce forward_backward'), '.2f')} | "
             f"{_fmt(t.get('copy floor'), '.2f')} | {_fmt(s['triton_speedup_vs_naive'], '.1f')}x | "
-            f"{_fmt(s['triton_over_floor'], '.2f')} | {_fmt(s['triton_over_liger_ce'], '.2f')} | "
+            f"{_fmt(s['triton_over_floor'], '.2f')} | {_fmt(s['cuda_over_floor'], '.2f')} | "
+            f"{_fmt(s['cuda_over_triton'], '.2f')} | {_fmt(s['triton_over_liger_ce'], '.2f')} | "
             f"{_fmt(s['triton_beyond_grad_pct_of_logits'], '.2f')} | {_fmt(s['triton_inplace_beyond_logits_pct'], '.2f')} |"
         )
     lines += [
@@ -117,18 +122,18 @@ def markdown(summaries: list, versions: str) -> str:
         "",
         "Forward alone (no_grad) and peak memory of forward + backward (MiB above the inputs, gradient included):",
         "",
-        "| rows | V | dtype | naive fwd | torch fwd | triton fwd | naive peak | torch peak | triton peak | "
-        "in-place peak | logits MiB | copy GB/s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| rows | V | dtype | naive fwd | torch fwd | triton fwd | cuda fwd | naive peak | torch peak | triton peak | "
+        "in-place peak | cuda peak | logits MiB | copy GB/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in summaries:
         t, p = s["ms"], s["peak_mib"]
         lines.append(
             f"| {s['rows']} | {s['vocab']} | {s['dtype']} | {_fmt(t.get('naive forward'))} | "
             f"{_fmt(t.get('torch forward'))} | {_fmt(t.get('triton forward'), '.2f')} | "
-            f"{_fmt(p.get('naive forward_backward'), '.0f')} | {_fmt(p.get('torch forward_backward'), '.0f')} | "
+            f"{_fmt(t.get('cuda forward'), '.2f')} | {_fmt(p.get('naive forward_backward'), '.0f')} | {_fmt(p.get('torch forward_backward'), '.0f')} | "
             f"{_fmt(p.get('triton forward_backward'), '.0f')} | {_fmt(p.get('triton_inplace forward_backward'), '.0f')} | "
-            f"{s['logits_mib']:.0f} | {_fmt(s['copy_gb_per_s'], '.0f')} |"
+            f"{_fmt(p.get('cuda forward_backward'), '.0f')} | {s['logits_mib']:.0f} | {_fmt(s['copy_gb_per_s'], '.0f')} |"
         )
     lines += ["", *acceptance_lines(summaries)]
     return "\n".join(lines) + "\n"

@@ -1,11 +1,12 @@
-"""GPU benchmark: naive vs torch vs triton ``pact_loss``, Liger's cross-entropy, the copy floor.
+"""GPU benchmark: naive vs torch vs triton vs cuda ``pact_loss``, Liger's cross-entropy, the copy floor.
 
     python -m pytest benchmarks/test_bench_gpu.py --benchmark-only          # on a CUDA machine
     python -m benchmarks.run_gpu_bench -o benchmarks/results/gpu            # + JSON and markdown table
 
 Grid (issue 4): rows in {4096, 16384} × V in {32000, 128256, 152064}, K = 50,
 bfloat16 and float32, variant ``pact``; each backend forward (under no_grad)
-and forward + backward, ``triton`` also with ``inplace_grad``. On CUDA also
+and forward + backward, ``triton`` and ``cuda`` (the csrc/ extension, when
+built) also with ``inplace_grad``. On CUDA also
 Liger-Kernel's cross-entropy alone (when ``liger_kernel`` imports: the cost of
 plain cross-entropy) and a device copy of the logits (the bandwidth floor: one
 read and one write of z). Each case stores its peak memory (allocator
@@ -39,11 +40,15 @@ CASES = (
     ("torch", "forward"), ("torch", "forward_backward"),
     ("triton", "forward"), ("triton", "forward_backward"),
     ("triton_inplace", "forward_backward"),
+    ("cuda", "forward"), ("cuda", "forward_backward"),
+    ("cuda_inplace", "forward_backward"),
     ("liger_ce", "forward_backward"),
     ("copy", "floor"),
 )
 # Cases whose call overwrites the logits (their gradient goes into that buffer).
-OVERWRITES_LOGITS = ("triton_inplace", "liger_ce")
+OVERWRITES_LOGITS = ("triton_inplace", "cuda_inplace", "liger_ce")
+# Cases of the csrc/ extension (backend="cuda"): skipped, saying so, when it is not built.
+CUDA_EXTENSION_CASES = ("cuda", "cuda_inplace")
 
 
 def _env_list(name: str, default, cast):
@@ -150,8 +155,8 @@ def make_step(case: str, mode: str, x: BenchInputs):
             ce(x.logits, x.labels).backward()
             synchronize()
         return step
-    backend = "triton" if case == "triton_inplace" else case
-    inplace = case == "triton_inplace"
+    backend = case.removesuffix("_inplace")
+    inplace = case.endswith("_inplace")
     if mode == "forward":
         def step():
             with torch.no_grad():
@@ -179,6 +184,12 @@ def test_pact_loss_gpu(benchmark, rows, vocab, dtype, case, mode):
         pytest.skip("no CUDA device (set PACT_BENCH_DEVICE=cpu for the smoke grid)")
     if case == "liger_ce" and liger_cross_entropy() is None:
         pytest.skip("liger_kernel is not importable here (or not on CUDA)")
+    if case in CUDA_EXTENSION_CASES:
+        from pact_kernels import cuda_backend
+
+        if DEVICE != "cuda" or not cuda_backend.is_built():
+            pytest.skip("cuda backend: pact_kernels._cuda is not built here (or not on CUDA); "
+                        f"build it with {cuda_backend.BUILD_COMMAND}")
     x = inputs_for(rows, vocab, getattr(torch, dtype))
     x.logits.grad = None
     step = make_step(case, mode, x)

@@ -1,0 +1,155 @@
+"""The ``cuda`` backend: the fused kernel of ``csrc/`` (CUDA C++), one launch for loss and gradient.
+
+:func:`forward_with_grad` follows the protocol of
+:func:`pact_kernels.torch_backend.forward_with_grad` and mirrors
+:mod:`pact_kernels.triton_backend`: the kernel writes per-row ``ce``, ``kl``
+and ``gate`` and the gradient already scaled by ``1/n`` (``n`` counted on the
+device from the labels, no host synchronisation); the means are two small
+torch sums.
+
+The kernels live in the optional extension ``pact_kernels._cuda``, built only
+on request::
+
+    PACT_BUILD_CUDA=1 pip install --no-build-isolation -e .
+
+on a machine with a CUDA build of torch and ``nvcc``. Without it, importing
+this module works and :func:`forward_with_grad` raises
+:class:`CUDABackendNotBuilt` saying so.
+
+Inputs in float32 / bfloat16 / float16 (float32 accumulation); K ≤ 1024 for
+the safety-set variants (the K values live in shared memory).
+"""
+from __future__ import annotations
+
+import torch
+
+from .config import PACTConfig
+
+try:
+    from . import _cuda  # the compiled extension (csrc/)
+except ImportError as error:  # not built: reported when the backend is used
+    _cuda = None
+    _IMPORT_ERROR: ImportError | None = error
+else:
+    _IMPORT_ERROR = None
+
+SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+MAX_K = 1024  # pact::kMaxK in csrc/pact_loss.h
+BUILD_COMMAND = "PACT_BUILD_CUDA=1 pip install --no-build-isolation -e ."
+
+
+class CUDABackendNotBuilt(RuntimeError):
+    """``backend='cuda'`` was asked for but the ``pact_kernels._cuda`` extension is not built."""
+
+
+def is_built() -> bool:
+    """True when the compiled extension ``pact_kernels._cuda`` is importable."""
+    return _cuda is not None
+
+
+def _require_extension():
+    if _cuda is None:
+        raise CUDABackendNotBuilt(
+            "backend='cuda' needs the compiled extension pact_kernels._cuda, which was not built "
+            f"(import failed: {_IMPORT_ERROR}). Build it on a machine with a CUDA build of torch and nvcc: "
+            f"`{BUILD_COMMAND}` (or `PACT_BUILD_CUDA=1 python setup.py build_ext --inplace`); "
+            "or use backend='triton' or backend='torch'."
+        )
+    return _cuda
+
+
+def _check_supported(logits: torch.Tensor, cfg: PACTConfig, k: int) -> None:
+    if logits.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"backend='cuda' takes float32, bfloat16 or float16 logits, got {logits.dtype}: its kernels "
+            "accumulate in float32; use backend='torch' or backend='naive' for float64"
+        )
+    if not logits.is_cuda:
+        raise RuntimeError("backend='cuda' needs CUDA tensors; use backend='torch' on the CPU")
+    if cfg.variant != "full_vocab" and k > MAX_K:
+        raise ValueError(f"backend='cuda' takes at most K = {MAX_K} safety tokens, got {k}; use backend='triton'")
+
+
+def _unit_columns(t: torch.Tensor) -> torch.Tensor:
+    """``t`` when its columns are adjacent in memory, else a contiguous copy."""
+    if t.shape[1] <= 1 or t.stride(1) == 1:
+        return t
+    return t.contiguous()
+
+
+def _kernel_ref(t: torch.Tensor) -> torch.Tensor:
+    """A reference input the kernel reads: float32/bf16/fp16 (float64 becomes float32), unit column stride."""
+    t = t.detach()
+    if t.dtype not in SUPPORTED_DTYPES:
+        t = t.to(torch.float32)
+    return _unit_columns(t)
+
+
+def forward_with_grad(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    ref_full: torch.Tensor | None,
+    ref_post: torch.Tensor | None,
+    safety_ids: torch.Tensor,
+    safety_weights: torch.Tensor,
+    answer_pos: torch.Tensor | None,
+    cfg: PACTConfig,
+    chunk_rows: int | None = None,
+    inplace_grad: bool = False,
+):
+    """Loss terms and ``d loss / d logits`` in one kernel launch (inputs already checked).
+
+    Arguments and returns as :func:`pact_kernels.triton_backend.forward_with_grad`:
+    ``(loss, ce, kl, gate, num_rows, grad, ce_rows, kl_rows)``; ``chunk_rows``
+    is ignored (one block per row); ``inplace_grad`` writes the gradient into
+    ``logits`` itself.
+    """
+    del chunk_rows
+    ext = _require_extension()
+    k = safety_ids.numel()
+    _check_supported(logits, cfg, k)
+    rows, vocab = logits.shape
+    device = logits.device
+    z = logits.detach()
+    if inplace_grad:
+        if vocab > 1 and z.stride(1) != 1:
+            raise ValueError("inplace_grad=True with backend='cuda' needs logits with a unit column stride")
+        grad = z
+    else:
+        z = _unit_columns(z)
+        grad = torch.empty_like(z, memory_format=torch.contiguous_format)
+
+    labels64 = labels.to(torch.int64).contiguous()
+    n = (labels64 != cfg.ignore_index).sum()
+    inv_n = (1.0 / n.clamp_min(1).to(torch.float32)).reshape(1)
+    ids = safety_ids.to(device=device, dtype=torch.int64).contiguous()
+    full_vocab = cfg.variant == "full_vocab"
+    if cfg.variant == "safety_tokens" or full_vocab:
+        weights = torch.ones(k, dtype=torch.float32, device=device)
+    else:
+        weights = safety_weights.detach().to(device=device, dtype=torch.float32).contiguous()
+
+    r_full = _kernel_ref(ref_full)
+    # Ungated variants never read r_post / answer_pos: pass r_full / labels as placeholders.
+    r_post = _kernel_ref(ref_post) if cfg.uses_gate and not full_vocab else r_full
+    if r_post.dtype != r_full.dtype:
+        r_post = r_post.to(r_full.dtype)
+    pos = answer_pos.to(torch.int64).contiguous() if cfg.uses_decay else labels64
+
+    if rows > 0:
+        ce_rows, kl_rows, gate, grad = ext.forward(
+            z, grad, labels64, ids, weights, r_full, r_post, pos, inv_n,
+            r_full.shape[1] == vocab, r_post.shape[1] == vocab, cfg.uses_gate and not full_vocab, cfg.uses_decay,
+            full_vocab, int(cfg.ignore_index),
+            float(cfg.lambda_kl), float(cfg.mass_threshold), float(cfg.gate_scale), float(cfg.gate_bias),
+            float(cfg.gate_temperature), float(cfg.decay_start), float(cfg.decay_tau), float(cfg.kl_temperature),
+        )
+    else:
+        ce_rows = torch.zeros(0, dtype=torch.float32, device=device)
+        kl_rows = torch.zeros(0, dtype=torch.float32, device=device)
+        gate = torch.zeros(0, dtype=torch.float32, device=device)
+
+    ce = ce_rows.sum() * inv_n[0]
+    kl = kl_rows.sum() * inv_n[0]
+    loss = ce + cfg.lambda_kl * kl
+    return loss, ce, kl, gate, n, grad, ce_rows, kl_rows
