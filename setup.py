@@ -32,7 +32,9 @@ def _cuda_extension():
     ext = CUDAExtension(
         name="pact_kernels._cuda",
         sources=sources,
-        extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--use_fast_math"]},
+        include_dirs=[os.path.abspath("csrc")],
+        # The flags tests/kernels/test_cuda_sources.py compiles the kernels with (there with warnings as errors).
+        extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
     )
     return [ext], {"build_ext": BuildExtension}
 

@@ -64,10 +64,10 @@ def _check_supported(logits: torch.Tensor, cfg: PACTConfig, k: int) -> None:
             f"backend='cuda' takes float32, bfloat16 or float16 logits, got {logits.dtype}: its kernels "
             "accumulate in float32; use backend='torch' or backend='naive' for float64"
         )
-    if not logits.is_cuda:
-        raise RuntimeError("backend='cuda' needs CUDA tensors; use backend='torch' on the CPU")
     if cfg.variant != "full_vocab" and k > MAX_K:
         raise ValueError(f"backend='cuda' takes at most K = {MAX_K} safety tokens, got {k}; use backend='triton'")
+    if not logits.is_cuda:
+        raise RuntimeError("backend='cuda' needs CUDA tensors; use backend='torch' on the CPU")
 
 
 def _unit_columns(t: torch.Tensor) -> torch.Tensor:
