@@ -19,7 +19,7 @@
 // Inputs float32 / bfloat16 / float16, float32 accumulation, 64-bit row
 // offsets. Unaligned rows (odd V, row strides) take a scalar head and tail
 // around the vector body, or a scalar path when streams are misaligned to
-// each other.
+// each other (or, for full_vocab, of different element sizes).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -249,6 +249,35 @@ __device__ void write_row(const T* zr, const R* rr, T* gr, int64_t vocab, F f) {
   }
 }
 
+// Call f(z[c], r[c]) for every column of a two-stream row (sweep 1 of
+// full_vocab): 16-byte vector loads when both rows share their alignment and
+// element size, scalar head and tail around them; a scalar loop otherwise.
+template <typename T, typename R, typename F>
+__device__ void read_rows(const T* zr, const R* rr, int64_t vocab, F f) {
+  constexpr int kVec = 16 / sizeof(T);
+  const bool vec = sizeof(R) == sizeof(T) &&
+                   (reinterpret_cast<uintptr_t>(rr) & 15u) == (reinterpret_cast<uintptr_t>(zr) & 15u);
+  int64_t head = vocab, nvec = 0;
+  if (vec) {
+    head = head_elems<T>(zr, vocab);
+    nvec = (vocab - head) / kVec;
+  }
+  for (int64_t c = threadIdx.x; c < head; c += kThreads) f(to_f(zr[c]), to_f(rr[c]));
+  if (nvec > 0) {
+    const uint4* zb = reinterpret_cast<const uint4*>(zr + head);
+    const uint4* rb = reinterpret_cast<const uint4*>(rr + head);
+    for (int64_t i = threadIdx.x; i < nvec; i += kThreads) {
+      const uint4 zraw = zb[i];
+      const uint4 rraw = rb[i];
+      const T* zv = reinterpret_cast<const T*>(&zraw);
+      const R* rv = reinterpret_cast<const R*>(&rraw);
+#pragma unroll
+      for (int j = 0; j < kVec; ++j) f(to_f(zv[j]), to_f(rv[j]));
+    }
+  }
+  for (int64_t c = head + nvec * kVec + threadIdx.x; c < vocab; c += kThreads) f(to_f(zr[c]), to_f(rr[c]));
+}
+
 // Zero gradient row of an unlabelled row.
 template <typename T>
 __device__ void zero_row(T* gr, int64_t vocab) {
@@ -457,14 +486,13 @@ __global__ void __launch_bounds__(kThreads) pact_full_vocab_kernel(PactParams p)
   const float temp = p.kl_temperature;
   const bool unit = temp == 1.0f;
   Lse sz, szt, sr;
-  for (int64_t c = threadIdx.x; c < vocab; c += kThreads) {
-    const float x = to_f(zr[c]);
+  read_rows(zr, rr, vocab, [&](float x, float r) {
     const float xt = unit ? x : x / temp;
-    const float rt = to_f(rr[c]) / temp;
+    const float rt = r / temp;
     lse_add(sz, x, 0.0f);
     if (!unit) lse_add(szt, xt, 0.0f);
     lse_add(sr, rt, rt - xt);
-  }
+  });
   sz = block_lse(sz, s_red);
   if (!unit) szt = block_lse(szt, s_red);
   sr = block_lse(sr, s_red);
