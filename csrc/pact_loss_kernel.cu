@@ -31,7 +31,10 @@
 namespace pact {
 namespace {
 
-constexpr int kThreads = 512;
+#ifndef PACT_KERNEL_THREADS
+#define PACT_KERNEL_THREADS 512  // threads per block (one block per row); a multiple of 32, at most 1024
+#endif
+constexpr int kThreads = PACT_KERNEL_THREADS;
 constexpr int kWarps = kThreads / 32;
 constexpr float kNegInf = -__builtin_huge_valf();
 
@@ -44,6 +47,39 @@ template <typename T> __device__ __forceinline__ T from_f(float x);
 template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
 template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+
+// Element j of a 16-byte vector of T, as float32 (bit extraction: no type-punned reads).
+template <typename T> __device__ __forceinline__ float lane_f(const uint4& raw, int j);
+__device__ __forceinline__ unsigned int word(const uint4& raw, int i) {
+  return i == 0 ? raw.x : i == 1 ? raw.y : i == 2 ? raw.z : raw.w;
+}
+template <> __device__ __forceinline__ float lane_f<float>(const uint4& raw, int j) { return __uint_as_float(word(raw, j)); }
+template <> __device__ __forceinline__ float lane_f<__nv_bfloat16>(const uint4& raw, int j) {
+  return __uint_as_float(((word(raw, j >> 1) >> (16 * (j & 1))) & 0xffffu) << 16);
+}
+template <> __device__ __forceinline__ float lane_f<__half>(const uint4& raw, int j) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(word(raw, j >> 1) >> (16 * (j & 1)))));
+}
+
+// The bits of float32 x rounded to T (in the low bits).
+template <typename T> __device__ __forceinline__ unsigned int bits_of(float x);
+template <> __device__ __forceinline__ unsigned int bits_of<float>(float x) { return __float_as_uint(x); }
+template <> __device__ __forceinline__ unsigned int bits_of<__nv_bfloat16>(float x) {
+  return __bfloat16_as_ushort(__float2bfloat16(x));
+}
+template <> __device__ __forceinline__ unsigned int bits_of<__half>(float x) { return __half_as_ushort(__float2half(x)); }
+
+// Set element j of a 16-byte vector of T (zero-initialised) to x rounded to T.
+template <typename T>
+__device__ __forceinline__ void set_lane(uint4& raw, int j, float x) {
+  const unsigned int b = bits_of<T>(x);
+  const int i = sizeof(T) == 4 ? j : j >> 1;
+  const unsigned int v = sizeof(T) == 4 ? b : b << (16 * (j & 1));
+  if (i == 0) raw.x |= v;
+  else if (i == 1) raw.y |= v;
+  else if (i == 2) raw.z |= v;
+  else raw.w |= v;
+}
 
 // Elements before the first 16-byte boundary of a row (at most V).
 template <typename T>
@@ -187,12 +223,11 @@ __device__ Lse row_lse_partial(const T* zr, int64_t vocab) {
   const uint4* body = reinterpret_cast<const uint4*>(zr + head);
   for (int64_t i = threadIdx.x; i < nvec; i += kThreads) {
     const uint4 raw = body[i];
-    const T* v = reinterpret_cast<const T*>(&raw);
     float x[kVec];
     float cmax = kNegInf;
 #pragma unroll
     for (int j = 0; j < kVec; ++j) {
-      x[j] = to_f(v[j]);
+      x[j] = lane_f<T>(raw, j);
       cmax = fmaxf(cmax, x[j]);
     }
     if (cmax > s.m) {
@@ -232,15 +267,12 @@ __device__ void write_row(const T* zr, const R* rr, T* gr, int64_t vocab, F f) {
     for (int64_t i = threadIdx.x; i < nvec; i += kThreads) {
       const int64_t idx = nvec - 1 - i;
       const uint4 raw = __ldcs(zb + idx);
-      const T* v = reinterpret_cast<const T*>(&raw);
       uint4 rraw = make_uint4(0u, 0u, 0u, 0u);
       if (TWO) rraw = __ldcs(reinterpret_cast<const uint4*>(rr + head) + idx);
-      const R* rv = reinterpret_cast<const R*>(&rraw);
-      uint4 out;
-      T* o = reinterpret_cast<T*>(&out);
+      uint4 out = make_uint4(0u, 0u, 0u, 0u);
       const int64_t c0 = head + idx * kVec;
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) o[j] = from_f<T>(f(c0 + j, to_f(v[j]), TWO ? to_f(rv[j]) : 0.0f));
+      for (int j = 0; j < kVec; ++j) set_lane<T>(out, j, f(c0 + j, lane_f<T>(raw, j), TWO ? lane_f<R>(rraw, j) : 0.0f));
       __stcs(gb + idx, out);
     }
   }
@@ -269,10 +301,8 @@ __device__ void read_rows(const T* zr, const R* rr, int64_t vocab, F f) {
     for (int64_t i = threadIdx.x; i < nvec; i += kThreads) {
       const uint4 zraw = zb[i];
       const uint4 rraw = rb[i];
-      const T* zv = reinterpret_cast<const T*>(&zraw);
-      const R* rv = reinterpret_cast<const R*>(&rraw);
 #pragma unroll
-      for (int j = 0; j < kVec; ++j) f(to_f(zv[j]), to_f(rv[j]));
+      for (int j = 0; j < kVec; ++j) f(lane_f<T>(zraw, j), lane_f<R>(rraw, j));
     }
   }
   for (int64_t c = head + nvec * kVec + threadIdx.x; c < vocab; c += kThreads) f(to_f(zr[c]), to_f(rr[c]));
@@ -518,6 +548,11 @@ __global__ void __launch_bounds__(kThreads) pact_full_vocab_kernel(PactParams p)
   });
 }
 
+}  // namespace
+
+#ifndef PACT_HOST_EMULATION  // csrc/host_emulation/ runs the kernels above on the CPU, launching them itself
+namespace {
+
 template <typename T, typename R>
 cudaError_t launch_typed(const PactParams& p, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned int>(p.rows));
@@ -553,5 +588,6 @@ cudaError_t launch_pact_loss(const PactParams& p, DType z_dtype, DType ref_dtype
   }
   return cudaErrorInvalidValue;
 }
+#endif  // PACT_HOST_EMULATION
 
 }  // namespace pact
