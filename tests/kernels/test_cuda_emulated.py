@@ -1,8 +1,8 @@
 """The CUDA kernels' algorithm against the oracle, run on the CPU (issue 8).
 
 No GPU here: ``csrc/host_emulation/emulate.cpp`` compiles the kernels of
-``csrc/pact_loss_kernel.cu`` with the host compiler (each block as 64
-``std::thread``s with barriers for ``__syncthreads`` and warp shuffles) and
+``csrc/pact_loss_kernel.cu`` with the host compiler (each block as 64, or
+the production 512, ``std::thread``s with barriers for ``__syncthreads`` and warp shuffles) and
 this file calls them through ctypes with the inputs
 :func:`pact_kernels.cuda_backend.forward_with_grad` would pass. It checks
 the kernels' logic (sweeps, aligned and unaligned vector paths, reductions,
@@ -45,13 +45,13 @@ def cuda_include_dirs() -> list:
     return [d for d in dirs if (Path(d) / "cuda_bf16.h").exists()]
 
 
-@pytest.fixture(scope="module")
-def lib(tmp_path_factory):
+def build(tmp_path_factory, threads: int):
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         pytest.fail("no host C++ compiler for the emulated kernel test", pytrace=False)
-    out = tmp_path_factory.mktemp("emu") / "emulate.so"
-    cmd = [cxx, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas", f"-I{ROOT / 'csrc'}"]
+    out = tmp_path_factory.mktemp("emu") / f"emulate{threads}.so"
+    cmd = [cxx, "-std=c++20", "-O2", "-shared", "-fPIC", "-pthread", "-Wno-unknown-pragmas", f"-I{ROOT / 'csrc'}",
+           f"-DPACT_KERNEL_THREADS={threads}"]
     for d in cuda_include_dirs():
         cmd += ["-isystem", d]
     result = subprocess.run(cmd + ["-o", str(out), str(SOURCE)], capture_output=True, text=True, timeout=300)
@@ -60,6 +60,18 @@ def lib(tmp_path_factory):
     library = ctypes.CDLL(str(out))
     library.pact_emulate.restype = ctypes.c_int
     return library
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    """The kernels with 64-thread blocks (two warps: cross-warp reductions run, quickly)."""
+    return build(tmp_path_factory, 64)
+
+
+@pytest.fixture(scope="module")
+def lib512(tmp_path_factory):
+    """The kernels with the production block size (512 threads, 16 warps)."""
+    return build(tmp_path_factory, 512)
 
 
 def emulate(lib, b: dict, cfg: PACTConfig, inplace: bool = False, z=None):
@@ -153,6 +165,14 @@ def test_other_hyper_parameters_and_large_k(lib):
     assert_matches(lib, b, PACTConfig.authors(mass_threshold=0.5, gate_bias=0.1, gate_temperature=1.7, decay_start=2))
     b = random_batch(rows=4, vocab=300, k=5, seed=8, ref_width="v")
     assert_matches(lib, b, PACTConfig(variant="full_vocab", kl_temperature=2.0))
+
+
+@pytest.mark.parametrize("variant,width,k", [("pact", "k", 7), ("pact", "v", 700), ("full_vocab", "v", 7),
+                                             ("safety_weights", "k", 33)])
+def test_production_block_size(lib512, variant, width, k):
+    b = random_batch(rows=3, vocab=4099, k=k, dtype=torch.bfloat16, ref_width=width, seed=3)
+    assert_matches(lib512, b, PACTConfig(variant=variant))
+    assert_matches(lib512, b, PACTConfig(variant=variant), inplace=True)
 
 
 def test_no_labelled_rows_gives_zeros(lib):
