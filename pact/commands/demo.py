@@ -1,0 +1,26 @@
+"""``pact demo``: the paper's claim reproduced offline on SmolLM2-135M-Instruct (see :mod:`pact.demo`)."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "reproduce the paper's claim offline on SmolLM2-135M-Instruct: align, identify, attack (SFT vs PACT), evaluate, report"
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("demo", help=HELP, description=HELP + ". Every stage is cached under --out; a rerun "
+                       "skips finished stages.")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)")
+    p.add_argument("--quick", action="store_true", help="tiny numbers of prompts/steps/tokens (CI; minutes)")
+    p.add_argument("--lambda-kl", type=float, default=None, help="PACT's lambda (default 3, the paper's)")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..demo import DemoSettings, run_demo
+
+    s = DemoSettings.quick() if args.quick else DemoSettings()
+    if args.lambda_kl is not None:
+        s.lambda_kl = args.lambda_kl
+    run_demo(args.out, settings=s)
+    return 0
