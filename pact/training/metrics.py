@@ -6,6 +6,8 @@ One JSONL line per optimizer step (``train_log.jsonl``):
   "harmful": {...}}``; ``safety_prob``/``safety_logit`` are the mean over the K
 safety tokens of the probability / logit at answer positions 0..3 (the
 material of the paper's Figures 3, 6 and 7), null where a step had no such row.
+A method with a penalty (AsFT) adds ``"penalty"``, its mean per micro-batch;
+``gate_mean`` is the mean per-row weight (PACT's gate, constrained SFT's w_t).
 """
 from __future__ import annotations
 
@@ -33,7 +35,9 @@ class StepMetrics:
         self.safety_ids = safety_ids
         self.device = device
         # loss_sum, micro_batches, gate_sum, rows, then the per-kind block
-        self.sums = torch.zeros(4 + 2 * _PER_KIND, dtype=torch.float64, device=device)
+        # ... and last the sum of the methods' penalties (AsFT's regulariser)
+        self.sums = torch.zeros(4 + 2 * _PER_KIND + 1, dtype=torch.float64, device=device)
+        self.penalized = False
 
     @torch.no_grad()
     def add_confidence(self, batch, logits: torch.Tensor) -> None:
@@ -66,6 +70,9 @@ class StepMetrics:
         s[1] += 1
         s[2] += result.gate.double().sum()
         s[3] += batch.labels.numel()
+        if getattr(result, "penalty", None) is not None:
+            s[-1] += result.penalty.double()
+            self.penalized = True
         for k, kind_mask in enumerate((~batch.row_harmful, batch.row_harmful)):
             base = 4 + k * _PER_KIND
             s[base] += result.ce_rows[kind_mask].double().sum()
@@ -99,6 +106,8 @@ class StepMetrics:
         # row-weighted means over the step (the logged loss above is the mean of micro-batch losses)
         rec["ce"] = ce_total / max(total_rows, 1)
         rec["kl"] = kl_total / max(total_rows, 1)
+        if self.penalized:  # mean over micro-batches and ranks
+            rec["penalty"] = s[-1] / max(s[1], 1)
         return rec
 
 

@@ -1,0 +1,146 @@
+"""SafeLoRA (Hsu et al. 2024, "Safe LoRA: the Silver Lining of Reducing Safety Risks when Finetuning LLMs").
+
+Training is plain SFT; after training, each LoRA pair of the exported
+adapter is compared with the alignment matrix of its module
+(:mod:`pact.methods.alignment`, ``C = V Vᵀ / ‖V‖_F``):
+
+    ΔW  = B A                                 [out, in]
+    cos = cos(vec(C ΔW), vec(ΔW))
+    if cos <= threshold:  B <- C B            (the update is projected)
+
+Selection as in the authors' code (and ``peft``'s ``safelora``):
+``threshold`` (default 0.5) projects every layer at or under the
+threshold; ``number`` projects the ``num_layers`` layers with the lowest
+cosine (default 10). Pairs are matched by module name, not by position.
+``train.py`` runs :meth:`SafeLoRA.finish` on rank 0 after ``export_final``:
+the unprojected adapter is kept in ``final_unprojected/``, ``final/`` gets
+the projected one, and ``safe_lora.json`` records every layer's cosine and
+whether it was projected.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .base import SFT
+from .alignment import AlignmentMatrix, load_alignment, lora_module_name, lora_pairs
+
+ADAPTER_FILE = "adapter_model.safetensors"
+
+
+@dataclass
+class LayerRecord:
+    """What SafeLoRA did to one module: its cosine and whether ``B`` was replaced by ``C B``."""
+
+    module: str
+    cosine: float
+    projected: bool
+
+
+def update_cosine(a: torch.Tensor, b: torch.Tensor, align: AlignmentMatrix) -> float:
+    """``cos(C B A, B A)`` over all entries; ``a``: ``[r, in]``, ``b``: ``[out, r]`` (any float dtype)."""
+    a, b = a.float(), b.float()
+    delta = b @ a
+    projected = align.apply(b) @ a
+    return float(torch.nn.functional.cosine_similarity(projected.reshape(1, -1), delta.reshape(1, -1)))
+
+
+def select_layers(cosines: dict[str, float], select: str, threshold: float, num_layers: int) -> set[str]:
+    """The modules to project: cosine ``<= threshold``, or the ``num_layers`` lowest cosines (ties broken by name)."""
+    if select == "threshold":
+        return {m for m, c in cosines.items() if c <= threshold}
+    if select == "number":
+        return set(sorted(cosines, key=lambda m: (cosines[m], m))[:num_layers])
+    raise ValueError(f"select={select!r}: use threshold or number")
+
+
+def project_adapter(weights: dict[str, torch.Tensor], alignment: dict[str, AlignmentMatrix], *,
+                    select: str = "threshold", threshold: float = 0.5, num_layers: int = 10):
+    """Project an adapter's LoRA updates (a state dict keyed as peft saves it).
+
+    Args:
+        weights: ``{name: tensor}`` with ``...<module>.lora_A.weight`` ``[r, in]`` and
+            ``...<module>.lora_B.weight`` ``[out, r]``; other entries pass through.
+        alignment: ``{module: AlignmentMatrix}`` for every module with a LoRA pair.
+
+    Returns:
+        ``(new_weights, records)``: the projected B keeps its key and dtype;
+        ``records`` lists a :class:`LayerRecord` per module, sorted by name.
+    """
+    pairs = lora_pairs(weights.items())
+    missing = sorted(set(pairs) - set(alignment))
+    if missing:
+        raise ValueError(f"no alignment matrix for LoRA module(s) {missing}")
+    cosines = {m: update_cosine(p["A"], p["B"], alignment[m]) for m, p in pairs.items()}
+    chosen = select_layers(cosines, select, threshold, num_layers)
+    out = dict(weights)
+    for name, tensor in weights.items():
+        found = lora_module_name(name)
+        if found and found[1] == "B" and found[0] in chosen:
+            out[name] = alignment[found[0]].apply(tensor.float()).to(tensor.dtype).contiguous()
+    records = [LayerRecord(m, cosines[m], m in chosen) for m in sorted(pairs)]
+    return out, records
+
+
+class SafeLoRA(SFT):
+    """SFT during training; the SafeLoRA projection of the exported adapter afterwards.
+
+    Args:
+        model, gguf_file: the aligned model (the run's ``model``).
+        base_model, base_gguf_file: the unaligned model it came from.
+        select, threshold, num_layers: the layer selection (see the module doc).
+        dtype: the dtype the two models are loaded in (differences are taken in float32).
+    """
+
+    name = "safe_lora"
+
+    def __init__(self, model: str, base_model: str, *, gguf_file: str | None = None,
+                 base_gguf_file: str | None = None, select: str = "threshold", threshold: float = 0.5,
+                 num_layers: int = 10, dtype: str = "float32"):
+        self.model, self.gguf_file = model, gguf_file
+        self.base_model, self.base_gguf_file = base_model, base_gguf_file
+        self.select, self.threshold, self.num_layers, self.dtype = select, threshold, num_layers, dtype
+
+    def project_dir(self, final_dir: Path, run_dir: Path) -> list[LayerRecord]:
+        """Project ``final_dir``'s adapter in place; keep the original in ``run_dir/final_unprojected``."""
+        from safetensors.torch import load_file, save_file
+
+        final_dir, run_dir = Path(final_dir), Path(run_dir)
+        adapter = final_dir / ADAPTER_FILE
+        if not adapter.is_file():
+            raise FileNotFoundError(f"{adapter} is missing: SafeLoRA projects a LoRA adapter (lora=true)")
+        weights = load_file(str(adapter))
+        modules = lora_pairs(weights.items())
+        alignment = load_alignment(self.model, self.base_model, modules, aligned_gguf=self.gguf_file,
+                                   base_gguf=self.base_gguf_file, dtype=self.dtype)
+        projected, records = project_adapter(weights, alignment, select=self.select, threshold=self.threshold,
+                                             num_layers=self.num_layers)
+        keep = run_dir / "final_unprojected"
+        shutil.rmtree(keep, ignore_errors=True)
+        shutil.copytree(final_dir, keep)
+        tmp = adapter.with_name(adapter.name + ".tmp")
+        save_file(projected, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, adapter)
+        report = {"method": "safe_lora", "select": self.select, "threshold": self.threshold,
+                  "num_layers": self.num_layers, "base_model": self.base_model,
+                  "projected": sum(r.projected for r in records), "layers": [vars(r) for r in records]}
+        tmp_report = run_dir / "safe_lora.json.tmp"
+        tmp_report.write_text(json.dumps(report, indent=2))
+        os.replace(tmp_report, run_dir / "safe_lora.json")
+        return records
+
+    def finish(self, run_dir: Path, rank: int) -> None:
+        """After ``export_final``: rank 0 projects ``run_dir/final``; every rank waits for it."""
+        import torch.distributed as dist
+
+        if rank == 0:
+            records = self.project_dir(Path(run_dir) / "final", Path(run_dir))
+            print(f"pact train: safe_lora projected {sum(r.projected for r in records)} of {len(records)} "
+                  f"LoRA layers (record: {Path(run_dir) / 'safe_lora.json'})", flush=True)
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
