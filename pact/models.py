@@ -34,6 +34,7 @@ __all__ = [
     "load_tokenizer",
     "resolve_dtype",
     "resolve_model_ref",
+    "save_model",
     "vocab_size_of",
 ]
 
@@ -164,6 +165,32 @@ def load_model(ref: ModelRef | str, *, gguf_file: str | None = None, dtype: str 
 def load_model_and_tokenizer(name_or_path: str, *, gguf_file: str | None = None, dtype="float32", device="cpu"):
     ref = resolve_model_ref(name_or_path, gguf_file)
     return load_model(ref, dtype=dtype, device=device), load_tokenizer(ref)
+
+
+def save_model(model, tokenizer, path: str | Path) -> Path:
+    """Write ``model`` and ``tokenizer`` to the directory ``path`` as safetensors, atomically.
+
+    A model loaded from a GGUF file is de-quantised in memory but still flagged
+    as GGUF-quantised, and ``save_pretrained`` refuses it; GGUF cannot be
+    written back, so the flag is dropped and the (float) weights are saved as
+    a plain ``transformers`` checkpoint that :func:`load_model` reads by path.
+    The directory appears whole or not at all (written beside it, then renamed).
+    """
+    import shutil
+
+    path = Path(path)
+    if getattr(model, "hf_quantizer", None) is not None and getattr(model, "quantization_method", None) == "gguf":
+        model.hf_quantizer, model.is_quantized, model.quantization_method = None, False, None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if path.exists():
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
 
 
 def vocab_size_of(model) -> int:

@@ -28,3 +28,11 @@ def test_readme_example_runs(capsys):
 def test_readme_names_the_ci_command():
     ci = (README.parent / ".ci" / "run").read_text()
     assert "scripts/test.sh" in ci and "./scripts/test.sh" in README.read_text()
+
+
+def test_readme_starts_with_install_then_pact_demo():
+    first = re.search(r"```bash\n(.*?)```", README.read_text(), re.S).group(1)
+    commands = [ln.split("#")[0].strip() for ln in first.splitlines() if ln.split("#")[0].strip()]
+    assert commands[0].startswith("pip install") and "requirements/data.txt" in commands[0]
+    assert commands[1:] == ["pact demo"]
+    assert "demo" in (README.parent / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1]

@@ -207,7 +207,8 @@ def find_run_config(adapter: str | Path | None) -> dict | None:
     return None
 
 
-def _make_generator(model, tokenizer, max_new_tokens: int, batch_size: int) -> Callable[[list[str]], list[dict]]:
+def make_generator(model, tokenizer, max_new_tokens: int, batch_size: int) -> Callable[[list[str]], list[dict]]:
+    """A function from prompts to greedy chat answers: ``{"response", "num_tokens", "finish"}`` per prompt."""
     from ..generation import encode_chat_prompt, end_of_turn_ids, generate_greedy
 
     eos = end_of_turn_ids(model, tokenizer)
@@ -277,7 +278,7 @@ def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path,
                 log(f"[eval] loading {model}" + (f" + adapter {adapter}" if adapter else ""))
                 state["model"], state["tok"] = load_policy(model, gguf_file=gguf_file, adapter=adapter, dtype=dtype,
                                                            device=device)
-            state["gen"] = _make_generator(state["model"], state["tok"], max_new_tokens, batch_size)
+            state["gen"] = make_generator(state["model"], state["tok"], max_new_tokens, batch_size)
         return state["gen"](prompts)
 
     # 0. every suite's items first: a missing data set fails before any model is loaded
