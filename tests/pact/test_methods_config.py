@@ -1,0 +1,82 @@
+"""Config checks of the baselines: bad values stop before any model is loaded, naming the key and the fix."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pact.methods import ASFT, PACT, SFT, ConstrainedSFT, SafeLoRA
+from pact.train import build_method, check_base_model
+from pact.training.config import METHODS, ConfigError, load_config
+
+
+def cfg(*overrides):
+    return load_config(None, ["model=tiny", *overrides], check_files=False)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["method=safe_lora"], "method=safe_lora needs base_model"),
+    (["method=asft"], "method=asft needs base_model"),
+    (["method=safe_lora", "base_model=b", "lora=false"], "set lora=true"),
+    (["method=asft", "base_model=b", "lora=false"], "set lora=true"),
+    (["method=asft", "base_model=b", "zero_stage=3"], "use ZeRO stage 0-2"),
+    (["method=safe_lora", "base_model=b", "safe_lora_threshold=1.5"], "safe_lora_threshold=1.5 is a cosine"),
+    (["method=safe_lora", "base_model=b", "safe_lora_select=top"], "safe_lora_select='top': use threshold or number"),
+    (["method=safe_lora", "base_model=b", "safe_lora_num_layers=0"], "safe_lora_num_layers=0 must be >= 1"),
+    (["method=asft", "base_model=b", "asft_lambda=-1"], "asft_lambda=-1 must be >= 0"),
+    (["method=constrained_sft", "csft_beta=0"], "csft_beta=0 must be > 0"),
+    (["method=constrained_sft", "csft_bias_length=-1"], "csft_bias_length=-1 must be >= 0"),
+    (["method=constrained_sft", "csft_min_weight=3"], "csft_min_weight=3 must be in [0, 2]"),
+    (["method=constrained_sft", "ref_cache=/tmp/x"], "ref_cache holds K-token reference logits"),
+    (["method=safe_lora", "base_model=b", "asft_lamda=1"], "did you mean 'asft_lambda'"),
+])
+def test_bad_baseline_config_is_a_config_error(overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        cfg(*overrides)
+
+
+def test_asft_under_zero3_from_the_deepspeed_json(tmp_path):
+    ds = tmp_path / "z3.json"
+    ds.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with pytest.raises(ConfigError, match="ZeRO-3"):
+        cfg("method=asft", "base_model=b", f"deepspeed={ds}")
+    assert cfg("method=asft", "base_model=b", f"deepspeed={ds}", "zero_stage=2").zero_stage_of_run() == 2
+
+
+def test_every_method_name_builds_its_method_with_the_config_values():
+    assert set(METHODS) >= {"sft", "pact", "full_vocab", "full_vocab_kl", "safety_tokens", "safety_weights",
+                            "response_only_ref", "constrained_sft", "safe_lora", "asft"}
+    assert type(build_method(cfg("method=sft"), None)) is SFT
+    csft = build_method(cfg("method=constrained_sft", "csft_beta=0.2", "csft_bias_length=3"), None)
+    assert isinstance(csft, ConstrainedSFT) and (csft.beta, csft.bias_length, csft.bias_factor) == (0.2, 3, 20.0)
+    safe = build_method(cfg("method=safe_lora", "base_model=b", "safe_lora_threshold=0.3"), None)
+    assert isinstance(safe, SafeLoRA) and (safe.base_model, safe.threshold, safe.select) == ("b", 0.3, "threshold")
+    asft = build_method(cfg("method=asft", "base_model=b"), None)
+    assert isinstance(asft, ASFT) and asft.lambda_ == 1.0
+    # the baselines need no safety tokens; the PACT rungs still do
+    assert cfg("method=constrained_sft").safety_tokens is None
+    with pytest.raises(ConfigError, match="needs safety_tokens"):
+        cfg("method=full_vocab_kl")
+
+
+def test_full_vocab_kl_is_the_full_vocab_rung(tmp_path):
+    from pact.safety_tokens import SafetyTokens
+
+    tokens = SafetyTokens(safe_model="a", base_model="b", vocab_size=10, k=2, selection="paper", ids=[3, 4],
+                          strings=["x", "y"], weights=[1.0, 0.5], scores=[1.0, 0.5], mean_safe_prob=[0.1, 0.1],
+                          prompts="p", num_prompts=1, num_steps=1)
+    method = build_method(cfg("method=full_vocab_kl", "safety_tokens=t.json"), tokens)
+    assert isinstance(method, PACT) and method.config.variant == "full_vocab" and method.full_vocab
+
+
+def test_base_model_of_another_architecture_is_refused_from_the_configs(tmp_path):
+    from pact.tiny import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tiny_model(tok, hidden=32).config.save_pretrained(tmp_path / "aligned")
+    tiny_model(tok, hidden=16).config.save_pretrained(tmp_path / "base")
+    with pytest.raises(ConfigError, match="hidden_size: 32 vs 16"):
+        check_base_model(cfg("method=asft", f"model={tmp_path / 'aligned'}", f"base_model={tmp_path / 'base'}"))
+    with pytest.raises(ConfigError, match="cannot read the config of base_model"):
+        check_base_model(cfg("method=safe_lora", f"model={tmp_path / 'aligned'}", f"base_model={tmp_path / 'nope'}"))
+    check_base_model(cfg("method=safe_lora", f"model={tmp_path / 'aligned'}", f"base_model={tmp_path / 'aligned'}"))
