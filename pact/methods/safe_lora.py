@@ -135,12 +135,20 @@ class SafeLoRA(SFT):
         return records
 
     def finish(self, run_dir: Path, rank: int) -> None:
-        """After ``export_final``: rank 0 projects ``run_dir/final``; every rank waits for it."""
+        """After ``export_final``: rank 0 projects ``run_dir/final``; every rank waits and raises if it failed."""
         import torch.distributed as dist
 
+        error = None
         if rank == 0:
-            records = self.project_dir(Path(run_dir) / "final", Path(run_dir))
-            print(f"pact train: safe_lora projected {sum(r.projected for r in records)} of {len(records)} "
-                  f"LoRA layers (record: {Path(run_dir) / 'safe_lora.json'})", flush=True)
+            try:
+                records = self.project_dir(Path(run_dir) / "final", Path(run_dir))
+                print(f"pact train: safe_lora projected {sum(r.projected for r in records)} of {len(records)} "
+                      f"LoRA layers (record: {Path(run_dir) / 'safe_lora.json'})", flush=True)
+            except Exception as e:  # reported on every rank below, so none waits forever
+                error = f"safe_lora projection of {Path(run_dir) / 'final'} failed: {type(e).__name__}: {e}"
         if dist.is_available() and dist.is_initialized():
-            dist.barrier()
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error:
+            raise RuntimeError(error)

@@ -128,3 +128,9 @@ def test_project_dir_keeps_the_unprojected_adapter_and_records_the_layers(tmp_pa
         assert torch.equal(new[key + "A.weight"], a)
     lowest = sorted(report["layers"], key=lambda r: r["cosine"])[:2]
     assert {r["module"] for r in lowest} == {r["module"] for r in report["layers"] if r["projected"]}
+
+
+def test_finish_reports_a_failed_projection(tmp_path):
+    method = SafeLoRA(str(tmp_path / "aligned"), str(tmp_path / "base"))
+    with pytest.raises(RuntimeError, match="safe_lora projection of .*final failed: FileNotFoundError.*lora=true"):
+        method.finish(tmp_path, rank=0)
