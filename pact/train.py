@@ -77,7 +77,8 @@ def check_base_model(cfg: TrainConfig) -> None:
     for key, name, gguf in (("model", cfg.model, cfg.gguf_file), ("base_model", cfg.base_model, cfg.base_gguf_file)):
         try:
             ref = resolve_model_ref(name, gguf)
-            configs.append(AutoConfig.from_pretrained(ref.path, **({"gguf_file": ref.gguf_file} if ref.gguf_file else {})))
+            kw = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+            configs.append(AutoConfig.from_pretrained(ref.path, **kw))
         except Exception as e:
             raise ConfigError(f"cannot read the config of {key}={name!r}: {e}") from e
     differ = [(k, getattr(configs[0], k, None), getattr(configs[1], k, None)) for k in ARCHITECTURE_KEYS

@@ -46,6 +46,7 @@ __all__ = ["Run", "load_runs", "make_plots", "render_table", "report", "table_ro
 METHOD_NAMES = {
     "initial": "Initial", "sft": "SFT", "constrained_sft": "Constrained SFT", "safelora": "Safe LoRA",
     "safe_lora": "Safe LoRA", "asft": "AsFT", "pact": "PACT", "full_vocab": "Full-vocab KL",
+    "full_vocab_kl": "Full-vocab KL",
     "safety_tokens": "+Safety tokens", "safety_weights": "+Safety weights", "response_only_ref": "+Response only ref",
 }
 METHOD_ORDER = ["Initial", "SFT", "Constrained SFT", "Safe LoRA", "AsFT", "Full-vocab KL", "+Safety tokens",

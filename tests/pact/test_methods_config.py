@@ -80,3 +80,10 @@ def test_base_model_of_another_architecture_is_refused_from_the_configs(tmp_path
     with pytest.raises(ConfigError, match="cannot read the config of base_model"):
         check_base_model(cfg("method=safe_lora", f"model={tmp_path / 'aligned'}", f"base_model={tmp_path / 'nope'}"))
     check_base_model(cfg("method=safe_lora", f"model={tmp_path / 'aligned'}", f"base_model={tmp_path / 'aligned'}"))
+
+
+def test_every_method_has_its_table_row_name():
+    from pact.eval.report import METHOD_ORDER, method_name
+
+    assert method_name("full_vocab_kl") == method_name("full_vocab") == "Full-vocab KL"
+    assert all(method_name(m) in METHOD_ORDER for m in METHODS)
