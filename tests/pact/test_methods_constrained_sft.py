@@ -100,3 +100,18 @@ def test_reference_label_logprob_is_the_aligned_model_with_the_adapter_off():
     got = OnlineReference(row_model).label_logprobs(batch)
     assert got.shape == batch.labels.shape and torch.allclose(got, expected, atol=1e-5)
     assert row_model.training
+
+
+def test_frozen_reference_without_lora_and_the_missing_labels_error():
+    """Full fine-tuning: the reference RowModel wraps a plain frozen model (no adapter to switch off)."""
+    tok = tiny_tokenizer()
+    builder = ViewBuilder(tok, max_length=100)
+    batch = PACTCollator(tok.pad_token_id)([(0, builder.build("hello there", "General Kenobi."))])
+    model = tiny_model(tok, seed=4).eval()
+    with torch.no_grad():
+        logp = torch.log_softmax(model(batch.full_ids, attention_mask=batch.full_mask).logits, -1).flatten(0, 1)
+    expected = logp[batch.full_rows].gather(1, batch.labels[:, None])[:, 0]
+    reference = RowModel(model)
+    assert torch.allclose(OnlineReference(reference).label_logprobs(batch), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="needs labels"):
+        reference(batch.full_ids, batch.full_mask, batch.full_rows, mode="reference_label_logprob")
