@@ -294,8 +294,9 @@ def stage_attack(out: Path, s: DemoSettings, data: dict, msafe: Path, tokens: Pa
             "lora_r=8", "lora_alpha=16", "lora_dropout=0.0", "lora_target_modules=[q_proj,v_proj]",
             f"learning_rate={s.attack_lr}", f"epochs={s.attack_epochs}", f"micro_batch_size={s.attack_batch}",
             f"max_length={s.max_length}", f"seed={s.seed}", f"loss.lambda_kl={s.lambda_kl}"]
-    if method != "sft":
-        over.append(f"safety_tokens={tokens}")
+    # SFT gets the safety tokens too: its loss ignores them, its log then records their
+    # confidence at the first answer positions (the SFT line of Fig. 3/7)
+    over.append(f"safety_tokens={tokens}")
     if s.attack_max_steps:
         over.append(f"max_steps={s.attack_max_steps}")
     log(f"attack {method}: {n} samples (p = {s.harmful_fraction}) on M_safe")

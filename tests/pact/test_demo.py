@@ -121,6 +121,8 @@ def test_demo_quick_end_to_end(tmp_path):
     assert json.loads((out / "3-attack-sft/run/mixture.json").read_text()) == \
         json.loads((out / "3-attack-pact/run/mixture.json").read_text())
     assert all(x["kl"] == 0.0 for x in logs["sft"]) and any(x["kl"] > 0.0 for x in logs["pact"])
+    # both runs measured the safety-token confidence (the two lines of Fig. 3/7)
+    assert all(x["benign"]["safety_prob"] is not None for m in logs for x in logs[m])
     assert (out / "5-report" / "fig3_safety_confidence.png").stat().st_size > 10_000
     tokens = json.loads((out / "2-identify" / "tokens.json").read_text())
     assert len(tokens["ids"]) == DemoSettings.quick().k
