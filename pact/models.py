@@ -179,10 +179,14 @@ def save_model(model, tokenizer, path: str | Path) -> Path:
     import shutil
 
     path = Path(path)
-    if getattr(model, "hf_quantizer", None) is not None and getattr(model, "quantization_method", None) == "gguf":
-        model.hf_quantizer, model.is_quantized, model.quantization_method = None, False, None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and getattr(model, "quantization_method", None) == "gguf":
+        if hasattr(quantizer, "remove_quantization_config"):  # transformers >= 5
+            quantizer.remove_quantization_config(model)
+        else:
+            model.hf_quantizer, model.is_quantized, model.quantization_method = None, False, None
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)

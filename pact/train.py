@@ -63,8 +63,8 @@ def model_vocab_size(cfg: TrainConfig) -> int:
         raise ConfigError(f"cannot read the config of model {cfg.model!r}: {e}") from e
 
 
-ARCHITECTURE_KEYS = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                     "num_key_value_heads", "head_dim")
+ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim")
 
 
 def check_base_model(cfg: TrainConfig) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 HELP = "reproduce the paper's claim offline on SmolLM2-135M-Instruct: align, identify, attack (SFT vs PACT), evaluate, report"
 
@@ -9,7 +10,8 @@ HELP = "reproduce the paper's claim offline on SmolLM2-135M-Instruct: align, ide
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help=HELP, description=HELP + ". Every stage is cached under --out; a rerun "
                        "skips finished stages.")
-    p.add_argument("--out", default="runs/demo", metavar="DIR", help="output directory (default runs/demo)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output directory (default runs/demo, with --quick runs/demo-quick)")
     p.add_argument("--quick", action="store_true", help="tiny numbers of prompts/steps/tokens (CI; minutes)")
     p.add_argument("--lambda-kl", type=float, default=None, help="PACT's lambda (default 3, the paper's)")
     p.set_defaults(func=run)
@@ -17,10 +19,15 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DemoSettings, run_demo
+    from ..demo import DemoSettings, DemoSettingsError, run_demo
 
     s = DemoSettings.quick() if args.quick else DemoSettings()
     if args.lambda_kl is not None:
         s.lambda_kl = args.lambda_kl
-    run_demo(args.out, settings=s)
+    out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
+    try:
+        run_demo(out, settings=s)
+    except DemoSettingsError as e:
+        print(f"pact demo: error: {e}", file=sys.stderr)
+        return 2
     return 0

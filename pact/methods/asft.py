@@ -80,6 +80,8 @@ class ASFT(SFT):
 
     def penalty(self) -> torch.Tensor:
         """λ · Σ ‖(I - C) B A‖²_F over the model's LoRA modules (float32 scalar with gradient)."""
+        if not self.pairs:
+            raise RuntimeError("ASFT.penalty() before setup(): call setup(model) with the LoRA model first")
         device = self.pairs[0][1].device
         if self.pairs[0][2].v.device != device:  # DeepSpeed moved the model: move V once
             self.pairs = [(a, b, align.to(device)) for a, b, align in self.pairs]

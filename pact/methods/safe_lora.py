@@ -13,9 +13,10 @@ Selection as in the authors' code (and ``peft``'s ``safelora``):
 threshold; ``number`` projects the ``num_layers`` layers with the lowest
 cosine (default 10). Pairs are matched by module name, not by position.
 ``train.py`` runs :meth:`SafeLoRA.finish` on rank 0 after ``export_final``:
-the unprojected adapter is kept in ``final_unprojected/``, ``final/`` gets
-the projected one, and ``safe_lora.json`` records every layer's cosine and
-whether it was projected.
+the exported adapter moves to ``final_unprojected/``, ``final/`` gets the
+projected one (written beside it and renamed, so ``final/`` never holds
+unprojected weights), and ``safe_lora.json`` records every layer's cosine
+and whether it was projected.
 """
 from __future__ import annotations
 
@@ -106,12 +107,23 @@ class SafeLoRA(SFT):
         self.base_model, self.base_gguf_file = base_model, base_gguf_file
         self.select, self.threshold, self.num_layers, self.dtype = select, threshold, num_layers, dtype
 
-    def project_dir(self, final_dir: Path, run_dir: Path) -> list[LayerRecord]:
-        """Project ``final_dir``'s adapter in place; keep the original in ``run_dir/final_unprojected``."""
+    def project_dir(self, run_dir: Path) -> list[LayerRecord]:
+        """Project the adapter exported to ``run_dir/final``.
+
+        The exported adapter first moves to ``run_dir/final_unprojected`` (a
+        rename); the projected one is written beside it and renamed to
+        ``final``, so ``final/`` never holds unprojected weights, even when the
+        projection fails half-way (a rerun of this method projects
+        ``final_unprojected`` again).
+        """
         from safetensors.torch import load_file, save_file
 
-        final_dir, run_dir = Path(final_dir), Path(run_dir)
-        adapter = final_dir / ADAPTER_FILE
+        run_dir = Path(run_dir)
+        final, raw, tmp = run_dir / "final", run_dir / "final_unprojected", run_dir / "final.tmp"
+        if final.is_dir():  # a fresh export: it becomes the unprojected copy
+            shutil.rmtree(raw, ignore_errors=True)
+            os.replace(final, raw)
+        adapter = raw / ADAPTER_FILE
         if not adapter.is_file():
             raise FileNotFoundError(f"{adapter} is missing: SafeLoRA projects a LoRA adapter (lora=true)")
         weights = load_file(str(adapter))
@@ -120,18 +132,16 @@ class SafeLoRA(SFT):
                                    base_gguf=self.base_gguf_file, dtype=self.dtype)
         projected, records = project_adapter(weights, alignment, select=self.select, threshold=self.threshold,
                                              num_layers=self.num_layers)
-        keep = run_dir / "final_unprojected"
-        shutil.rmtree(keep, ignore_errors=True)
-        shutil.copytree(final_dir, keep)
-        tmp = adapter.with_name(adapter.name + ".tmp")
-        save_file(projected, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, adapter)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(raw, tmp)
+        save_file(projected, str(tmp / ADAPTER_FILE), metadata={"format": "pt"})
         report = {"method": "safe_lora", "select": self.select, "threshold": self.threshold,
                   "num_layers": self.num_layers, "base_model": self.base_model,
                   "projected": sum(r.projected for r in records), "layers": [vars(r) for r in records]}
         tmp_report = run_dir / "safe_lora.json.tmp"
         tmp_report.write_text(json.dumps(report, indent=2))
         os.replace(tmp_report, run_dir / "safe_lora.json")
+        os.replace(tmp, final)
         return records
 
     def finish(self, run_dir: Path, rank: int) -> None:
@@ -141,7 +151,7 @@ class SafeLoRA(SFT):
         error = None
         if rank == 0:
             try:
-                records = self.project_dir(Path(run_dir) / "final", Path(run_dir))
+                records = self.project_dir(Path(run_dir))
                 print(f"pact train: safe_lora projected {sum(r.projected for r in records)} of {len(records)} "
                       f"LoRA layers (record: {Path(run_dir) / 'safe_lora.json'})", flush=True)
             except Exception as e:  # reported on every rank below, so none waits forever

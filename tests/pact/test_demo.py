@@ -13,10 +13,12 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import pytest
 
-from pact.demo import COLUMNS, ROWS, DemoSettings, benign_prompts, figure2, splits, table
+from pact.demo import (COLUMNS, ROWS, DemoSettings, DemoSettingsError, benign_prompts, check_settings, figure2,
+                       run_demo, splits, table)
 
 
 def _norm(p: str) -> str:
@@ -46,6 +48,42 @@ def test_splits_keep_every_held_out_prompt_out_of_training():
     assert data["held"] == again["held"]
     other = splits(DemoSettings(seed=1))
     assert [r["prompt"] for r in other["align"]] != [r["prompt"] for r in data["align"]]
+
+
+def test_splits_drop_a_held_out_prompt_that_was_used_for_training(monkeypatch):
+    """A HarmBench prompt equal (up to case and spaces) to an align or attack prompt never reaches the held-out set."""
+    import pact.data.sources as sources
+
+    real = sources.get_source
+    s = DemoSettings(eval_harmful_per_source=5)
+    clean = splits(s)
+    align_prompt, attack_prompt = clean["align"][3]["prompt"], clean["attack"][0]["prompt"]
+
+    class Planted:
+        def __init__(self, src):
+            first = type(src.records[0])
+            self.records = [first(prompt=f"  {align_prompt.upper()} "), first(prompt=attack_prompt)] * 30 + list(
+                src.records[:3])
+
+    monkeypatch.setattr(sources, "get_source",
+                        lambda name, **kw: Planted(real(name, **kw)) if name == "harmbench" else real(name, **kw))
+    held = splits(s)["held"]["harmbench"]
+    assert len(held) == 3  # only the three real prompts are left to sample from
+    assert {_norm(p) for p in held}.isdisjoint({_norm(align_prompt), _norm(attack_prompt)})
+
+
+def test_an_output_directory_of_other_settings_is_refused_before_any_work(tmp_path, capsys):
+    from pact.cli import main
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "settings.json").write_text(json.dumps(dict(asdict(DemoSettings()), lambda_kl=1.0)))
+    with pytest.raises(DemoSettingsError, match=r"lambda_kl 1.0 -> 3.0.*another --out"):
+        run_demo(out, settings=DemoSettings())
+    assert main(["demo", "--out", str(out), "--lambda-kl", "2"]) == 2
+    assert "lambda_kl 1.0 -> 2.0" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["settings.json"]  # nothing else was started
+    check_settings(out, DemoSettings(lambda_kl=1.0))  # the directory's own settings: accepted, no error
 
 
 def test_splits_refuse_overlapping_uncensorbench_splits():

@@ -110,7 +110,7 @@ def test_project_dir_keeps_the_unprojected_adapter_and_records_the_layers(tmp_pa
     run = tmp_path / "run"
     peft_model.save_pretrained(run / "final")
     method = SafeLoRA(str(tmp_path / "aligned"), str(tmp_path / "base"), select="number", num_layers=2)
-    records = method.project_dir(run / "final", run)
+    records = method.project_dir(run)
     raw = load_file(str(run / "final_unprojected" / "adapter_model.safetensors"))
     new = load_file(str(run / "final" / "adapter_model.safetensors"))
     report = json.loads((run / "safe_lora.json").read_text())
@@ -134,3 +134,15 @@ def test_finish_reports_a_failed_projection(tmp_path):
     method = SafeLoRA(str(tmp_path / "aligned"), str(tmp_path / "base"))
     with pytest.raises(RuntimeError, match="safe_lora projection of .*final failed: FileNotFoundError.*lora=true"):
         method.finish(tmp_path, rank=0)
+    # an exported adapter whose alignment cannot be built (no such models): the export is kept aside as
+    # final_unprojected/, and no final/ is left behind that would pass for a projected adapter
+    (tmp_path / "final").mkdir()
+    from safetensors.torch import save_file
+
+    save_file({"base_model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.ones(2, 4),
+               "base_model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.ones(4, 2)},
+              str(tmp_path / "final" / "adapter_model.safetensors"))
+    with pytest.raises(RuntimeError, match="safe_lora projection"):
+        method.finish(tmp_path, rank=0)
+    assert not (tmp_path / "final").exists() and not (tmp_path / "final.tmp").exists()
+    assert (tmp_path / "final_unprojected" / "adapter_model.safetensors").is_file()
