@@ -51,16 +51,21 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def model_vocab_size(cfg: TrainConfig) -> int:
-    """The model's output vocabulary from its config alone (no weights loaded)."""
+def model_config(key: str, name: str, gguf_file: str | None):
+    """The ``transformers`` config of the run's model ``key`` (``model``, ``base_model``), without its weights."""
     from transformers import AutoConfig
 
-    ref = resolve_model_ref(cfg.model, cfg.gguf_file)
-    kw = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
     try:
-        return int(AutoConfig.from_pretrained(ref.path, **kw).vocab_size)
+        ref = resolve_model_ref(name, gguf_file)
+        kw = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+        return AutoConfig.from_pretrained(ref.path, **kw)
     except Exception as e:
-        raise ConfigError(f"cannot read the config of model {cfg.model!r}: {e}") from e
+        raise ConfigError(f"cannot read the config of {key}={name!r}: {e}") from e
+
+
+def model_vocab_size(cfg: TrainConfig) -> int:
+    """The model's output vocabulary from its config alone (no weights loaded)."""
+    return int(model_config("model", cfg.model, cfg.gguf_file).vocab_size)
 
 
 ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -71,16 +76,8 @@ def check_base_model(cfg: TrainConfig) -> None:
     """``base_model`` (safe_lora, asft) has ``model``'s architecture, from the two configs alone (no weights)."""
     if cfg.method not in ("safe_lora", "asft"):
         return
-    from transformers import AutoConfig
-
-    configs = []
-    for key, name, gguf in (("model", cfg.model, cfg.gguf_file), ("base_model", cfg.base_model, cfg.base_gguf_file)):
-        try:
-            ref = resolve_model_ref(name, gguf)
-            kw = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
-            configs.append(AutoConfig.from_pretrained(ref.path, **kw))
-        except Exception as e:
-            raise ConfigError(f"cannot read the config of {key}={name!r}: {e}") from e
+    configs = [model_config("model", cfg.model, cfg.gguf_file),
+               model_config("base_model", cfg.base_model, cfg.base_gguf_file)]
     differ = [(k, getattr(configs[0], k, None), getattr(configs[1], k, None)) for k in ARCHITECTURE_KEYS
               if getattr(configs[0], k, None) != getattr(configs[1], k, None)]
     if differ:

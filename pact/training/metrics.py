@@ -70,7 +70,7 @@ class StepMetrics:
         s[1] += 1
         s[2] += result.gate.double().sum()
         s[3] += batch.labels.numel()
-        if getattr(result, "penalty", None) is not None:
+        if result.penalty is not None:
             s[-1] += result.penalty.double()
             self.penalized = True
         for k, kind_mask in enumerate((~batch.row_harmful, batch.row_harmful)):
