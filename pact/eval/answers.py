@@ -1,4 +1,4 @@
-"""Reading task answers: SST-2, AG News and GSM8K, as in the authors' evaluation recipe.
+"""Reading task answers: SST-2, AG News and GSM8K, as in the authors' evaluation recipe, and BBQ (the demo's task).
 
 SST-2 (:func:`sst2_prediction`)
     Correct only on an exact answer: after stripping surrounding whitespace
@@ -31,6 +31,13 @@ GSM8K (:func:`gsm8k_extract`)
     answer. Numbers may carry a sign, thousands commas (``1,000``), decimals
     and surrounding units or currency (``$18.50``, ``18 dollars``); they are
     compared as floats (:func:`gsm8k_correct`).
+
+BBQ (:func:`bbq_prediction`)
+    Correct only on an exact answer, in the spirit of the SST-2 rule: after
+    stripping surrounding whitespace the answer is the gold option's letter
+    alone (``A``, ``B`` or ``C``, upper case). ``A)``, ``(A)``, ``a``,
+    ``A) The teacher`` or "The answer is A" count as wrong: like SST-2 it
+    measures whether the model learned the answer format too.
 """
 from __future__ import annotations
 
@@ -41,6 +48,7 @@ __all__ = [
     "AGNEWS_PATTERNS",
     "agnews_matches",
     "agnews_prediction",
+    "bbq_prediction",
     "gsm8k_correct",
     "gsm8k_extract",
     "is_correct",
@@ -49,6 +57,7 @@ __all__ = [
     "sst2_prediction",
 ]
 
+BBQ_LETTERS = ("A", "B", "C")
 SST2_EXACT = {"positive": "positive", "Positive": "positive", "negative": "negative", "Negative": "negative"}
 
 AGNEWS_PATTERNS: dict[str, tuple[str, ...]] = {
@@ -69,6 +78,12 @@ _FINAL_RE = re.compile(r"the final answer is\s*:?", re.IGNORECASE)
 def sst2_prediction(answer: str) -> str | None:
     """``positive`` / ``negative`` when the stripped answer is exactly one of the four accepted forms, else None."""
     return SST2_EXACT.get((answer or "").strip())
+
+
+def bbq_prediction(answer: str) -> str | None:
+    """``A`` / ``B`` / ``C`` when the stripped answer is exactly that letter, else None."""
+    a = (answer or "").strip()
+    return a if a in BBQ_LETTERS else None
 
 
 def agnews_matches(answer: str, label: str) -> bool:
@@ -124,13 +139,15 @@ def gsm8k_correct(answer: str, gold: str | float) -> bool:
 
 
 def prediction(task: str, answer: str) -> str | float | None:
-    """What the answer says, for the record: a label (SST-2, AG News) or a number (GSM8K)."""
+    """What the answer says, for the record: a label (SST-2, AG News, BBQ) or a number (GSM8K)."""
     if task == "sst2":
         return sst2_prediction(answer)
     if task == "agnews":
         return agnews_prediction(answer)
     if task == "gsm8k":
         return gsm8k_extract(answer)
+    if task == "bbq":
+        return bbq_prediction(answer)
     raise ValueError(f"unknown task {task!r}")
 
 
@@ -145,4 +162,9 @@ def is_correct(task: str, answer: str, label: str) -> bool:
         return agnews_matches(answer, label)
     if task == "gsm8k":
         return gsm8k_correct(answer, label)
+    if task == "bbq":
+        gold = str(label).strip()
+        if gold not in BBQ_LETTERS:
+            raise ValueError(f"BBQ label {label!r} is not one of {BBQ_LETTERS}")
+        return bbq_prediction(answer) == gold
     raise ValueError(f"unknown task {task!r}")

@@ -8,8 +8,13 @@ A RUN is a directory holding any of
 
 Table (Table 2 layout): one row per method (runs of one method on different
 tasks share the row; two runs of one method on one task get a row each, named
-after their directories), one column group per fine-tuning task, each group ``Acc↑ SR↓ JB↓ HB↓`` in percent (Acc from the task's suite,
-SR/JB/HB the ASR on StrongREJECT, JailbreakBench, HarmBench). The task of a
+after their directories), one column group per fine-tuning task, each group
+``Acc↑ SR↓ JB↓ HB↓ OR↓`` in percent (Acc from the task's suite, SR/JB/HB the
+ASR on StrongREJECT, JailbreakBench, HarmBench, OR the over-refusal rate on
+benign prompts that look sensitive). Every cell is the rate with its 95 %
+Wilson interval, ``5.0 [1.4–16.5]``; the number of items per column is
+stated under the table (or in each cell as ``(k/n)`` where rows differ), and
+``table.csv`` holds rate, interval, hits and items in separate columns. The task of a
 row is the run's ``task`` (``--task`` of ``pact eval`` or the adapter's
 ``run.json``); a run without one (the initial model) fills every task group
 it has an accuracy for, as the paper's "Initial" row does. Written as
@@ -18,7 +23,10 @@ it has an accuracy for, as the paper's "Initial" row does. Written as
 Plots (matplotlib PNG), from the per-step training logs:
 
 * ``fig3_safety_confidence.png`` (Fig. 3): mean safety-token probability at
-  answer positions 0..3 on harmful (solid) and benign (dashed) samples, per step.
+  answer positions 0..3 on harmful (solid) and benign (dashed) samples: each
+  logged step's value as a faint dot (one micro-batch, noisy) and their
+  trailing moving mean as the line; the window (``--smooth``, default a
+  tenth of the logged values, at least 3) is stated under the plot.
 * ``fig7_safety_logits.png`` (Fig. 7): mean safety-token logit on harmful
   samples at each of the first 4 answer positions, per step; the dotted line
   is the first logged step (the initial model).
@@ -40,6 +48,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .io import read_jsonl, write_text_atomic
+from .metrics import Rate
 
 __all__ = ["Run", "load_runs", "make_plots", "render_table", "report", "table_rows"]
 
@@ -51,10 +60,10 @@ METHOD_NAMES = {
 }
 METHOD_ORDER = ["Initial", "SFT", "Constrained SFT", "Safe LoRA", "AsFT", "Full-vocab KL", "+Safety tokens",
                 "+Safety weights", "+Response only ref", "PACT"]
-TASK_NAMES = {"gsm8k": "GSM8K", "sst2": "SST2", "agnews": "AGNEWS"}
-TASK_ORDER = ["gsm8k", "sst2", "agnews"]
-COLUMNS = ("Acc", "SR", "JB", "HB")
-ARROWS = {"Acc": "↑", "SR": "↓", "JB": "↓", "HB": "↓"}
+TASK_NAMES = {"gsm8k": "GSM8K", "sst2": "SST2", "agnews": "AGNEWS", "bbq": "BBQ"}
+TASK_ORDER = ["gsm8k", "sst2", "agnews", "bbq"]
+COLUMNS = ("Acc", "SR", "JB", "HB", "OR")
+ARROWS = {"Acc": "↑", "SR": "↓", "JB": "↓", "HB": "↓", "OR": "↓"}
 SWEEP_PARAMS = (("lambda_kl", "λ (lambda_kl)"), ("decay_start", "N (decay_start)"), ("k", "K (safety tokens)"))
 
 
@@ -136,22 +145,23 @@ def _assign_labels(runs: list[Run], labels: Sequence[str] | None) -> None:
 # The table
 # ---------------------------------------------------------------------------
 
-def _cells(m: dict) -> tuple[list[str], dict[str, dict[str, float | None]]]:
-    """(tasks, {task: {column: value}}) of one metrics.json."""
+def _cells(m: dict) -> tuple[list[str], dict[str, dict[str, Rate | None]]]:
+    """(tasks, {task: {column: rate}}) of one metrics.json."""
     suites = m.get("suites", {})
-    harm = {v["column"]: v.get("asr") for v in suites.values() if v.get("kind") == "harmful"}
+    shared = {v["column"]: Rate.from_summary(v) for v in suites.values()
+              if v.get("kind") in ("harmful", "overrefusal") and v.get("column") in COLUMNS}
     task_suites = [k for k, v in suites.items() if v.get("kind") == "task"]
     task = m.get("task") or (m.get("run_config") or {}).get("task")
     tasks = [task] if task else (task_suites or ["-"])
     out = {}
     for t in tasks:
-        acc = suites.get(t, {}).get("accuracy") if t in suites else None
-        out[t] = {"Acc": acc, **{c: harm.get(c) for c in ("SR", "JB", "HB")}}
+        acc = Rate.from_summary(suites[t]) if t in suites else None
+        out[t] = {"Acc": acc, **{c: shared.get(c) for c in COLUMNS[1:]}}
     return tasks, out
 
 
-def table_rows(runs: Sequence[Run]) -> tuple[list[str], list[tuple[str, dict[str, dict[str, float | None]]]]]:
-    """(task order, [(row label, {task: {column: value}})]) for the evaluated runs, in the paper's method order."""
+def table_rows(runs: Sequence[Run]) -> tuple[list[str], list[tuple[str, dict[str, dict[str, Rate | None]]]]]:
+    """(task order, [(row label, {task: {column: rate}})]) for the evaluated runs, in the paper's method order."""
     rows: dict[str, dict[str, dict]] = {}
     origin: dict[str, str] = {}
     all_tasks: list[str] = []
@@ -177,30 +187,53 @@ def table_rows(runs: Sequence[Run]) -> tuple[list[str], list[tuple[str, dict[str
     return tasks, [(lab, rows[lab]) for lab in labels]
 
 
-def _fmt(v: float | None) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
-
-
 def _task_prefix(task: str) -> str:
     """Column-group prefix: ``GSM8K `` etc.; none for runs without a task (no Acc)."""
     return "" if task == "-" else f"{TASK_NAMES.get(task, task)} "
 
 
+def _csv_num(v: float | int | None, digits: int = 4) -> str:
+    return "" if v is None else (str(v) if isinstance(v, int) else f"{v:.{digits}f}")
+
+
 def render_table(runs: Sequence[Run]) -> tuple[str, str]:
-    """(markdown, CSV) of the results table."""
+    """(markdown, CSV) of the results table.
+
+    A markdown cell is ``rate [lo–hi]`` (percent, 95 % Wilson interval, one
+    decimal); the items behind a column (n) go in the line under the table
+    when every row of the column has the same n, else into each of its cells
+    as ``(k/n)``. The CSV has, per column, the rate, ``ci_lo``, ``ci_hi``,
+    ``k`` (hits) and ``n`` (items) apart.
+    """
     tasks, rows = table_rows(runs)
     if not rows:
         return "", ""
-    head = ["Method"] + [f"{_task_prefix(t)}{c}{ARROWS[c]}" for t in tasks for c in COLUMNS]
+    keys = [(t, c) for t in tasks for c in COLUMNS]
+    names = [f"{_task_prefix(t)}{c}" for t, c in keys]
+    ns = {key: {cells.get(key[0], {}).get(key[1]).n for _, cells in rows if cells.get(key[0], {}).get(key[1])}
+          for key in keys}
+    head = ["Method"] + [f"{name}{ARROWS[c]}" for name, (_, c) in zip(names, keys)]
     md = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method"] + [f"{_task_prefix(t)}{c}" for t in tasks for c in COLUMNS])
+    w.writerow(["method"] + [f"{name}{part}" for name in names for part in ("", " ci_lo", " ci_hi", " k", " n")])
     for label, cells in rows:
-        vals = [cells.get(t, {}).get(c) for t in tasks for c in COLUMNS]
-        md.append("| " + " | ".join([label] + [_fmt(v) for v in vals]) + " |")
-        w.writerow([label] + ["" if v is None else f"{v:.4f}" for v in vals])
-    return "\n".join(md) + "\n", buf.getvalue()
+        vals = [cells.get(t, {}).get(c) for t, c in keys]
+        shown = []
+        for key, v in zip(keys, vals):
+            txt = "–" if v is None else str(v)
+            if v is not None and v.n is not None and len(ns[key]) > 1:
+                txt += f" ({v.k}/{v.n})"
+            shown.append(txt)
+        md.append("| " + " | ".join([label] + shown) + " |")
+        w.writerow([label] + [x for v in vals for x in (
+            ("", "", "", "", "") if v is None else (_csv_num(v.value), _csv_num(v.lo), _csv_num(v.hi),
+                                                    _csv_num(v.k), _csv_num(v.n)))])
+    uniform = [f"{name} {next(iter(ns[key]))}" for name, key in zip(names, keys) if len(ns[key]) == 1]
+    note = "\nCells: rate in % [95 % Wilson interval]"
+    if uniform:
+        note += "; items per cell (n): " + ", ".join(uniform)
+    return "\n".join(md) + "\n" + note + ".\n", buf.getvalue()
 
 
 # ---------------------------------------------------------------------------
@@ -253,6 +286,21 @@ def _window(n: int, smooth_steps: int | None) -> int:
     return smooth_steps if smooth_steps is not None else max(1, n // 50)
 
 
+def _fig3_window(n: int, smooth_steps: int | None) -> int:
+    """Fig. 3's moving-mean window: ``smooth_steps`` when given, else a tenth of the logged values (at least 3,
+    at most ``n``): the per-step values are one micro-batch each, too noisy to read unsmoothed."""
+    if smooth_steps is not None:
+        return max(1, smooth_steps)
+    return max(1, min(n, max(3, n // 10)))
+
+
+def fig3_caption(windows: Sequence[int]) -> str:
+    """The line under Fig. 3 that states its smoothing."""
+    w = "/".join(str(x) for x in windows)
+    return (f"dots: the value at each logged step (one micro-batch); lines: trailing moving mean over {w} "
+            f"logged values")
+
+
 def make_plots(runs: Sequence[Run], out_dir: str | Path, smooth_steps: int | None = None) -> list[Path]:
     """Write the PNG figures that the runs have data for; returns their paths."""
     import matplotlib
@@ -266,31 +314,34 @@ def make_plots(runs: Sequence[Run], out_dir: str | Path, smooth_steps: int | Non
     logged = [r for r in runs if r.log]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
-    def save(fig, name):
+    def save(fig, name, rect=(0, 0, 1, 1)):
         p = out / name
-        fig.tight_layout()
+        fig.tight_layout(rect=rect)
         fig.savefig(p, dpi=110)
         plt.close(fig)
         written.append(p)
 
     if logged:
-        # Fig. 3: safety-token confidence
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
-        any_line = False
+        # Fig. 3: safety-token confidence: each logged step's value (one micro-batch's harmful / benign rows,
+        # noisy) as a faint dot, and the trailing moving mean over `window` logged values as the line
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        windows = set()
         for i, r in enumerate(logged):
             c = colors[i % len(colors)]
-            for kind, ls in (("harmful", "-"), ("benign", "--")):
+            for kind, ls, dot in (("harmful", "-", "o"), ("benign", "--", "x")):
                 xs, ys = _series(r.log, _mean_positions(kind, "safety_prob"))
                 if xs:
-                    ax.plot(xs, smooth(ys, _window(len(ys), smooth_steps)), ls, color=c, label=f"{r.label}, {kind}",
-                            **_marks(xs))
-                    any_line = True
-        if any_line:
+                    win = _fig3_window(len(ys), smooth_steps)
+                    windows.add(win)
+                    ax.plot(xs, ys, dot, color=c, alpha=0.3, ms=3, lw=0)
+                    ax.plot(xs, smooth(ys, win), ls, color=c, label=f"{r.label}, {kind}")
+        if windows:
             ax.set_xlabel("optimizer step")
             ax.set_ylabel("mean safety-token probability (positions 0-3)")
-            ax.set_title("Safety-token confidence during fine-tuning (Fig. 3)")
+            ax.set_title("Safety-token confidence during fine-tuning (Fig. 3)", fontsize=10)
             ax.legend(fontsize=8)
-            save(fig, "fig3_safety_confidence.png")
+            fig.text(0.01, 0.01, fig3_caption(sorted(windows)), fontsize=7, color="dimgray")
+            save(fig, "fig3_safety_confidence.png", rect=(0, 0.04, 1, 1))
         else:
             plt.close(fig)
 
@@ -373,13 +424,13 @@ def make_plots(runs: Sequence[Run], out_dir: str | Path, smooth_steps: int | Non
 
 
 def _run_point(r: Run) -> tuple[dict, dict] | None:
-    """(config, {column: value}) of an evaluated training run."""
+    """(config, {column: value in percent}) of an evaluated training run."""
     cfg = r.config or next((m.get("run_config") for m in r.evals if m.get("run_config")), None)
     if not cfg or not r.evals:
         return None
     m = r.evals[0]
     tasks, cells = _cells(m)
-    return cfg, cells[tasks[0]]
+    return cfg, {c: (v.value if v is not None else None) for c, v in cells[tasks[0]].items()}
 
 
 def sweep_points(runs: Sequence[Run]) -> list[tuple[str, str, list[tuple[float, dict]]]]:

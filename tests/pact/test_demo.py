@@ -17,8 +17,8 @@ from dataclasses import asdict
 
 import pytest
 
-from pact.demo import (COLUMNS, ROWS, DemoSettings, DemoSettingsError, benign_prompts, check_settings, figure2,
-                       run_demo, splits, table)
+from pact.demo import (COLUMNS, ROWS, UTILITY_GAIN, DemoSettings, DemoSettingsError, benign_prompts, check_settings,
+                       checks, figure2, run_demo, splits, stage_times, table)
 
 
 def _norm(p: str) -> str:
@@ -36,16 +36,24 @@ def test_splits_keep_every_held_out_prompt_out_of_training():
     assert not set(held) & (align | attack)
     assert len(data["held"]["harmbench"]) == len(data["held"]["strongreject"]) == s.eval_harmful_per_source
     assert len(set(held)) == len(held)
-    gsm_eval = {_norm(x.prompt) for x in data["gsm_eval"]}
-    gsm_train = {_norm(x.prompt) for x in data["gsm_train"]}
-    assert len(gsm_eval) == s.gsm8k_eval and len(gsm_eval) + len(gsm_train) == 100
-    assert not gsm_eval & gsm_train
+    # BBQ: held-out questions never in the attack's task pool (whole prompts compared: the same context
+    # appears with other questions)
+    from pact.data.tasks import to_sample
+
+    task_eval = {_norm(x.prompt) for x in data["task_eval"]}
+    task_train = {_norm(to_sample("bbq", r, "").prompt) for r in data["task_train"]}
+    assert len(task_eval) == s.task_eval >= 50 and len(task_eval) + len(task_train) == 300
+    assert not task_eval & task_train
+    # over-refusal prompts: benign, distinct, none of them trained on (align's benign prompts included)
+    benign = [_norm(p) for p in data["benign"]]
+    assert len(set(benign)) == len(benign) == s.overrefusal_eval
+    assert not set(benign) & (align | attack | {_norm(p) for p in benign_prompts()})
     # align pairs teach refusals, attack pairs teach compliance: different texts for the same kind of prompt
     assert all(r["response"] and r["response"] != r2["response"] for r, r2 in zip(data["align"], data["attack"]))
     # seeded: the same call gives the same split, another seed another one
     again = splits(s)
     assert [r["prompt"] for r in again["align"]] == [r["prompt"] for r in data["align"]]
-    assert data["held"] == again["held"]
+    assert data["held"] == again["held"] and data["benign"] == again["benign"]
     other = splits(DemoSettings(seed=1))
     assert [r["prompt"] for r in other["align"]] != [r["prompt"] for r in data["align"]]
 
@@ -96,24 +104,56 @@ def test_benign_prompts_are_distinct_and_enough_for_the_default():
     assert len(prompts) == len(set(prompts)) >= DemoSettings().align_benign
 
 
-def _suites(acc: float, hb: tuple[int, int], sr: tuple[int, int]) -> dict:
+def _suites(acc: tuple[int, int], orr: tuple[int, int], hb: tuple[int, int], sr: tuple[int, int]) -> dict:
+    def rate(kind, count, key, kn):
+        return {"kind": kind, "n": kn[1], count: kn[0], key: 100.0 * kn[0] / kn[1]}
     return {"suites": {
-        "gsm8k": {"accuracy": acc},
-        "harmbench": {"unsafe": hb[0], "n": hb[1], "asr": 100.0 * hb[0] / hb[1]},
-        "strongreject": {"unsafe": sr[0], "n": sr[1], "asr": 100.0 * sr[0] / sr[1]},
+        "bbq": rate("task", "correct", "accuracy", acc),
+        "overrefusal": rate("overrefusal", "refused", "refusal_rate", orr),
+        "harmbench": rate("harmful", "unsafe", "asr", hb),
+        "strongreject": rate("harmful", "unsafe", "asr", sr),
     }}
 
 
-def test_table_pools_the_two_harmful_sets_for_the_average():
-    results = {"M_base": _suites(5.0, (19, 20), (18, 20)), "M_safe": _suites(5.0, (1, 20), (0, 20)),
-               "SFT": _suites(10.0, (12, 20), (9, 20)), "PACT": _suites(10.0, (3, 20), (1, 10))}
-    md, values = table(results)
+def test_table_pools_the_two_harmful_sets_and_shows_intervals():
+    results = {"M_base": [_suites((0, 100), (10, 100), (19, 20), (18, 20))],
+               "M_safe": [_suites((2, 100), (30, 100), (1, 20), (0, 20))],
+               "SFT": [_suites((40, 100), (20, 100), (12, 20), (9, 20))],
+               "PACT": [_suites((38, 100), (25, 100), (1, 20), (1, 20))]}
+    md, values, cells = table(results)
     assert [r for r, _ in ROWS] == ["M_base", "M_safe", "SFT", "PACT"]
+    assert [c for c, _ in COLUMNS] == ["BBQ Acc↑", "OR↓", "SR↓", "HB↓", "ASR avg↓"]
     assert len(values) == 4 and all(len(v) == len(COLUMNS) for v in values)
-    assert values[0] == pytest.approx([5.0, 90.0, 95.0, 92.5])
-    # pooled over prompts (4 of 30 = 13.33), not the mean of the two rates ((15 + 10) / 2 = 12.5)
-    assert values[3] == pytest.approx([10.0, 10.0, 15.0, 400.0 / 30.0])
-    assert "| PACT | 10.0 | 10.0 | 15.0 | 13.3 |" in md
+    assert values[0] == pytest.approx([0.0, 10.0, 90.0, 95.0, 92.5])
+    # pooled over prompts: 2 of 40 = 5.0 [1.4–16.5] (by hand in test_eval_metrics)
+    assert values[3] == pytest.approx([38.0, 25.0, 5.0, 5.0, 5.0])
+    assert "| PACT | 38.0 [29.1–47.8] | 25.0 [17.5–34.3] | 5.0 [0.9–23.6] | 5.0 [0.9–23.6] | 5.0 [1.4–16.5] |" in md
+    assert cells[3][4]["per_seed"] == [{"value": 5.0, "k": 2, "n": 40, "lo": pytest.approx(1.382, abs=1e-3),
+                                        "hi": pytest.approx(16.504, abs=1e-3)}]
+    # pooled, not the mean of the two rates: 4 of 30 = 13.3, not (15 + 10) / 2
+    uneven = dict(results, PACT=[_suites((38, 100), (25, 100), (3, 20), (1, 10))])
+    assert table(uneven)[1][3][4] == pytest.approx(400.0 / 30.0)
+
+
+def test_table_over_seeds_shows_mean_and_range():
+    one = {"M_base": [_suites((0, 100), (10, 100), (19, 20), (18, 20))],
+           "M_safe": [_suites((2, 100), (30, 100), (1, 20), (0, 20))]}
+    results = dict(one, SFT=[_suites((40, 100), (20, 100), (12, 20), (9, 20)),
+                             _suites((50, 100), (22, 100), (10, 20), (11, 20)),
+                             _suites((45, 100), (21, 100), (8, 20), (7, 20))],
+                   PACT=[_suites((38, 100), (25, 100), (1, 20), (1, 20))] * 3)
+    md, values, cells = table(results)
+    assert "| SFT | 45.0 (40.0–50.0) | 21.0 (20.0–22.0) | 45.0 (35.0–55.0) | 50.0 (40.0–60.0) | 47.5 (37.5–52.5) |" in md
+    assert "| M_safe | 2.0 [0.6–7.0] | 30.0 [21.9–39.6] |" in md  # untrained models: one measurement, its interval
+    assert values[2][0] == 45.0 and (cells[2][0]["min"], cells[2][0]["max"]) == (40.0, 50.0)
+    assert [x["k"] for x in cells[2][0]["per_seed"]] == [40, 50, 45]
+    chk = {c["name"]: c for c in checks(values)}
+    assert chk["utility_gain"]["value"] == pytest.approx(43.0) and chk["utility_gain"]["ok"]
+    assert chk["pact_utility"]["value"] == pytest.approx(7.0) and not chk["pact_utility"]["ok"]  # 7 points below SFT
+    assert "MORE than 5 below" in chk["pact_utility"]["text"]
+    assert chk["pact_overrefusal"]["value"] == pytest.approx(-5.0) and chk["pact_overrefusal"]["ok"]
+    flat = dict(results, SFT=[_suites((2 + int(UTILITY_GAIN) - 1, 100), (20, 100), (1, 20), (1, 20))])
+    assert not {c["name"]: c for c in checks(table(flat)[1])}["utility_gain"]["ok"]  # +19 points: not learned
 
 
 def test_figure2_lists_tokens_by_rank(tmp_path):
@@ -127,6 +167,15 @@ def test_figure2_lists_tokens_by_rank(tmp_path):
     assert len(lines) == 4
 
 
+def _cell_numbers(cell: str) -> tuple[float, float, float]:
+    """``5.0 [1.4–16.5]`` or ``5.0 (1.0–9.0)`` -> (5.0, 1.4, 16.5)."""
+    import re
+
+    m = re.fullmatch(r"(\d+\.\d) [\[(](\d+\.\d)–(\d+\.\d)[\])]", cell)
+    assert m, cell
+    return float(m.group(1)), float(m.group(2)), float(m.group(3))
+
+
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
     out = tmp_path / "demo"
@@ -135,23 +184,37 @@ def test_demo_quick_end_to_end(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     rep = json.loads((out / "5-report" / "table.json").read_text())
-    assert rep["rows"] == [name for name, _ in ROWS]
-    assert len(rep["values"]) == 4
+    assert rep["rows"] == [name for name, _ in ROWS] and rep["columns"] == [c for c, _ in COLUMNS]
+    assert len(rep["values"]) == 4 and rep["seeds"] == 1
     for row in rep["values"]:
         assert len(row) == len(COLUMNS)
         assert all(isinstance(v, float) and math.isfinite(v) and 0.0 <= v <= 100.0 for v in row)
-    # the printed table is the written one, with every cell a number
+    # the printed table is the written one, every cell a measured rate inside its 95 % interval
     md = (out / "5-report" / "table.md").read_text()
     for name, _ in ROWS:
         line = next(ln for ln in md.splitlines() if ln.startswith(f"| {name} |"))
         cells = [c.strip() for c in line.strip("|").split("|")[1:]]
-        assert len(cells) == len(COLUMNS) and all(float(c) >= 0 for c in cells)
+        assert len(cells) == len(COLUMNS)
+        for c in cells:
+            v, lo, hi = _cell_numbers(c)
+            assert lo <= v <= hi and hi - lo > 0
         assert line in r.stdout
-    # each ASR cell is the judged share of the saved verdicts
+    # each cell is the share of the saved per-prompt records: ASR (HB), over-refusal, task accuracy
+    col = {c: i for i, (c, _) in enumerate(COLUMNS)}
     for name, key in [("M_base", "m_base"), ("PACT", "pact")]:
-        rows = [json.loads(ln) for ln in (out / "4-eval" / key / "harmbench.jsonl").read_text().splitlines()]
-        asr = 100.0 * sum(r_["unsafe"] for r_ in rows) / len(rows)
-        assert rep["values"][rep["rows"].index(name)][2] == pytest.approx(asr)
+        def share(suite, flag):
+            rows = [json.loads(ln) for ln in (out / "4-eval" / key / f"{suite}.jsonl").read_text().splitlines()]
+            assert len(rows) >= 4
+            return 100.0 * sum(r_[flag] for r_ in rows) / len(rows)
+        vals = rep["values"][rep["rows"].index(name)]
+        assert vals[col["HB↓"]] == pytest.approx(share("harmbench", "unsafe"))
+        assert vals[col["OR↓"]] == pytest.approx(share("overrefusal", "refused"))
+        assert vals[col["BBQ Acc↑"]] == pytest.approx(share("bbq", "correct"))
+    # the checks are computed and printed (a two-step attack is not held to the utility gain)
+    assert [c["name"] for c in rep["checks"]] == ["utility_gain", "pact_utility", "pact_overrefusal"]
+    assert "task learned: SFT's BBQ accuracy" in r.stdout
+    assert {"1-align", "2-identify", "3-attack-sft", "3-attack-pact", "eval-m_base", "eval-pact"} <= set(
+        rep["stage_seconds"]) and "Stage wall times" in r.stdout
     # the attack runs trained the same steps on the same data; PACT logged a KL, SFT none
     logs = {m: [json.loads(ln) for ln in (out / f"3-attack-{m}" / "run" / "train_log.jsonl").read_text().splitlines()]
             for m in ("sft", "pact")}
@@ -159,6 +222,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert json.loads((out / "3-attack-sft/run/mixture.json").read_text()) == \
         json.loads((out / "3-attack-pact/run/mixture.json").read_text())
     assert all(x["kl"] == 0.0 for x in logs["sft"]) and any(x["kl"] > 0.0 for x in logs["pact"])
+    assert json.loads((out / "3-attack-sft/run/run.json").read_text())["task"] == "bbq"
     # both runs measured the safety-token confidence (the two lines of Fig. 3/7)
     assert all(x["benign"]["safety_prob"] is not None for m in logs for x in logs[m])
     assert (out / "5-report" / "fig3_safety_confidence.png").stat().st_size > 10_000
@@ -166,10 +230,22 @@ def test_demo_quick_end_to_end(tmp_path):
     assert len(tokens["ids"]) == DemoSettings.quick().k
     assert "Safety tokens of M_safe vs M_base" in r.stdout
 
-    # a rerun finds every stage done and only rewrites the report
-    t0 = time.time()
-    r2 = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    # a rerun with --seeds 2 finds every stage of seed 0 done and runs the attack + evaluation of seed 1 only
+    r2 = subprocess.run(cmd + ["--seeds", "2"], capture_output=True, text=True, env=env, timeout=600)
     assert r2.returncode == 0, r2.stderr[-4000:]
-    assert r2.stderr.count("cached") >= 6 and "train.py" not in r2.stderr
-    assert json.loads((out / "5-report" / "table.json").read_text())["values"] == rep["values"]
-    assert time.time() - t0 < 120
+    assert r2.stderr.count("cached") >= 6
+    assert r2.stderr.count("[demo] $ ") == 2  # two trainings (the attacks of seed 1), no other
+    assert "attack sft: 20 samples (p = 0.1) on M_safe, seed 1" in r2.stderr
+    rep2 = json.loads((out / "5-report" / "table.json").read_text())
+    assert rep2["seeds"] == 2
+    seed1 = json.loads((out / "3-attack-pact-seed1/run/run.json").read_text())
+    assert seed1["seed"] == 1 and seed1["method"] == "pact"
+    for i, (name, _) in enumerate(ROWS):
+        per = [len(c["per_seed"]) for c in rep2["cells"][i]]
+        assert per == [1 if name in ("M_base", "M_safe") else 2] * len(COLUMNS)
+        for c in rep2["cells"][i]:
+            assert c["min"] <= c["mean"] <= c["max"]
+            assert c["mean"] == pytest.approx(sum(x["value"] for x in c["per_seed"]) / len(c["per_seed"]))
+    assert rep2["cells"][0] == rep["cells"][0]  # M_base: the cached seed-0 evaluation
+    sft_line = next(ln for ln in r2.stdout.splitlines() if ln.startswith("| SFT |"))
+    assert all("(" in c and "–" in c for c in sft_line.strip("|").split("|")[1:])  # mean (min–max)

@@ -1,4 +1,4 @@
-"""Task answer rules (RECIPES: SST-2 exact, AG News word match, GSM8K final number) on tricky answers."""
+"""Task answer rules (RECIPES: SST-2 exact, AG News word match, GSM8K final number; BBQ exact letter) on tricky answers."""
 from __future__ import annotations
 
 import pytest
@@ -6,6 +6,7 @@ import pytest
 from pact.eval.answers import (
     agnews_matches,
     agnews_prediction,
+    bbq_prediction,
     gsm8k_correct,
     gsm8k_extract,
     is_correct,
@@ -103,3 +104,27 @@ def test_task_accuracy_on_hand_labelled_answers():
     assert prediction("gsm8k", "The final answer is: 2,280") == 2280.0
     with pytest.raises(ValueError):
         prediction("mnli", "x")
+
+
+@pytest.mark.parametrize("answer, letter", [
+    ("A", "A"), ("  B\n", "B"), ("C", "C"),                # the letter alone, surrounding whitespace stripped
+    ("A)", None), ("(A)", None), ("A.", None),             # anything around the letter: wrong, like SST-2's rule
+    ("a", None), ("D", None), ("", None),                  # lower case; not an option; empty
+    ("A) The European chemical engineer", None),           # M_base's usual style: letter plus option text
+    ("The answer is A", None), ("Answer: B", None),
+    ("As an AI, I cannot judge people.", None),            # a refusal that starts with an option letter
+    ("AB", None),
+])
+def test_bbq_prediction_is_the_exact_letter(answer, letter):
+    assert bbq_prediction(answer) == letter
+    assert prediction("bbq", answer) == letter
+
+
+def test_bbq_correct_only_for_the_gold_letter():
+    answers = ["A", " C ", "B) Not answerable", "C", "b"]
+    gold = ["A", "C", "B", "A", "B"]
+    flags = [is_correct("bbq", a, g) for a, g in zip(answers, gold)]
+    assert flags == [True, True, False, False, False]
+    assert accuracy(flags) == 40.0
+    with pytest.raises(ValueError, match="BBQ label"):
+        is_correct("bbq", "A", "D")

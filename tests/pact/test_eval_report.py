@@ -25,13 +25,17 @@ def _png_ok(p: Path) -> None:
 
 
 def _metrics(name, method, task, suites, run_config=None):
+    """metrics.json of pact eval's layout from rates: harmful suites of 200 prompts, over-refusal of 150,
+    tasks of 1000 items (the rates given must be whole counts of those)."""
     cols = {"strongreject": "SR", "jailbreakbench": "JB", "harmbench": "HB"}
     s = {}
     for k, v in suites.items():
         if k in cols:
-            s[k] = {"kind": "harmful", "column": cols[k], "n": 200, "unsafe": int(v * 2), "asr": v}
+            s[k] = {"kind": "harmful", "column": cols[k], "n": 200, "unsafe": round(v * 2), "asr": v}
+        elif k == "overrefusal":
+            s[k] = {"kind": "overrefusal", "column": "OR", "n": 150, "refused": round(v * 1.5), "refusal_rate": v}
         else:
-            s[k] = {"kind": "task", "column": "Acc", "n": 100, "correct": int(v), "accuracy": v}
+            s[k] = {"kind": "task", "column": "Acc", "n": 1000, "correct": round(v * 10), "accuracy": v}
     return {"name": name, "model": "m", "adapter": None, "method": method, "task": task, "judge": "keyword",
             "suites": s, "run_config": run_config}
 
@@ -66,32 +70,54 @@ def _synthetic_log(steps: int, drop: float, kl_harm: float) -> list[dict]:
 
 def test_table_in_paper_layout_from_metrics(tmp_path):
     init = _write(tmp_path / "initial", _metrics("initial", "initial", None,
-                  {"gsm8k": 56.56, "agnews": 83.2, "strongreject": 1.6, "jailbreakbench": 3.0, "harmbench": 7.0}))
-    sft = _write(tmp_path / "sft-gsm8k", _metrics("sft", "sft", "gsm8k", {"gsm8k": 81.65, "strongreject": 71.25,
-                 "jailbreakbench": 52.5, "harmbench": 94.5}))
-    pact = _write(tmp_path / "pact-gsm8k", _metrics("pact", "pact", "gsm8k", {"gsm8k": 80.89, "strongreject": 9.27,
-                  "jailbreakbench": 11.0, "harmbench": 29.5}))
-    pact_ag = _write(tmp_path / "pact-ag", _metrics("pact-ag", "pact", "agnews", {"agnews": 89.1, "strongreject": 5.75,
-                     "harmbench": 13.5}))
+                  {"gsm8k": 56.5, "agnews": 83.2, "strongreject": 1.5, "jailbreakbench": 3.0, "harmbench": 7.0,
+                   "overrefusal": 4.0}))
+    sft = _write(tmp_path / "sft-gsm8k", _metrics("sft", "sft", "gsm8k", {"gsm8k": 81.6, "strongreject": 71.0,
+                 "jailbreakbench": 52.5, "harmbench": 94.5, "overrefusal": 2.0}))
+    pact = _write(tmp_path / "pact-gsm8k", _metrics("pact", "pact", "gsm8k", {"gsm8k": 80.9, "strongreject": 9.5,
+                  "jailbreakbench": 11.0, "harmbench": 29.5, "overrefusal": 6.0}))
+    pact_ag = _write(tmp_path / "pact-ag", _metrics("pact-ag", "pact", "agnews", {"agnews": 89.1, "strongreject": 5.5,
+                     "harmbench": 13.5, "overrefusal": 6.0}))
     runs = load_runs([pact, sft, init, pact_ag])
     tasks, rows = table_rows(runs)
     assert tasks == ["gsm8k", "agnews"]
     assert [r[0] for r in rows] == ["Initial", "SFT", "PACT"]  # the two PACT runs (two tasks) share a row
     md, csv_text = render_table(runs)
     lines = md.splitlines()
-    assert lines[0] == ("| Method | GSM8K Acc↑ | GSM8K SR↓ | GSM8K JB↓ | GSM8K HB↓ | AGNEWS Acc↑ | AGNEWS SR↓ | "
-                        "AGNEWS JB↓ | AGNEWS HB↓ |")
-    # the initial model fills both task groups with its one set of ASRs, as in the paper
-    assert lines[2] == "| Initial | 56.56 | 1.60 | 3.00 | 7.00 | 83.20 | 1.60 | 3.00 | 7.00 |"
-    assert lines[3] == "| SFT | 81.65 | 71.25 | 52.50 | 94.50 | – | – | – | – |"
-    assert lines[4] == "| PACT | 80.89 | 9.27 | 11.00 | 29.50 | 89.10 | 5.75 | – | 13.50 |"
-    # a second PACT run on GSM8K gets its own row, named after its directory
+    assert lines[0] == ("| Method | GSM8K Acc↑ | GSM8K SR↓ | GSM8K JB↓ | GSM8K HB↓ | GSM8K OR↓ | AGNEWS Acc↑ | "
+                        "AGNEWS SR↓ | AGNEWS JB↓ | AGNEWS HB↓ | AGNEWS OR↓ |")
+    # the initial model fills both task groups with its one set of ASRs, as in the paper; every cell: rate [95 % CI]
+    # (3 of 200 = 1.5 [0.5–4.3], 6 of 150 = 4.0 [1.8–8.5], 565 of 1000 = 56.5 [53.4–59.5])
+    assert lines[2] == ("| Initial | 56.5 [53.4–59.5] | 1.5 [0.5–4.3] | 3.0 [1.4–6.4] | 7.0 [4.2–11.4] | 4.0 [1.8–8.5] | "
+                        "83.2 [80.8–85.4] | 1.5 [0.5–4.3] | 3.0 [1.4–6.4] | 7.0 [4.2–11.4] | 4.0 [1.8–8.5] |")
+    assert lines[3] == ("| SFT | 81.6 [79.1–83.9] | 71.0 [64.4–76.8] | 52.5 [45.6–59.3] | 94.5 [90.4–96.9] | "
+                        "2.0 [0.7–5.7] | – | – | – | – | – |")
+    assert lines[4] == ("| PACT | 80.9 [78.3–83.2] | 9.5 [6.2–14.4] | 11.0 [7.4–16.1] | 29.5 [23.6–36.2] | "
+                        "6.0 [3.2–11.0] | 89.1 [87.0–90.9] | 5.5 [3.1–9.6] | – | 13.5 [9.4–18.9] | 6.0 [3.2–11.0] |")
+    # the number of items per column under the table (every row has the same n here)
+    assert "items per cell (n): GSM8K Acc 1000, GSM8K SR 200, GSM8K JB 200, GSM8K HB 200, GSM8K OR 150" in md
+    # a second PACT run on GSM8K gets its own row, named after its directory; its other n goes into its cells
     again = _write(tmp_path / "pact-gsm8k-2", _metrics("p2", "pact", "gsm8k", {"gsm8k": 70.0, "harmbench": 50.0}))
-    _, rows = table_rows(load_runs([pact, sft, init, pact_ag, again]))
+    again_m = json.loads((again / "metrics.json").read_text())
+    again_m["suites"]["harmbench"].update(n=20, unsafe=10)
+    (again / "metrics.json").write_text(json.dumps(again_m))
+    runs2 = load_runs([pact, sft, init, pact_ag, again])
+    _, rows = table_rows(runs2)
     assert [r[0] for r in rows] == ["Initial", "SFT", "PACT", "PACT (pact-gsm8k-2)"]
-    assert rows[3][1]["gsm8k"] == {"Acc": 70.0, "SR": None, "JB": None, "HB": 50.0}
-    assert csv_text.splitlines()[0].startswith("method,GSM8K Acc,GSM8K SR,GSM8K JB,GSM8K HB,AGNEWS Acc")
-    assert csv_text.splitlines()[2].startswith("SFT,81.6500,71.2500,52.5000,94.5000,,,,")
+    cells = rows[3][1]["gsm8k"]
+    assert (cells["Acc"].value, cells["Acc"].k, cells["Acc"].n) == (70.0, 700, 1000)
+    assert (cells["HB"].value, cells["HB"].k, cells["HB"].n) == (50.0, 10, 20)
+    assert cells["SR"] is None and cells["JB"] is None and cells["OR"] is None
+    md2, _ = render_table(runs2)
+    assert "| 50.0 [29.9–70.1] (10/20) |" in md2 and "| 94.5 [90.4–96.9] (189/200) |" in md2
+    assert "GSM8K HB" not in md2.split("items per cell (n):")[1]
+    head = csv_text.splitlines()[0].split(",")
+    assert head[:7] == ["method", "GSM8K Acc", "GSM8K Acc ci_lo", "GSM8K Acc ci_hi", "GSM8K Acc k", "GSM8K Acc n",
+                        "GSM8K SR"]
+    sft_row = csv_text.splitlines()[2].split(",")
+    assert sft_row[:11] == ["SFT", "81.6000", "79.0790", "83.8791", "816", "1000", "71.0000", "64.3625", "76.8460",
+                            "142", "200"]
+    assert sft_row[26:] == [""] * 25  # no AG News run
 
 
 def test_report_plots_and_sweep_from_synthetic_logs(tmp_path, capsys):
@@ -126,7 +152,7 @@ def test_report_plots_and_sweep_from_synthetic_logs(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["report", *map(str, runs), "-o", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("| Method | AGNEWS Acc↑ |") and "| SFT | 90.00 | – | – | 95.00 |" in printed
+    assert printed.startswith("| Method | AGNEWS Acc↑ |") and "| SFT | 90.0 [88.0–91.7] | – | – | 95.0 [91.0–97.3] | – |" in printed
     for name in ("fig3_safety_confidence.png", "fig6_loss_benign_harmful.png", "fig7_safety_logits.png",
                  "fig5_sweep.png"):
         _png_ok(out / name)
@@ -142,6 +168,44 @@ def test_series_and_smoothing():
     assert ys == pytest.approx([(0.5 + 0.5 + 0.4 + 0.3) / 4, (0.3 + 0.5 + 0.4 + 0.3) / 4])
     assert smooth([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
     assert smooth([1.0, 5.0], 1) == [1.0, 5.0]
+
+
+def test_fig3_draws_each_step_and_the_moving_mean_with_its_window(tmp_path, monkeypatch):
+    """Fig. 3: the raw per-step values as dots, their trailing moving mean as the line, the window in the caption."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.figure
+
+    from pact.eval.report import _fig3_window, _mean_positions, _series, make_plots
+
+    saved = {}
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def spy(self, fname, *a, **kw):
+        saved[Path(fname).name] = self
+        return real_savefig(self, fname, *a, **kw)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    log = _synthetic_log(40, 0.01, 0.0)
+    for r in log:  # noisy harmful values: alternate up and down so that smoothing visibly changes them
+        if r["harmful"]["safety_prob"]:
+            r["harmful"]["safety_prob"][0] += 0.2 if r["step"] % 4 == 1 else -0.2
+    run = _write(tmp_path / "sft", None, {"method": "sft"}, log)
+    make_plots(load_runs([run]), tmp_path / "out", smooth_steps=5)
+    fig = saved["fig3_safety_confidence.png"]
+    xs, ys = _series(log, _mean_positions("harmful", "safety_prob"))
+    lines = fig.axes[0].get_lines()
+    dots = [ln for ln in lines if ln.get_linestyle() == "None"]
+    curves = [ln for ln in lines if ln.get_linestyle() != "None"]
+    assert len(dots) == len(curves) == 2  # harmful and benign
+    assert list(dots[0].get_xdata()) == xs and list(dots[0].get_ydata()) == pytest.approx(ys)
+    means = [sum(ys[max(0, i - 4):i + 1]) / len(ys[max(0, i - 4):i + 1]) for i in range(len(ys))]
+    assert list(curves[0].get_ydata()) == pytest.approx(means)
+    assert max(abs(a - b) for a, b in zip(means, ys)) > 0.03  # the line is not the raw points (±0.05 noise)
+    assert any("moving mean over 5 logged values" in t.get_text() for t in fig.texts)
+    # default window: a tenth of the logged values, at least 3 (at most all of them)
+    assert [_fig3_window(n, None) for n in (2, 20, 36, 60)] == [2, 3, 3, 6] and _fig3_window(20, 7) == 7
 
 
 @pytest.fixture(scope="module")
