@@ -494,10 +494,17 @@ def checks(values: list[list[float]]) -> list[dict]:
     ]
 
 
+def check_line(c: dict) -> str:
+    """``ok``, ``FAILED`` (a required check) or ``NOTE`` (PACT's cost beyond its slack), then the check's text."""
+    return ("ok     " if c["ok"] else "FAILED " if c["required"] else "NOTE   ") + c["text"]
+
+
 def stage_times(out: Path) -> dict[str, float]:
-    """Seconds each finished stage took when it ran (from the ``done.json`` markers), in stage order."""
+    """Seconds each finished stage took when it ran (from the ``done.json`` markers), in the order they finished."""
+    dirs = [d for d in [out / "1-align", out / "2-identify", *out.glob("3-attack-*"), *out.glob("4-eval/*")]
+            if (d / "done.json").is_file()]
     times = {}
-    for d in [out / "1-align", out / "2-identify", *sorted(out.glob("3-attack-*")), *sorted(out.glob("4-eval/*"))]:
+    for d in sorted(dirs, key=lambda d: (d / "done.json").stat().st_mtime):  # the order they ran in
         info = _done(d)
         if info and "seconds" in info:
             times[d.name if d.parent == out else f"eval-{d.name}"] = float(info["seconds"])
@@ -525,7 +532,7 @@ def stage_report(out: Path, results: dict[str, list[dict]], runs: dict[str, Path
     times = stage_times(out)
     from .training.checkpoint import write_text_atomic
 
-    lines = "\n".join(("ok  " if c["ok"] else "NO  ") + c["text"] for c in chk)
+    lines = "\n".join(check_line(c) for c in chk)
     write_text_atomic(d / "table.md", md + "\n" + note + "\nChecks:\n" + lines + "\n")
     write_text_atomic(d / "table.json", json.dumps({
         "rows": [r for r, _ in ROWS], "columns": [c for c, _ in COLUMNS], "values": values, "cells": cells,
@@ -595,7 +602,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, settings: D
     print(rep["markdown"] + "\n" + rep["note"])
     print("Checks:")
     for c in rep["checks"]:
-        print(("  ok  " if c["ok"] else "  NO  ") + c["text"])
+        print("  " + check_line(c))
     print("Stage wall times (s, when each ran): " + ", ".join(f"{k} {v:.0f}" for k, v in rep["times"].items()))
     for p in rep["plots"]:
         print(f"wrote {p}")

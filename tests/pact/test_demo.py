@@ -212,7 +212,7 @@ def test_demo_quick_end_to_end(tmp_path):
         assert vals[col["BBQ Acc↑"]] == pytest.approx(share("bbq", "correct"))
     # the checks are computed and printed (a two-step attack is not held to the utility gain)
     assert [c["name"] for c in rep["checks"]] == ["utility_gain", "pact_utility", "pact_overrefusal"]
-    assert "task learned: SFT's BBQ accuracy" in r.stdout
+    assert "task learned: SFT's BBQ accuracy" in r.stdout and "Checks:" in r.stdout
     assert {"1-align", "2-identify", "3-attack-sft", "3-attack-pact", "eval-m_base", "eval-pact"} <= set(
         rep["stage_seconds"]) and "Stage wall times" in r.stdout
     # the attack runs trained the same steps on the same data; PACT logged a KL, SFT none
@@ -223,8 +223,10 @@ def test_demo_quick_end_to_end(tmp_path):
         json.loads((out / "3-attack-pact/run/mixture.json").read_text())
     assert all(x["kl"] == 0.0 for x in logs["sft"]) and any(x["kl"] > 0.0 for x in logs["pact"])
     assert json.loads((out / "3-attack-sft/run/run.json").read_text())["task"] == "bbq"
-    # both runs measured the safety-token confidence (the two lines of Fig. 3/7)
-    assert all(x["benign"]["safety_prob"] is not None for m in logs for x in logs[m])
+    # both runs measured the safety-token confidence on harmful samples (the lines of Fig. 3/7); a BBQ answer is
+    # one letter and the end of the turn, so benign rows have no answer positions 2 and 3 to track
+    assert all(any(x["harmful"]["safety_prob"] is not None for x in logs[m]) for m in logs)
+    assert all(x["benign"]["safety_prob"] is None for m in logs for x in logs[m])
     assert (out / "5-report" / "fig3_safety_confidence.png").stat().st_size > 10_000
     tokens = json.loads((out / "2-identify" / "tokens.json").read_text())
     assert len(tokens["ids"]) == DemoSettings.quick().k
