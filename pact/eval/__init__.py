@@ -1,10 +1,10 @@
-"""The evaluation harness (paper §2.2, §4.1): attack success rate, task accuracy, tables and plots.
+"""The evaluation harness (paper §2.2, §4.1): attack success rate, task accuracy, over-refusal, tables and plots.
 
 * :mod:`pact.eval.judges` — ``keyword`` (GCG refusal phrases, a coarse proxy),
   ``llama-guard`` (the paper's judge) and pluggable callables, one interface.
-* :mod:`pact.eval.answers` — SST-2 / AG News / GSM8K answer rules.
-* :mod:`pact.eval.metrics` — ASR and accuracy (percent).
-* :mod:`pact.eval.suites` — harmbench, strongreject, jailbreakbench, sst2, agnews, gsm8k.
+* :mod:`pact.eval.answers` — SST-2 / AG News / GSM8K / BBQ answer rules.
+* :mod:`pact.eval.metrics` — ASR, accuracy and over-refusal (percent), with counts and 95 % Wilson intervals.
+* :mod:`pact.eval.suites` — harmbench, strongreject, jailbreakbench, sst2, agnews, gsm8k, bbq, overrefusal.
 * :mod:`pact.eval.runner` — ``pact eval`` / ``pact judge``: resumable generation and judging.
 * :mod:`pact.eval.report` — ``pact report``: the Table 2 layout (markdown/CSV) and Figures 3, 5, 6, 7.
 * :mod:`pact.eval.intervention_report` — ``pact intervention-report``: Table 1.
@@ -21,7 +21,7 @@ from .judges import (
     get_judge,
     parse_llama_guard,
 )
-from .metrics import accuracy, attack_success_rate
+from .metrics import Rate, accuracy, attack_success_rate, wilson_interval
 from .suites import SUITES, load_suite, parse_suite_list
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "Judge",
     "KeywordJudge",
     "LlamaGuardJudge",
+    "Rate",
     "Verdict",
     "accuracy",
     "agnews_matches",
@@ -43,4 +44,5 @@ __all__ = [
     "parse_llama_guard",
     "parse_suite_list",
     "sst2_prediction",
+    "wilson_interval",
 ]
