@@ -220,10 +220,29 @@ def _parse_value(text: str):
     return yaml.safe_load(text) if text != "" else ""
 
 
+def read_overlay(path: str) -> dict:
+    """The mapping of a YAML overlay file (``@configs/paper/recipes/constrained_sft.yaml``)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"overlay file not found: {path} (an override @FILE names a YAML file of keys)")
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    return data
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """``key=value`` (``loss.lambda_kl=1``) strings applied onto the raw YAML mapping."""
+    """``key=value`` (``loss.lambda_kl=1``) strings applied onto the raw YAML mapping, in order.
+
+    ``@FILE`` applies every key of a YAML file (a recipe overlay), ``loss``
+    merged key by key.
+    """
     out = dict(raw)
     for item in overrides:
+        if item.startswith("@"):
+            for key, value in read_overlay(item[1:]).items():
+                out[key] = dict(out.get(key) or {}, **value) if key == "loss" and isinstance(value, dict) else value
+            continue
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not key=value")
@@ -274,6 +293,8 @@ def _coerce_number(name: str, value):
 
 def _coerce(key: str, value):
     annotation = str(_FIELD_TYPES[key])
+    if annotation == "list[float]" and isinstance(value, list):   # adam_betas=[0.5,0.999]
+        return [_coerce(key, v) for v in value]
     if value is None or not any(t in annotation for t in ("int", "float")) or "str" in annotation:
         return value
     value = _coerce_number(key, value)

@@ -101,3 +101,50 @@ def test_every_method_has_its_table_row_name():
 
     assert method_name("full_vocab_kl") == method_name("full_vocab") == "Full-vocab KL"
     assert all(method_name(m) in METHOD_ORDER for m in METHODS)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe, expect", [
+    ("constrained_sft", dict(method="constrained_sft", lora=False, lora_dropout=0.0, adam_betas=[0.5, 0.999],
+                             warmup_steps=10)),
+    ("asft", dict(method="asft", asft_scale="per_micro_batch", alignment_dtype="float32")),
+    ("safe_lora", dict(method="safe_lora", safe_lora_select="number", safe_lora_num_layers=10, safe_lora_round=5,
+                       safe_lora_ties="all", alignment_dtype="float32")),
+])
+def test_recipe_overlays_apply_onto_every_paper_config(recipe, expect, monkeypatch):
+    """@FILE applies a recipe's keys after the config and before later overrides; the rest stays the paper's."""
+    monkeypatch.chdir(REPO)
+    assert len(PAPER) == 12
+    for path in PAPER:
+        paper = load_config(str(path), check_files=False)
+        got = load_config(str(path), [f"@configs/paper/recipes/{recipe}.yaml", "base_model=b"], check_files=False)
+        assert {k: getattr(got, k) for k in expect} == expect
+        assert (got.model, got.task, got.learning_rate, got.epochs) == (paper.model, paper.task, paper.learning_rate,
+                                                                       paper.epochs)
+    later = load_config(str(PAPER[0]), [f"@configs/paper/recipes/{recipe}.yaml", "base_model=b", "warmup_steps=3"],
+                        check_files=False)
+    assert later.warmup_steps == 3
+
+
+def test_overlay_errors(tmp_path):
+    with pytest.raises(ConfigError, match="overlay file not found"):
+        cfg("@nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        cfg(f"@{bad}")
+    loss = tmp_path / "loss.yaml"
+    loss.write_text("loss: {lambda_kl: 2}\n")
+    assert load_config(None, ["model=m", "loss.gate_bias=0.5", f"@{loss}", "safety_tokens=t.json"],
+                       check_files=False).loss == {"gate_bias": 0.5, "lambda_kl": 2}
+
+
+def test_adam_betas_from_the_command_line():
+    """README: method=constrained_sft adam_betas=[0.5,0.999] (a YAML list of numbers)."""
+    assert cfg("method=sft", "adam_betas=[0.5,0.999]").adam_betas == [0.5, 0.999]
+    assert cfg("method=sft", "adam_betas=[5e-1,0.999]").adam_betas == [0.5, 0.999]
+    with pytest.raises(ConfigError, match="must be a number"):
+        cfg("method=sft", "adam_betas=[true,0.999]")
