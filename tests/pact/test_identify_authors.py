@@ -236,3 +236,13 @@ def test_select_tokens_filter_eps_and_rounding_by_hand():
         select_tokens(d, p, k=3, weights_dtype="int8")
     with pytest.raises(ValueError, match="apply to selection='authors'"):
         select_tokens(d, p, k=3, selection="paper", std_min_abs_d=1e-9)
+
+
+def test_cli_preset_errors_before_loading(tmp_path, capsys):
+    base = ["identify", "--safe", str(tmp_path / "no-safe"), "--base", str(tmp_path / "no-base"),
+            "-o", str(tmp_path / "t.json")]
+    assert main(base + ["--preset", "authors", "--prompts", "harmbench"]) == 2
+    assert "--preset authors reads given (prompt, response) pairs" in capsys.readouterr().err
+    assert main(base + ["--prompts", "harmbench", "--no-base-bos"]) == 2
+    assert "--no-base-bos applies to --base-format plain" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
