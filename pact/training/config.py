@@ -220,11 +220,11 @@ def _parse_value(text: str):
     return yaml.safe_load(text) if text != "" else ""
 
 
-def read_overlay(path: str) -> dict:
-    """The mapping of a YAML overlay file (``@configs/paper/recipes/constrained_sft.yaml``)."""
+def read_yaml_mapping(path: str, missing: str) -> dict:
+    """The mapping of keys of a YAML file (a run config or an ``@FILE`` overlay); ``missing``: the error if absent."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"overlay file not found: {path} (an override @FILE names a YAML file of keys)")
+        raise ConfigError(missing)
     data = yaml.safe_load(p.read_text()) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values")
@@ -240,7 +240,9 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     out = dict(raw)
     for item in overrides:
         if item.startswith("@"):
-            for key, value in read_overlay(item[1:]).items():
+            overlay = read_yaml_mapping(item[1:], f"overlay file not found: {item[1:]} (an override @FILE names "
+                                                  "a YAML file of keys)")
+            for key, value in overlay.items():
                 out[key] = dict(out.get(key) or {}, **value) if key == "loss" and isinstance(value, dict) else value
             continue
         key, sep, value = item.partition("=")
@@ -261,14 +263,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, che
     ``check_files=False`` skips the existence checks of the files it names
     (to validate shipped configs on a machine without their models and tokens).
     """
-    raw: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys to values")
+    raw = read_yaml_mapping(path, f"config file not found: {path}") if path else {}
     raw = apply_overrides(raw, overrides or [])
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in raw:
