@@ -53,7 +53,6 @@ AVERAGES = ("token", "prompt")
 WEIGHT_DTYPES = {name: getattr(torch, name) for name in WEIGHT_DTYPE_NAMES}
 FORMAT_TAG = "pact-safety-tokens/1"
 
-
 #: Float64 elements per softmax chunk (two such chunks live at once: 2 x 128 MiB).
 _CHUNK_ELEMS = 1 << 24
 
@@ -250,7 +249,7 @@ def select_tokens(d: torch.Tensor, mean_safe_prob: torch.Tensor, k: int = 50, se
     if (std_min_abs_d is not None and std_min_abs_d < 0) or norm_eps < 0:
         raise ValueError("std_min_abs_d and norm_eps must be >= 0")
     if selection == "paper" and (std_min_abs_d is not None or norm_eps):
-        raise ValueError("std_min_abs_d and norm_eps apply to selection='authors'")
+        raise ValueError("std_min_abs_d and norm_eps (--std-min-abs-d, --norm-eps) apply to selection='authors'")
     if weights_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weights_dtype must be one of {tuple(WEIGHT_DTYPES)}, got {weights_dtype!r}")
     if selection == "paper":

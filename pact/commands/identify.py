@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--preset", choices=sorted(IDENTIFY_PRESETS), default=None,
                    help="authors: the authors' compute_safety_tokens_pact.py (--responses FILE with columns "
                         "input/output, --limit 512, -k 50, --select authors, --no-eos, --base-format plain "
-                        "--no-base-bos, --strip, --max-resp-len 64, --average prompt, "
-                        "--std-min-abs-d 1e-9, --norm-eps 1e-6, --weights-dtype bfloat16); options given explicitly win")
+                        "--no-base-bos, --strip, --max-resp-len 64, --average prompt, --std-min-abs-d 1e-9, "
+                        "--norm-eps 1e-6, --weights-dtype bfloat16); options given explicitly win")
     p.add_argument("-k", "--k", type=int, default=None, help="size of the safety-token set (default 50)")
     p.add_argument("--select", choices=["paper", "authors"], default=None,
                    help="paper: top-K by d(v), w = d; authors: top-K by mean aligned probability, "
@@ -83,6 +83,10 @@ def resolve_options(args) -> dict:
         value = getattr(args, attr)
         if value is not None:
             opts[key] = value
+    if opts["selection"] == "paper":          # a preset's authors-rule settings do not apply to --select paper
+        for attr in ("std_min_abs_d", "norm_eps"):
+            if getattr(args, attr) is None:
+                opts[attr] = DEFAULTS[attr]
     return opts
 
 

@@ -206,6 +206,9 @@ def test_preset_table_and_explicit_options_win(tmp_path):
                                          "--prompt-column", "goal"]))
     assert (opts["k"], opts["append_eos"], opts["limit"], opts["prompt_column"], opts["response_column"],
             opts["max_resp_len"], opts["base_bos"], opts["strip"]) == (20, True, 100, "goal", "output", 64, False, True)
+    opts = resolve_options(parse(base + ["--preset", "authors", "--select", "paper"]))
+    assert (opts["selection"], opts["std_min_abs_d"], opts["norm_eps"], opts["weights_dtype"]) == (
+        "paper", None, 0.0, "bfloat16")
 
 
 def test_select_tokens_filter_eps_and_rounding_by_hand():
