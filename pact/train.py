@@ -155,9 +155,12 @@ def build_method(cfg: TrainConfig, tokens: SafetyTokens | None) -> Method:
     if cfg.method == "safe_lora":
         return SafeLoRA(cfg.model, cfg.base_model, gguf_file=cfg.gguf_file, base_gguf_file=cfg.base_gguf_file,
                         select=cfg.safe_lora_select, threshold=cfg.safe_lora_threshold,
-                        num_layers=cfg.safe_lora_num_layers, dtype=cfg.dtype)
+                        num_layers=cfg.safe_lora_num_layers, round_decimals=cfg.safe_lora_round,
+                        ties=cfg.safe_lora_ties, dtype=cfg.alignment_dtype)
     if cfg.method == "asft":
-        return ASFT(cfg.base_model, base_gguf_file=cfg.base_gguf_file, lambda_=cfg.asft_lambda, dtype=cfg.dtype)
+        return ASFT(cfg.base_model, base_gguf_file=cfg.base_gguf_file, lambda_=cfg.asft_lambda,
+                    dtype=cfg.alignment_dtype, scale=cfg.asft_scale,
+                    gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     return PACT(cfg.loss_config(), tokens.ids_tensor(), tokens.weights_tensor(), backend=cfg.backend)
 
 
