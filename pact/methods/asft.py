@@ -109,8 +109,8 @@ class ASFT(SFT):
             self.pairs = [(a, b, align.to(device)) for a, b, align in self.pairs]
         return self.weight * basin_penalty(self.pairs)
 
-    def loss(self, batch, logits, reference=None) -> LossResult:
-        sft = super().loss(batch, logits)
+    def loss(self, batch, policy, reference=None) -> LossResult:
+        sft = super().loss(batch, policy)
         penalty = self.penalty()
         return LossResult(sft.loss + penalty.to(sft.loss.dtype), sft.ce_rows, sft.kl_rows, sft.gate,
                           penalty.detach())

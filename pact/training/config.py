@@ -46,6 +46,8 @@ class TrainConfig:
     preset: str = "paper"              # paper | authors: the loss defaults (SPEC §3)
     loss: dict[str, Any] = field(default_factory=dict)  # overrides of PACTConfig fields (lambda_kl, ...)
     backend: str = "auto"              # pact_kernels backend
+    fused_linear: bool = True          # loss straight from hidden rows and the output head: no [rows, V] logits
+    #                                    (false: the policy forward returns [rows, V] logits, as before)
     # baselines (defaults: each method's paper and public code; see README "Methods")
     base_model: str | None = None      # the unaligned model the aligned `model` came from (safe_lora, asft)
     base_gguf_file: str | None = None
