@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from .cpu_report import write_atomic
-from .peak_memory import CPU_MALLOC_ENV, REPO, peak_bytes
+from .peak_memory import CPU_MALLOC_ENV, REPO, loss_inputs, peak_bytes
 
 CASES = ("pact unfused", "pact fused", "ce unfused", "ce fused")
 
@@ -48,13 +48,7 @@ def make_inputs(rows: int, width: int, vocab: int, k: int, dtype: torch.dtype, d
     hidden = torch.randn(rows, width, generator=g).to(device=device, dtype=dtype).requires_grad_()
     weight = (torch.randn(vocab, width, generator=g) / width**0.5).to(device=device, dtype=dtype)
     weight.requires_grad_(train_head)
-    labels = torch.randint(0, vocab, (rows,), generator=g).to(device)
-    labels[::7] = -100
-    ids = torch.randperm(vocab, generator=g)[:k].to(device)
-    weights = torch.rand(k, generator=g).to(device)
-    ref_full = (2 * torch.randn(rows, k, generator=g)).to(device=device, dtype=dtype)
-    ref_post = (2 * torch.randn(rows, k, generator=g)).to(device=device, dtype=dtype)
-    answer_pos = torch.randint(0, 32, (rows,), generator=g).to(device)
+    labels, ref_full, ref_post, ids, weights, answer_pos = loss_inputs(rows, vocab, k, dtype, device, g)
     return dict(hidden=hidden, weight=weight, labels=labels, ref_full=ref_full, ref_post=ref_post, ids=ids,
                 weights=weights, answer_pos=answer_pos)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .cpu_report import write_atomic
+from .fused_linear import make_inputs
 from .peak_memory import peak_bytes
 
 FULL_SHAPE = dict(rows=16384, width=4096, vocab=152064, dtype="bfloat16")
@@ -37,18 +38,8 @@ K = 50
 
 
 def inputs(rows, width, vocab, dtype, device, seed=0):
-    """hidden/weight (requiring grad), labels (every 7th -100), refs [rows, K], ids, weights, answer positions."""
-    g = torch.Generator().manual_seed(seed)
-    hidden = torch.randn(rows, width, generator=g).to(device=device, dtype=dtype).requires_grad_()
-    weight = (torch.randn(vocab, width, generator=g) / width**0.5).to(device=device, dtype=dtype).requires_grad_()
-    labels = torch.randint(0, vocab, (rows,), generator=g).to(device)
-    labels[::7] = -100
-    ids = torch.randperm(vocab, generator=g)[:K].to(device)
-    x = dict(hidden=hidden, weight=weight, labels=labels, ids=ids, weights=torch.rand(K, generator=g).to(device),
-             ref_full=(2 * torch.randn(rows, K, generator=g)).to(device=device, dtype=dtype),
-             ref_post=(2 * torch.randn(rows, K, generator=g)).to(device=device, dtype=dtype),
-             answer_pos=torch.randint(0, 32, (rows,), generator=g).to(device))
-    return x
+    """:func:`benchmarks.fused_linear.make_inputs` with a trainable head (K = 50)."""
+    return make_inputs(rows, width, vocab, K, dtype, device, train_head=True, seed=seed)
 
 
 def backends_here(device) -> list:

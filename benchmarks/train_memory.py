@@ -56,7 +56,7 @@ def save_model(out: Path, vocab: int, hidden: int, layers: int) -> Path:
 
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=0, hidden=hidden, layers=layers)
-    model.resize_token_embeddings(vocab)
+    model.resize_token_embeddings(vocab, mean_resizing=False)
     model.save_pretrained(out)
     tok.save_pretrained(out)
     return out
@@ -92,7 +92,7 @@ def main(argv=None) -> None:
         root = Path(tmp)
         model = save_model(root / "model", args.vocab, args.hidden, args.layers)
         tokens = root / "tokens.json"
-        make_tokens(tokens, 259, args.k)
+        make_tokens(tokens, args.vocab, args.k)
         results = [run_case(root, model, tokens, args.steps, method, fused) for method, fused in CASES]
     lines = [
         f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; byte-level Llama, hidden "
