@@ -161,6 +161,9 @@ class TrainConfig:
             raise ConfigError(f"zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
         if check_files and isinstance(self.deepspeed, str) and not Path(self.deepspeed).is_file():
             raise ConfigError(f"deepspeed config not found: {self.deepspeed}")
+        if self.fused_linear and self.lora and "lm_head" in self.lora_target_modules:
+            raise ConfigError("fused_linear=true applies the output head's own weight and would leave a LoRA "
+                              "adapter on lm_head out; drop lm_head from lora_target_modules or set fused_linear=false")
         if self.ref_cache and self.variant in (None, "full_vocab"):
             raise ConfigError(f"ref_cache holds K-token reference logits; method={self.method!r} cannot use it")
         self.validate_baseline()

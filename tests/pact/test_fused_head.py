@@ -132,3 +132,12 @@ def test_a_lora_adapter_on_the_head_is_refused():
     with pytest.raises(ValueError, match="plain nn.Linear output head.*fused_linear=false"):
         with output_head(row):
             pass
+
+
+def test_lora_on_the_head_with_fused_linear_is_a_config_error():
+    from pact.training.config import ConfigError, load_config
+
+    overrides = ["model=m", "method=sft", "lora_target_modules=[q_proj,lm_head]"]
+    with pytest.raises(ConfigError, match="drop lm_head from lora_target_modules or set fused_linear=false"):
+        load_config(None, overrides, check_files=False)
+    assert load_config(None, overrides + ["fused_linear=false"], check_files=False).fused_linear is False
