@@ -127,12 +127,11 @@ def pact_loss_from_config(
         if inplace_grad:
             raise ValueError("inplace_grad=True needs a fused backend; backend='naive' always uses autograd")
         out = naive_pact_loss(logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg)
-    else:
-        loss, ce, kl, gate, n, ce_rows, kl_rows = PACTLossFunction.apply(
-            logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg, name, chunk_rows,
-            inplace_grad)
-        out = PACTLossOutput(loss=loss, ce=ce, kl=kl, gate=gate, num_rows=n, ce_rows=ce_rows, kl_rows=kl_rows)
-    return apply_nonfinite_policy(out, labels, cfg.ignore_index)  # one policy for every backend
+        return apply_nonfinite_policy(out, labels, cfg.ignore_index)  # the fused backends: in PACTLossFunction
+    loss, ce, kl, gate, n, ce_rows, kl_rows = PACTLossFunction.apply(
+        logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg, name, chunk_rows, inplace_grad
+    )
+    return PACTLossOutput(loss=loss, ce=ce, kl=kl, gate=gate, num_rows=n, ce_rows=ce_rows, kl_rows=kl_rows)
 
 
 class PACTLoss(torch.nn.Module):

@@ -27,16 +27,20 @@ def _nan_unless_finite(x: torch.Tensor, where: torch.Tensor | None = None) -> to
     return torch.where(bad, torch.full_like(x, float("nan")), x)
 
 
-def apply_nonfinite_policy(out: PACTLossOutput, labels: torch.Tensor, ignore_index: int) -> PACTLossOutput:
-    """``out`` with every non-finite result of a labelled row (and of the scalars) turned into NaN.
+def nonfinite_to_nan(loss, ce, kl, ce_rows, kl_rows, labelled: torch.Tensor):
+    """The policy on a backend's results: every non-finite value of the scalars ``loss``, ``ce``, ``kl`` and of
+    the labelled rows (``labelled``: ``[rows]`` bool) of ``ce_rows`` / ``kl_rows`` (``[rows]`` or None) is NaN.
 
-    Args:
-        out: a backend's result.
-        labels: ``[rows]`` integer targets (``ignore_index`` on unlabelled rows).
-        ignore_index: the label of unlabelled rows.
+    Values only: the fused backends call it inside their autograd Function's
+    forward, the naive backend on its autograd graph.
     """
-    labelled = labels != ignore_index
-    return PACTLossOutput(loss=_nan_unless_finite(out.loss), ce=_nan_unless_finite(out.ce),
-                          kl=_nan_unless_finite(out.kl), gate=out.gate, num_rows=out.num_rows,
-                          ce_rows=_nan_unless_finite(out.ce_rows, labelled),
-                          kl_rows=_nan_unless_finite(out.kl_rows, labelled))
+    rows = [None if r is None else _nan_unless_finite(r, labelled) for r in (ce_rows, kl_rows)]
+    return (_nan_unless_finite(loss), _nan_unless_finite(ce), _nan_unless_finite(kl), *rows)
+
+
+def apply_nonfinite_policy(out: PACTLossOutput, labels: torch.Tensor, ignore_index: int) -> PACTLossOutput:
+    """``out`` of the naive backend under the policy (see :func:`nonfinite_to_nan`)."""
+    loss, ce, kl, ce_rows, kl_rows = nonfinite_to_nan(out.loss, out.ce, out.kl, out.ce_rows, out.kl_rows,
+                                                      labels != ignore_index)
+    return PACTLossOutput(loss=loss, ce=ce, kl=kl, gate=out.gate, num_rows=out.num_rows, ce_rows=ce_rows,
+                          kl_rows=kl_rows)
