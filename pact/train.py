@@ -16,6 +16,7 @@ if __name__ == "__main__":  # run as a script: keep pact/ itself off the import 
     sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -25,12 +26,12 @@ import torch
 import torch.distributed as dist
 
 from pact.data.collator import PACTCollator
+from pact.data.sources import PromptSourceError
 from pact.data.views import ViewBuilder
 from pact.fingerprint import ARCHITECTURE_KEYS, weights_digest, write_base_record
-from pact.methods import ASFT, PACT, SFT, ConstrainedSFT, Method, SafeLoRA
-from pact.data.sources import PromptSourceError
+from pact.methods import ASFT, PACT, SFT, ConstrainedSFT, HeadRows, Method, SafeLoRA
 from pact.models import ModelLoadError, load_model, load_tokenizer, resolve_model_ref
-from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint
+from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint, output_head
 from pact.safety_tokens import SafetyTokens
 from pact.training.checkpoint import (CheckpointError, export_final, latest_checkpoint, load_checkpoint,
                                       resume_point, save_checkpoint, write_text_atomic)
@@ -156,9 +157,12 @@ def build_method(cfg: TrainConfig, tokens: SafetyTokens | None) -> Method:
     if cfg.method == "safe_lora":
         return SafeLoRA(cfg.model, cfg.base_model, gguf_file=cfg.gguf_file, base_gguf_file=cfg.base_gguf_file,
                         select=cfg.safe_lora_select, threshold=cfg.safe_lora_threshold,
-                        num_layers=cfg.safe_lora_num_layers, dtype=cfg.dtype)
+                        num_layers=cfg.safe_lora_num_layers, round_decimals=cfg.safe_lora_round,
+                        ties=cfg.safe_lora_ties, dtype=cfg.alignment_dtype)
     if cfg.method == "asft":
-        return ASFT(cfg.base_model, base_gguf_file=cfg.base_gguf_file, lambda_=cfg.asft_lambda, dtype=cfg.dtype)
+        return ASFT(cfg.base_model, base_gguf_file=cfg.base_gguf_file, lambda_=cfg.asft_lambda,
+                    dtype=cfg.alignment_dtype, scale=cfg.asft_scale,
+                    gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     return PACT(cfg.loss_config(), tokens.ids_tensor(), tokens.weights_tensor(), backend=cfg.backend)
 
 
@@ -178,7 +182,7 @@ def build_reference(cfg, method, engine, ds_config, tokens, views, collator, ran
         ref_config = dict(ds_config, zero_optimization={"stage": 3 if stage == 3 else 0})
         ref_engine, *_ = deepspeed.initialize(model=ref_model, config=ref_config)
         ref_engine.eval()
-        online = OnlineReference(ref_engine)
+        online = OnlineReference(ref_engine, separate_head=True)
     if not cfg.ref_cache:
         return online
     fingerprint = cache_fingerprint(weights_digest(cfg.model, cfg.gguf_file), tokens.ids, dataset_digest(views))
@@ -213,6 +217,34 @@ def fill_reference_cache(cache, online, views, collator, micro_batch, rank, worl
     if rank == 0:
         cache.finish({"samples": len(views)})
     dist.barrier()
+
+
+@contextlib.contextmanager
+def micro_batch_loss(cfg: TrainConfig, engine, method: Method, reference, batch, metrics: StepMetrics):
+    """Context giving the method's :class:`~pact.methods.LossResult` on one micro-batch (and adding its
+    safety-token confidences to ``metrics``); run the backward inside it.
+
+    ``fused_linear``: the policy forward stops at the hidden rows ``[rows, H]``
+    and the method's fused loss applies the output head chunk by chunk; the
+    confidences come from the head's K safety rows. Under ZeRO-3 the head's
+    weight stays gathered until the context ends, so that with full
+    fine-tuning its gradient (made in the forward) reaches the full-size
+    parameter, and DeepSpeed, in the backward. Otherwise the forward returns
+    ``[rows, V]`` logits.
+    """
+    if not cfg.fused_linear:
+        logits = engine(batch.full_ids, batch.full_mask, batch.full_rows)  # [rows, V]
+        metrics.add_confidence(batch, logits)
+        ref = method.reference_for(reference, batch) if reference is not None else None
+        yield method.loss(batch, logits, ref)
+        return
+    hidden = engine(batch.full_ids, batch.full_mask, batch.full_rows, mode="policy_hidden")  # [rows, H]
+    ref = method.reference_for(reference, batch, fused=True) if reference is not None else None
+    with output_head(engine) as head:
+        policy = HeadRows(hidden, head)
+        result = method.loss(batch, policy, ref)
+        metrics.add_confidence_from_head(batch, policy, result.ce_rows)
+        yield result
 
 
 def all_finite(loss: torch.Tensor) -> bool:
@@ -289,16 +321,13 @@ def train(cfg: TrainConfig) -> dict:
         micro_batches = sampler.micro_batches(epoch, in_epoch)
         for micro in micro_batches:
             batch = collator([(i, views[i]) for i in micro]).to(device)
-            logits = engine(batch.full_ids, batch.full_mask, batch.full_rows)  # [rows, V]
-            metrics.add_confidence(batch, logits)
-            ref = method.reference_for(reference, batch) if reference is not None else None
-            result = method.loss(batch, logits, ref)
-            if not all_finite(result.loss):
-                last = latest_checkpoint(run_dir)
-                raise NonFiniteLossError(f"non-finite loss at step {step + 1} (epoch {epoch}); stopped. "
-                                         f"Last checkpoint kept: {last or 'none'}. Lower learning_rate or check the data.")
-            engine.backward(result.loss)
-            fault_point("step")
+            with micro_batch_loss(cfg, engine, method, reference, batch, metrics) as result:
+                if not all_finite(result.loss):
+                    last = latest_checkpoint(run_dir)
+                    raise NonFiniteLossError(f"non-finite loss at step {step + 1} (epoch {epoch}); stopped. Last "
+                                             f"checkpoint kept: {last or 'none'}. Lower learning_rate or check the data.")
+                engine.backward(result.loss)
+                fault_point("step")
             engine.step()
             metrics.add_loss(result.loss, result, batch)
         if sample_log is not None:
