@@ -268,7 +268,7 @@ class OnlineReference:
 
 
 def cache_fingerprint(model_name: str, safety_ids: list[int], dataset_digest: str) -> str:
-    """Digest of what a reference cache depends on: the model, S and the tokenised data."""
+    """Digest of what a reference cache depends on: the model (its weights' digest, :func:`pact.fingerprint.weights_digest`), S and the tokenised data."""
     h = hashlib.sha256()
     h.update(json.dumps({"model": model_name, "ids": list(map(int, safety_ids)), "data": dataset_digest}).encode())
     return h.hexdigest()
@@ -310,6 +310,11 @@ class ReferenceCache:
         if not self.manifest_path.is_file():
             return "missing"
         manifest = json.loads(self.manifest_path.read_text())
+        expected = max(1, self.total_rows) * 2 * self.k * 4
+        size = self.data_path.stat().st_size if self.data_path.is_file() else 0
+        if manifest.get("fingerprint") == self.fingerprint and size != expected:
+            return (f"the reference cache file {self.data_path} holds {size} bytes, not the {expected} its manifest "
+                    "promises (truncated or damaged); delete the directory to rebuild it")
         if manifest.get("fingerprint") != self.fingerprint:
             return (f"the reference cache in {self.dir} was built for other data, safety tokens or model "
                     f"(fingerprint {manifest.get('fingerprint', '?')[:12]} != {self.fingerprint[:12]}); "

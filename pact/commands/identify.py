@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress = not args.no_progress
     t0 = time.time()
+    _check_output(args.output)  # before any work: a bad -o used to fail after identification
     opts = resolve_options(args)
     if not opts["base_bos"] and opts["base_format"] != "plain":
         raise ValueError("--no-base-bos applies to --base-format plain (a chat template decides its own BOS)")
@@ -154,6 +155,18 @@ def run(args: argparse.Namespace) -> int:
             break
         print(f"{r:>4}  {i:>6}  {s!r:<{width}}  {d:>10.5f}  {p:>8.5f}  {w:>8.5f}")
     return 0
+
+
+def _check_output(output: str) -> None:
+    """``-o`` names a file that can be written: not a directory, not under a file."""
+    from pathlib import Path
+
+    out = Path(output)
+    if out.is_dir():
+        raise ValueError(f"-o {output} is a directory; pass a file path such as {out / 'tokens.json'}")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"-o {output} is under {parent}, which is a file; pass another path")
 
 
 def _save_responses(path, res, tokenizer) -> None:

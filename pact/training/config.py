@@ -20,6 +20,8 @@ import yaml
 
 from pact_kernels.config import VARIANT_ALIASES, VARIANTS, PACTConfig
 
+from ..models import ModelLoadError, resolve_model_ref
+
 # Methods of the driver: every rung of the PACT ablation ladder (and its alias) and the paper's baselines.
 PACT_METHODS = VARIANTS + tuple(VARIANT_ALIASES)
 BASELINES = ("sft", "constrained_sft", "safe_lora", "asft")
@@ -104,6 +106,8 @@ class TrainConfig:
     record_samples: bool = False       # write samples-rank{r}.jsonl: the dataset indices each rank read per step
     ref_cache: str | None = None       # directory for the reference's K-token logits
     resume: bool = False
+    overwrite: bool = False            # a new run may delete the run already in output_dir
+    resume_changes: bool = False       # --resume may continue with keys that differ from run.json
 
     # ------------------------------------------------------------------
     @property
@@ -119,8 +123,8 @@ class TrainConfig:
         ds = self.deepspeed
         if isinstance(ds, str):
             try:
-                ds = json.loads(Path(ds).read_text())
-            except (OSError, ValueError):
+                ds = read_deepspeed_json(ds)
+            except ConfigError:
                 return None
         return int(((ds or {}).get("zero_optimization") or {}).get("stage", 0))
 
@@ -141,26 +145,28 @@ class TrainConfig:
             self.loss_config()
         except ValueError as e:
             raise ConfigError(f"loss: {e}") from e
+        if check_files:
+            for key, gguf in (("model", self.gguf_file), ("base_model", self.base_gguf_file)):
+                if getattr(self, key):
+                    try:
+                        resolve_model_ref(getattr(self, key), gguf)
+                    except ModelLoadError as e:
+                        raise ConfigError(f"{key}: {e}") from None
         if self.variant is not None and not self.safety_tokens:
             raise ConfigError(f"method={self.method!r} needs safety_tokens: the tokens.json of `pact identify`")
         if check_files and self.safety_tokens and not Path(self.safety_tokens).is_file():
             raise ConfigError(f"safety_tokens file not found: {self.safety_tokens}")
         if not 0.0 <= self.harmful_fraction <= 1.0:
             raise ConfigError(f"harmful_fraction={self.harmful_fraction} must be in [0, 1]")
-        for name in ("num_samples", "epochs", "micro_batch_size", "gradient_accumulation_steps", "max_length",
-                     "lora_r", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate={self.learning_rate} must be > 0")
+        check_ranges(self)
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype={self.dtype!r}: use float32 or bfloat16")
         if self.lr_scheduler not in ("constant", "linear", "cosine"):
             raise ConfigError(f"lr_scheduler={self.lr_scheduler!r}: use constant, linear or cosine")
         if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
-        if check_files and isinstance(self.deepspeed, str) and not Path(self.deepspeed).is_file():
-            raise ConfigError(f"deepspeed config not found: {self.deepspeed}")
+        if check_files and isinstance(self.deepspeed, str):
+            read_deepspeed_json(self.deepspeed)
         if self.fused_linear and self.lora and "lm_head" in self.lora_target_modules:
             raise ConfigError("fused_linear=true applies the output head's own weight and would leave a LoRA "
                               "adapter on lm_head out; drop lm_head from lora_target_modules or set fused_linear=false")
@@ -217,12 +223,61 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+
+#: Numeric bounds of the keys checked by :func:`check_ranges`: (low, high, low open, high open); None: no bound.
+RANGES = {
+    "num_samples": (1, None, False, False), "epochs": (1, None, False, False),
+    "micro_batch_size": (1, None, False, False), "gradient_accumulation_steps": (1, None, False, False),
+    "max_length": (2, None, False, False), "lora_r": (1, None, False, False), "log_every": (1, None, False, False),
+    "lora_alpha": (0, None, True, False), "lora_dropout": (0, 1, False, True),
+    "learning_rate": (0, None, True, False), "weight_decay": (0, None, False, False),
+    "max_grad_norm": (0, None, False, False), "warmup_steps": (0, None, False, False),
+    "max_steps": (1, None, False, False), "stop_after_steps": (1, None, False, False),
+    "seed": (0, None, False, False), "save_every": (0, None, False, False),
+    "keep_checkpoints": (0, None, False, False),
+}
+
+
+def check_ranges(cfg: TrainConfig) -> None:
+    """Every bounded key inside its bounds (:data:`RANGES`), and ``adam_betas`` two values in [0, 1)."""
+    for name, (lo, hi, lo_open, hi_open) in RANGES.items():
+        v = getattr(cfg, name)
+        if v is None:
+            continue
+        low_bad = lo is not None and (v <= lo if lo_open else v < lo)
+        high_bad = hi is not None and (v >= hi if hi_open else v > hi)
+        if low_bad or high_bad:
+            bound = " and ".join(b for b in (
+                f"{'>' if lo_open else '>='} {lo}" if lo is not None else "",
+                f"{'<' if hi_open else '<='} {hi}" if hi is not None else "") if b)
+            extra = {"max_steps": " (or null: the whole schedule)", "save_every": " (0: only at the end)",
+                     "max_grad_norm": " (0: no clipping)", "keep_checkpoints": " (0: keep all)"}.get(name, "")
+            raise ConfigError(f"{name}={v} must be {bound}{extra}")
+    if len(cfg.adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.adam_betas):
+        raise ConfigError(f"adam_betas={cfg.adam_betas} must be two values in [0, 1), e.g. [0.9,0.999]")
+
+
+def read_deepspeed_json(path: str) -> dict:
+    """The DeepSpeed JSON at ``path``; :class:`ConfigError` naming the file when it is missing or malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"deepspeed config not found: {path}")
+    try:
+        ds = json.loads(p.read_text())
+    except ValueError as e:
+        raise ConfigError(f"deepspeed={path} is not valid JSON: {e}") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"deepspeed={path} must hold a JSON object (a mapping of DeepSpeed keys)")
+    return ds
 
 
 def _parse_value(text: str):
     """A command-line value: YAML scalars and lists (``3e-5``, ``true``, ``[q_proj,v_proj]``)."""
-    return yaml.safe_load(text) if text != "" else ""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text  # e.g. ``question=q,answer=a``: read as text, typed by the key
 
 
 def read_yaml_mapping(path: str, missing: str) -> dict:
@@ -230,7 +285,13 @@ def read_yaml_mapping(path: str, missing: str) -> dict:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(missing)
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e}); "
+                          "check the indentation and the `key: value` form there") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values")
     return data
@@ -276,7 +337,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, che
             hint = difflib.get_close_matches(key, known, n=1)
             raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     cfg = TrainConfig(**{key: _coerce(key, value) for key, value in raw.items()})
-    cfg.loss = {key: _coerce_number(f"loss.{key}", value) for key, value in cfg.loss.items()}
+    cfg.loss = {key: _coerce_number(f"loss.{key}", value) for key, value in (cfg.loss or {}).items()}
     cfg.validate(check_files)
     return cfg
 
@@ -291,15 +352,79 @@ def _coerce_number(name: str, value):
     return value
 
 
-def _coerce(key: str, value):
-    annotation = str(_FIELD_TYPES[key])
-    if annotation == "list[float]" and isinstance(value, list):   # adam_betas=[0.5,0.999]
-        return [_coerce(key, v) for v in value]
-    if value is None or not any(t in annotation for t in ("int", "float")) or "str" in annotation:
-        return value
+def _coerce_int(key: str, value) -> int:
     value = _coerce_number(key, value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}={value!r} must be a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ConfigError(f"{key}={value!r} must be a whole number")
+    return int(value)
+
+
+def _split_list(key: str, value) -> list:
+    """A list key given one value (``q_proj``) or comma-separated values (``q_proj,v_proj``)."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _mapping(key: str, value) -> dict:
+    """A mapping key given as a mapping or as ``a=b,c=d`` text."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        out = {}
+        for item in (v for v in value.split(",") if v.strip()):
+            k, sep, v = item.partition("=")
+            if not sep or not k.strip() or not v.strip():
+                raise ConfigError(f"{key}={value!r}: write it as name=column,name=column (e.g. "
+                                  "task_fields=question=q,answer=a) or as a YAML mapping")
+            out[k.strip()] = v.strip()
+        return out
+    raise ConfigError(f"{key}={value!r} must be a mapping, e.g. {key}=question=q,answer=a")
+
+
+def _coerce(key: str, value):
+    """``value`` as the type of config key ``key``; :class:`ConfigError` naming the key when it is not one."""
+    kind = _FIELD_TYPES[key]
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{key} cannot be null")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if kind.startswith("int"):
+        return _coerce_int(key, value)
+    if kind == "float":
+        value = _coerce_number(key, value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        return float(value)
+    if kind == "list[str]":
+        items = _split_list(key, value)
+        if not items or not all(isinstance(v, str) and v for v in items):
+            raise ConfigError(f"{key}={value!r} must be a list of names, e.g. {key}=[q_proj,v_proj]")
+        return items
+    if kind == "list[float]":
+        items = [_coerce_number(key, v) for v in _split_list(key, value)]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            raise ConfigError(f"{key}={value!r} must be a list of numbers, e.g. {key}=[0.9,0.999]")
+        return [float(v) for v in items]
+    if kind == "dict[str, str]":
+        mapping = _mapping(key, value)
+        return {str(k): str(v) for k, v in mapping.items()}
+    if kind == "dict[str, Any]":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} must be a mapping (e.g. {key}.lambda_kl=1)")
+        return value
+    if kind.startswith("str | dict"):
+        if not isinstance(value, (str, dict)):
+            raise ConfigError(f"{key}={value!r} must be a file path or a mapping")
+        return value
+    if not isinstance(value, str):  # str, str | None
+        raise ConfigError(f"{key}={value!r} must be text (quote it in YAML)")
     return value
 
 
@@ -312,7 +437,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     if isinstance(cfg.deepspeed, dict):
         ds = json.loads(json.dumps(cfg.deepspeed))
     elif cfg.deepspeed:
-        ds = json.loads(Path(cfg.deepspeed).read_text())
+        ds = read_deepspeed_json(cfg.deepspeed)
     else:
         ds = {}
     wanted = {

@@ -12,10 +12,12 @@ A method with a penalty (AsFT) adds ``"penalty"``, its mean per micro-batch;
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from ..eval.io import read_jsonl, write_text_atomic
+from .config import ConfigError
 
 POSITIONS = 4
 KINDS = ("benign", "harmful")
@@ -144,7 +146,7 @@ class TrainLogger:
     """Appends step records to ``train_log.jsonl`` (and TensorBoard when installed); rank 0 only.
 
     On resume the log is cut back to the steps before the checkpoint, so it
-    never holds a step twice.
+    never holds a step twice; a last line torn by a crash is dropped.
     """
 
     def __init__(self, run_dir: Path, enabled: bool, resume_step: int = 0):
@@ -154,13 +156,11 @@ class TrainLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        try:  # a last line torn by a crash mid-write is dropped; any other bad line is an error
+            kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{self.path} is damaged ({e}); move it away to resume without the old log") from None
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 
