@@ -28,7 +28,7 @@ from pact.data.collator import PACTCollator
 from pact.data.views import ViewBuilder
 from pact.methods import ASFT, PACT, SFT, ConstrainedSFT, Method, SafeLoRA
 from pact.models import load_model, load_tokenizer, resolve_model_ref
-from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint
+from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint, fill_reference_cache
 from pact.safety_tokens import SafetyTokens
 from pact.training.checkpoint import (export_final, latest_checkpoint, load_checkpoint, save_checkpoint,
                                       write_text_atomic)
@@ -189,29 +189,6 @@ def build_reference(cfg, method, engine, ds_config, tokens, views, collator, ran
         raise ConfigError(status)
     fill_reference_cache(cache, online, views, collator, cfg.micro_batch_size, rank, world, device)
     return cache
-
-
-@torch.no_grad()
-def fill_reference_cache(cache, online, views, collator, micro_batch, rank, world, device):
-    """Every rank computes its share of samples; all ranks run the same number of forwards (ZeRO-3)."""
-    from tqdm import tqdm
-
-    if rank == 0:
-        cache.create()
-    dist.barrier()
-    mine = list(range(rank, len(views), world))
-    batches = [mine[i:i + micro_batch] for i in range(0, len(mine), micro_batch)]
-    rounds = math.ceil(math.ceil(len(views) / world) / micro_batch)
-    for j in tqdm(range(rounds), desc="reference cache", disable=rank != 0):
-        ids = batches[j] if j < len(batches) else batches[-1] if batches else [0]
-        batch = collator([(i, views[i]) for i in ids]).to(device)
-        r_full, r_post = online(batch)
-        if j < len(batches):
-            cache.write(ids, r_full, r_post, [views[i].num_answer for i in ids])
-    dist.barrier()
-    if rank == 0:
-        cache.finish({"samples": len(views)})
-    dist.barrier()
 
 
 def all_finite(loss: torch.Tensor) -> bool:
