@@ -83,6 +83,8 @@ class PACTTrainerConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.deepspeed:
+            self._refill_deepspeed_config()
         if not self.safety_tokens:
             raise ValueError("PACTTrainerConfig: safety_tokens is not set; pass the tokens.json of `pact identify` "
                              "(see pact.safety_tokens.identify for doing it from Python)")
@@ -105,6 +107,21 @@ class PACTTrainerConfig(SFTConfig):
         if self.packing or self.padding_free:
             raise ValueError("PACTTrainerConfig: packing / padding_free merge samples; PACT needs each sample's "
                              "two views: set packing=False, padding_free=False")
+
+    def _refill_deepspeed_config(self) -> None:
+        """Fill DeepSpeed's ``"auto"`` batch sizes again once the processes are known.
+
+        ``TrainingArguments`` fills them before it sets up the devices, with one
+        process (seen on CPU under the ``deepspeed`` launcher: ``train_batch_size``
+        then disagrees with the ranks); the devices are set up here first.
+        """
+        from accelerate.utils import DeepSpeedPlugin
+        from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+        _ = self._setup_devices
+        self.hf_deepspeed_config = HfTrainerDeepSpeedConfig(self.deepspeed)
+        self.hf_deepspeed_config.trainer_config_process(self)
+        self.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=self.hf_deepspeed_config)
 
     def loss_config(self) -> PACTConfig:
         """The :class:`PACTConfig` of the run: the preset, the variant and every loss key that is not None."""
