@@ -58,7 +58,7 @@ def assert_same_steps(history, records, tol=1e-5):
 def test_step_losses_equal_the_driver(trained, driver, method):
     history = losses(trained[method].state.log_history)
     assert_same_steps(history, driver[method])
-    assert history[0]["kl"] > 1e-3 if method == "pact" else history[0]["kl"] < 1e-9  # gated vs plain KL at step 1
+    assert history[0]["kl"] > 1e-3 if method == "pact" else history[0]["kl"] < 1e-5  # gated vs plain KL at step 1
     for mine, theirs in zip(history, driver[method]):  # the safety-token confidences the driver logs
         for kind in ("benign", "harmful"):
             if theirs[kind]["safety_prob"] is not None:
@@ -103,8 +103,12 @@ def test_first_step_equals_the_naive_oracle_and_evaluate_uses_the_same_loss(setu
     cfg = load_config(str(REPO / "configs" / "tiny.yaml"), [f"model={setup['model']}",
                       f"safety_tokens={setup['tokens']}", "deepspeed=null", *STEPS])
     samples, _ = load_mixture(cfg)
+    tok = tiny_tokenizer()  # the samples whose prompt leaves room for an answer (the others are dropped)
+    samples = [s for s in samples
+               if len(tok(f"<|im_start|>user\n{s.prompt}<|im_end|>\n<|im_start|>assistant\n")["input_ids"])
+               < cfg.max_length]
     trainer = trained["pact"]
-    assert trainer.dropped["train"] == 0  # so dataset index == sample index
+    assert len(trainer.train_views) == len(samples) and trainer.dropped["train"] == 40 - len(samples) > 0
     micro = StepSampler(len(samples), 2, 2, 1, 0, cfg.seed).micro_batches(0, 0)
     oracle = oracle_losses(setup["model"], [[samples[i] for i in mb] for mb in micro], cfg,
                            SafetyTokens.load(setup["tokens"]))
@@ -116,8 +120,9 @@ def test_first_step_equals_the_naive_oracle_and_evaluate_uses_the_same_loss(setu
     evaluation = fresh.evaluate(Dataset.from_dict({"prompt": [s.prompt for s in first_mb],
                                                    "completion": [s.response for s in first_mb]}))
     assert abs(evaluation["eval_loss"] - oracle[0]) < 1e-5 and "eval_kl" in evaluation
-    card = fresh.create_model_card() or (tmp_path / "README.md").read_text()
-    assert "pact" in card and "2603.07445" in card
+    fresh.create_model_card()
+    card = (tmp_path / "README.md").read_text()
+    assert "- pact" in card and "2603.07445" in card
 
 
 def launch(setup, out, *overrides):
@@ -144,7 +149,7 @@ def test_reference_cache_gives_the_online_losses_and_refuses_other_data(setup, d
                                                                             f"ref_cache={cache}"])
     assert not (cache / "manifest.json").exists()
     trainer.train()
-    assert json.loads((cache / "manifest.json").read_text())["samples"] == 40
+    assert json.loads((cache / "manifest.json").read_text())["samples"] == len(trainer.train_views) > 10
     assert_same_steps(losses(trainer.state.log_history), driver["pact"], tol=1e-6)
     with pytest.raises(ValueError, match="was built for other data, safety tokens or model"):
         trainer_for(setup["model"], setup["tokens"], tmp_path / "b", ["method=pact", "num_samples=20",
@@ -153,21 +158,17 @@ def test_reference_cache_gives_the_online_losses_and_refuses_other_data(setup, d
 
 def test_full_fine_tuning_reads_the_frozen_ref_model(setup, trained, tmp_path):
     """No peft: the reference is ref_model. At step 1 policy = reference, so the loss is the LoRA run's."""
-    from pact.models import load_model
-    from pact.trl import PACTTrainer
-
-    lora = trainer_for(setup["model"], setup["tokens"], tmp_path, ["method=pact", *STEPS])
-    policy = load_model(str(setup["model"])).requires_grad_(True)
+    trainer = trainer_for(setup["model"], setup["tokens"], tmp_path, ["method=pact", *STEPS], lora=False)
+    policy = trainer.model
     before = {n: p.detach().clone() for n, p in policy.named_parameters()}
-    with pytest.raises(ValueError, match="pass ref_model="):
-        PACTTrainer(policy, args=lora.args, train_dataset=lora.train_dataset_raw, processing_class=lora.processing_class)
-    trainer = PACTTrainer(policy, args=lora.args, train_dataset=lora.train_dataset_raw,
-                          processing_class=lora.processing_class, ref_model=load_model(str(setup["model"])))
     trainer.train()
     history = losses(trainer.state.log_history)
     assert abs(history[0]["loss"] - losses(trained["pact"].state.log_history)[0]["loss"]) < 1e-5
+    assert abs(history[-1]["loss"] - losses(trained["pact"].state.log_history)[-1]["loss"]) > 1e-3
     moved = [(p.detach() - before[n]).abs().max().item() for n, p in policy.named_parameters()]
     assert min(moved) > 1e-4  # every weight trained (Adam: about lr per step)
+    ref = dict(trainer.ref_model.named_parameters())
+    assert all(torch.equal(ref[n], before[n]) for n in before)  # the reference stayed the aligned model
 
 
 # -- bad input: a clear error before any step ---------------------------------------------------------
@@ -176,14 +177,14 @@ def test_config_without_or_with_a_missing_safety_tokens_file(tmp_path):
     from pact.trl import PACTTrainerConfig
 
     with pytest.raises(ValueError, match="safety_tokens is not set"):
-        PACTTrainerConfig(output_dir=str(tmp_path))
+        PACTTrainerConfig(output_dir=str(tmp_path), bf16=False)
     with pytest.raises(ValueError, match="safety_tokens file not found"):
-        PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(tmp_path / "nope.json"))
+        PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(tmp_path / "nope.json"), bf16=False)
     tokens = write_tokens(tmp_path / "t.json", [5, 6], tiny_tokenizer())
     with pytest.raises(ValueError, match="completion_only_loss=False"):
-        PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(tokens), completion_only_loss=False)
+        PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(tokens), completion_only_loss=False, bf16=False)
     with pytest.raises(ValueError, match="lambda_kl"):
-        PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(tokens), lambda_kl=-1.0)
+        PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(tokens), lambda_kl=-1.0, bf16=False)
 
 
 def test_tokens_of_another_vocabulary(setup, tmp_path):
@@ -208,6 +209,18 @@ def small_trainer(setup, tmp_path, dataset, tokenizer=None):
     return PACTTrainer(load_model(str(setup["model"])), args=args, train_dataset=dataset,
                        processing_class=tokenizer or load_tokenizer(str(setup["model"])),
                        peft_config=LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+
+
+def test_a_model_that_is_not_peft_needs_a_ref_model(setup, tmp_path):
+    from datasets import Dataset
+
+    from pact.models import load_model, load_tokenizer
+    from pact.trl import PACTTrainer, PACTTrainerConfig
+
+    args = PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(setup["tokens"]), report_to=[], bf16=False)
+    with pytest.raises(ValueError, match="pass ref_model="):
+        PACTTrainer(load_model(str(setup["model"])), args=args, processing_class=load_tokenizer(str(setup["model"])),
+                    train_dataset=Dataset.from_dict({"prompt": ["a"], "completion": ["b"]}))
 
 
 def test_a_dataset_with_no_completion(setup, tmp_path):
@@ -253,3 +266,17 @@ def test_the_three_trl_formats_give_the_driver_views(setup, tmp_path):
     view = trainer.train_views[0]
     assert view.post_ids[len(builder.header_ids):] == expected[0].post_ids[len(builder.header_ids):]
     assert len(view.full_ids) > len(expected[0].full_ids)
+
+
+def test_readme_use_with_trl_example_runs(tmp_path, monkeypatch):
+    """README "Use with TRL": the offline block (at most 15 lines) trains 4 steps from a fresh directory."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    code = re.search(r"<!-- trl-example.*?-->\s*```python\n(.*?)```", text, re.S).group(1)
+    assert len([line for line in code.splitlines() if line.strip()]) <= 15
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["result"].global_step == 4 and namespace["result"].training_loss > 0
+    assert (tmp_path / "runs" / "trl" / "tokens.json").is_file()
