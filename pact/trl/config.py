@@ -50,6 +50,10 @@ class PACTTrainerConfig(SFTConfig):
             Directory of the precomputed reference: both views' K-token logits of every training sample,
             memory-mapped (`pact.reference.ReferenceCache`, the driver's `ref_cache`). Filled before the first
             step; a cache built for other data, safety tokens or model is refused. Not for `variant="full_vocab"`.
+        fused_linear (`bool`, *optional*, defaults to `True`):
+            The loss from the hidden rows and the output head, chunk by chunk
+            (`pact_kernels.fused_linear_pact_loss`): no `[rows, V]` logits. `False`: the policy's logits at the
+            answer rows and `pact_kernels.pact_loss`. The same choice and default as the driver's `fused_linear`.
         pact_backend (`str`, *optional*, defaults to `"auto"`):
             The `pact_kernels` backend of the loss (`auto`, `torch`, `triton`, `cuda`, `naive`).
 
@@ -72,6 +76,7 @@ class PACTTrainerConfig(SFTConfig):
     kl_temperature: float | None = field(default=None, metadata={"help": "T (paper: 1)."})
     post_bos: bool = field(default=False, metadata={"help": "BOS before the no-prompt view (SPEC §4)."})
     ref_cache: str | None = field(default=None, metadata={"help": "Directory of the precomputed reference."})
+    fused_linear: bool = field(default=True, metadata={"help": "Fused linear loss (no [rows, V] logits)."})
     pact_backend: str = field(default="auto", metadata={"help": "pact_kernels backend."})
 
     # SFTConfig / TrainingArguments defaults replaced by the paper's (§4.1) and the driver's

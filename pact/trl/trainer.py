@@ -1,16 +1,18 @@
 """``PACTTrainer``: TRL's ``SFTTrainer`` with the PACT loss, built from the driver's own pieces.
 
-Per micro-batch (:meth:`PACTTrainer.compute_loss`), exactly as ``pact/train.py``:
-policy logits at the answer rows of the full view (``RowModel``'s policy
-mode), the reference's K-token logits on both views (the peft model with its
-adapter disabled, or ``ref_model``; or the memory-mapped cache), then the
-loss of :class:`pact.methods.PACT` (``pact_kernels``), and the driver's
-:class:`~pact.training.metrics.StepMetrics` for the logs. The sampler gives
+Per micro-batch (:meth:`PACTTrainer.compute_loss`), the driver's own
+:func:`pact.training.step.micro_batch_loss`: the policy's hidden rows (fused
+linear loss, the default) or logits at the answer rows of the full view
+(``RowModel``'s modes), the reference's K-token logits on both views (the
+peft model with its adapter disabled, or ``ref_model``; or the memory-mapped
+cache), then the loss of :class:`pact.methods.PACT` (``pact_kernels``), and
+the driver's :class:`~pact.training.metrics.StepMetrics` for the logs. The sampler gives
 the driver's data order (:class:`~pact.training.data.StepSampler`), so the
 same data, seed and hyper-parameters give the driver's step losses.
 """
 from __future__ import annotations
 
+import contextlib
 import textwrap
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from ..reference import (OnlineReference, ReferenceCache, cache_fingerprint, cau
 from ..safety_tokens import SafetyTokens
 from ..training.data import StepSampler, dataset_digest
 from ..training.metrics import KINDS, POSITIONS, StepMetrics
+from ..training.step import micro_batch_loss
 from .config import PACTTrainerConfig
 from .data import VIEW_COLUMNS, ViewCollator, build_views, views_dataset
 
@@ -41,6 +44,11 @@ class RowCaller:
 
     def __init__(self, model):
         self.model = model
+
+    @property
+    def module(self):
+        """The model inside the wrappers (what :func:`pact.reference.output_head` reads the head of)."""
+        return getattr(self.model, "module", self.model)
 
     def __call__(self, input_ids, attention_mask, rows, mode=None, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, pact_rows=rows,
@@ -139,6 +147,7 @@ class PACTTrainer(SFTTrainer):
         self.train_views = None
         self.dropped = {}
         self._metrics_pact = {}
+        self._loss_context = None
         self._cache_ready = False
         super().__init__(model, args=args, data_collator=self.collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config,
@@ -218,16 +227,25 @@ class PACTTrainer(SFTTrainer):
         return self.cache
 
     # -- loss and logs ---------------------------------------------------------------------------------
+    def training_step(self, *args, **kwargs):
+        # the micro-batch's loss context (the output head gathered under ZeRO-3) stays open through the backward
+        with contextlib.ExitStack() as stack:
+            self._loss_context = stack
+            try:
+                return super().training_step(*args, **kwargs)
+            finally:
+                self._loss_context = None
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """The driver's micro-batch: policy rows, reference, ``PACT.loss``; sums for the logs."""
+        """The driver's micro-batch (:func:`pact.training.step.micro_batch_loss`); sums for the logs."""
         training = self.model.training
         batch = PACTBatch(**inputs)
-        logits = RowCaller(model)(batch.full_ids, batch.full_mask, batch.full_rows)  # [rows, V]
         mode = "train" if training else "eval"
         metrics = self._metrics_pact.setdefault(mode, StepMetrics(self.safety.ids_tensor(), self.accelerator.device))
-        metrics.add_confidence(batch, logits)
-        reference = self.method.reference_for(self._reference(model, training), batch)
-        result = self.method.loss(batch, logits, reference)
+        with contextlib.ExitStack() as local:
+            stack = self._loss_context if self._loss_context is not None else local
+            result = stack.enter_context(micro_batch_loss(self.args, RowCaller(model), self.method,
+                                                          self._reference(model, training), batch, metrics))
         metrics.add_loss(result.loss, result, batch)
         return (result.loss, None) if return_outputs else result.loss
 

@@ -23,6 +23,8 @@ pytest.importorskip("trl")  # the `dev` extra pins it; this only guards a partia
 pytestmark = pytest.mark.slow
 
 STEPS = ("max_steps=4", "gradient_accumulation_steps=2")  # 4 steps of 2 micro-batches of 2 samples
+# pact through the fused linear loss (the default), safety_weights through the [rows, V] logits and pact_loss
+RUNS = {"pact": ("method=pact",), "safety_weights": ("method=safety_weights", "fused_linear=false")}
 
 
 def losses(history):
@@ -32,16 +34,15 @@ def losses(history):
 @pytest.fixture(scope="module")
 def driver(setup):
     """The driver's one-process step records for both methods (steps of 4 samples)."""
-    return {m: run(setup, f"driver-{m}", f"method={m}", *STEPS)[0] for m in ("pact", "safety_weights")}
+    return {m: run(setup, f"driver-{m}", *RUNS[m], *STEPS)[0] for m in RUNS}
 
 
 @pytest.fixture(scope="module")
 def trained(setup, tmp_path_factory):
     """PACTTrainer runs configured as the driver (one process), per method."""
     out = {}
-    for method in ("pact", "safety_weights"):
-        trainer = trainer_for(setup["model"], setup["tokens"], tmp_path_factory.mktemp(method),
-                              [f"method={method}", *STEPS])
+    for method in RUNS:
+        trainer = trainer_for(setup["model"], setup["tokens"], tmp_path_factory.mktemp(method), [*RUNS[method], *STEPS])
         trainer.train()
         out[method] = trainer
     return out

@@ -38,8 +38,8 @@ def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True)
         per_device_train_batch_size=cfg.micro_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_betas[0],
         adam_beta2=cfg.adam_betas[1], lr_scheduler_type=cfg.lr_scheduler, max_length=cfg.max_length, seed=cfg.seed,
-        ref_cache=cfg.ref_cache, bf16=False, gradient_checkpointing=False, logging_steps=1, report_to=[],
-        save_strategy="no", deepspeed=deepspeed, disable_tqdm=True,
+        ref_cache=cfg.ref_cache, fused_linear=cfg.fused_linear, bf16=False, gradient_checkpointing=False,
+        logging_steps=1, report_to=[], save_strategy="no", deepspeed=deepspeed, disable_tqdm=True,
         accelerator_config={"use_configured_state": True} if deepspeed else None)
     model = load_model(str(model_dir))
     if not lora:
