@@ -212,5 +212,5 @@ def vocab_size_of(model) -> int:
     """The size V of the model's output distribution (rows of its output embedding)."""
     head = model.get_output_embeddings()
     if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
+        return int(getattr(head.weight, "ds_shape", head.weight.shape)[0])  # ds_shape: ZeRO-3 partitioned
     return int(model.config.vocab_size)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,7 +218,7 @@ class RowModel(torch.nn.Module):
         if mode == "reference_label_logprob" and labels is None:
             raise ValueError("mode='reference_label_logprob' needs labels: the [rows] target ids")
         adapter_off = self.model.disable_adapter() if self.is_peft else contextlib.nullcontext()
-        was_training = self.training
+        was_training = self.model.training
         self.eval()
         try:
             with torch.no_grad(), adapter_off:
@@ -231,6 +232,36 @@ class RowModel(torch.nn.Module):
                 return self.safety_head(hidden)
         finally:
             self.train(was_training)
+
+
+def patch_row_forward(causal_lm, owner=None) -> RowModel:
+    """Give ``causal_lm`` the :class:`RowModel` forward behind keyword arguments, the way TRL adds its fused head.
+
+    ``model(input_ids=..., attention_mask=..., pact_rows=rows, pact_mode=mode)``
+    then returns :meth:`RowModel.forward`'s output; without ``pact_mode`` the
+    forward is the original one (generation is unchanged). The call enters
+    the outermost wrapper (DeepSpeed engine, DDP, peft), so ZeRO-3 gathers
+    parameters as for any forward. ``owner``: the peft model around
+    ``causal_lm`` (its adapter is disabled for the reference modes), or None.
+
+    Returns the :class:`RowModel` the forward delegates to (call
+    :meth:`RowModel.set_safety_ids` on it).
+    """
+    import functools
+    import types
+
+    original = causal_lm.forward
+    holder = {"rows": RowModel(owner if owner is not None else causal_lm)}  # kept out of the module tree
+
+    @functools.wraps(type(causal_lm).forward)
+    def forward(self, *args, pact_rows=None, pact_mode=None, pact_labels=None, **kwargs):
+        if pact_mode is None:
+            return original(*args, **kwargs)
+        return holder["rows"](kwargs["input_ids"], kwargs["attention_mask"], pact_rows, pact_mode, pact_labels)
+
+    causal_lm.forward = types.MethodType(forward, causal_lm)
+    causal_lm._pact_rows = holder
+    return holder["rows"]
 
 
 class OnlineReference:
@@ -265,6 +296,41 @@ class OnlineReference:
         """``[rows]`` float32: the frozen model's log-probability of each label, on the full view."""
         return self.engine(batch.full_ids, batch.full_mask, batch.full_rows, mode="reference_label_logprob",
                            labels=batch.labels)
+
+
+@torch.no_grad()
+def fill_reference_cache(cache, online, views, collator, micro_batch, rank, world, device):
+    """Compute every sample's reference into ``cache`` and make it valid.
+
+    ``online``: ``batch -> (r_full, r_post)``; ``views``: the dataset's
+    :class:`~pact.data.views.TwoViews` in order; ``collator``: a
+    :class:`~pact.data.collator.PACTCollator`. Every rank computes its share
+    of samples; all ranks run the same number of forwards (ZeRO-3). Works
+    without a process group too (one process).
+    """
+    from tqdm import tqdm
+
+    if rank == 0:
+        cache.create()
+    _barrier()
+    mine = list(range(rank, len(views), world))
+    batches = [mine[i:i + micro_batch] for i in range(0, len(mine), micro_batch)]
+    rounds = math.ceil(math.ceil(len(views) / world) / micro_batch)
+    for j in tqdm(range(rounds), desc="reference cache", disable=rank != 0):
+        ids = batches[j] if j < len(batches) else batches[-1] if batches else [0]
+        batch = collator([(i, views[i]) for i in ids]).to(device)
+        r_full, r_post = online(batch)
+        if j < len(batches):
+            cache.write(ids, r_full, r_post, [views[i].num_answer for i in ids])
+    _barrier()
+    if rank == 0:
+        cache.finish({"samples": len(views)})
+    _barrier()
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def cache_fingerprint(model_name: str, safety_ids: list[int], dataset_digest: str) -> str:

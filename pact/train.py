@@ -16,7 +16,6 @@ if __name__ == "__main__":  # run as a script: keep pact/ itself off the import 
     sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 import argparse
-import contextlib
 import json
 import math
 import time
@@ -29,9 +28,9 @@ from pact.data.collator import PACTCollator
 from pact.data.sources import PromptSourceError
 from pact.data.views import ViewBuilder
 from pact.fingerprint import ARCHITECTURE_KEYS, weights_digest, write_base_record
-from pact.methods import ASFT, PACT, SFT, ConstrainedSFT, HeadRows, Method, SafeLoRA
+from pact.methods import ASFT, PACT, SFT, ConstrainedSFT, Method, SafeLoRA
 from pact.models import ModelLoadError, load_model, load_tokenizer, resolve_model_ref
-from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint, output_head
+from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint, fill_reference_cache
 from pact.safety_tokens import SafetyTokens
 from pact.training.checkpoint import (CheckpointError, export_final, latest_checkpoint, load_checkpoint,
                                       resume_point, save_checkpoint, write_text_atomic)
@@ -40,6 +39,7 @@ from pact.training.data import StepSampler, dataset_digest, load_views
 from pact.training.faults import fault_point
 from pact.training.metrics import StepMetrics, TrainLogger
 from pact.training.run_dir import apply_resume_changes, check_run_dir, clear_run, run_record
+from pact.training.step import micro_batch_loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -194,57 +194,6 @@ def build_reference(cfg, method, engine, ds_config, tokens, views, collator, ran
         raise ConfigError(status)
     fill_reference_cache(cache, online, views, collator, cfg.micro_batch_size, rank, world, device)
     return cache
-
-
-@torch.no_grad()
-def fill_reference_cache(cache, online, views, collator, micro_batch, rank, world, device):
-    """Every rank computes its share of samples; all ranks run the same number of forwards (ZeRO-3)."""
-    from tqdm import tqdm
-
-    if rank == 0:
-        cache.create()
-    dist.barrier()
-    mine = list(range(rank, len(views), world))
-    batches = [mine[i:i + micro_batch] for i in range(0, len(mine), micro_batch)]
-    rounds = math.ceil(math.ceil(len(views) / world) / micro_batch)
-    for j in tqdm(range(rounds), desc="reference cache", disable=rank != 0):
-        ids = batches[j] if j < len(batches) else batches[-1] if batches else [0]
-        batch = collator([(i, views[i]) for i in ids]).to(device)
-        r_full, r_post = online(batch)
-        if j < len(batches):
-            cache.write(ids, r_full, r_post, [views[i].num_answer for i in ids])
-    dist.barrier()
-    if rank == 0:
-        cache.finish({"samples": len(views)})
-    dist.barrier()
-
-
-@contextlib.contextmanager
-def micro_batch_loss(cfg: TrainConfig, engine, method: Method, reference, batch, metrics: StepMetrics):
-    """Context giving the method's :class:`~pact.methods.LossResult` on one micro-batch (and adding its
-    safety-token confidences to ``metrics``); run the backward inside it.
-
-    ``fused_linear``: the policy forward stops at the hidden rows ``[rows, H]``
-    and the method's fused loss applies the output head chunk by chunk; the
-    confidences come from the head's K safety rows. Under ZeRO-3 the head's
-    weight stays gathered until the context ends, so that with full
-    fine-tuning its gradient (made in the forward) reaches the full-size
-    parameter, and DeepSpeed, in the backward. Otherwise the forward returns
-    ``[rows, V]`` logits.
-    """
-    if not cfg.fused_linear:
-        logits = engine(batch.full_ids, batch.full_mask, batch.full_rows)  # [rows, V]
-        metrics.add_confidence(batch, logits)
-        ref = method.reference_for(reference, batch) if reference is not None else None
-        yield method.loss(batch, logits, ref)
-        return
-    hidden = engine(batch.full_ids, batch.full_mask, batch.full_rows, mode="policy_hidden")  # [rows, H]
-    ref = method.reference_for(reference, batch, fused=True) if reference is not None else None
-    with output_head(engine) as head:
-        policy = HeadRows(hidden, head)
-        result = method.loss(batch, policy, ref)
-        metrics.add_confidence_from_head(batch, policy, result.ce_rows)
-        yield result
 
 
 def all_finite(loss: torch.Tensor) -> bool:
