@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One script for a lent GPU (issue 4): checks every backend and variant against
 # the float64 oracle on the GPU, then runs the benchmark; logs and tables go to $OUT.
-# Installs nothing from the network. Budget: under 8 minutes on an H100
+# Installs nothing from the network. Budget: under 12 minutes on an H100 (stage 5, the fused linear head, up to 4)
 # (each stage has its own timeout so the benchmark always gets its turn).
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh          # on the GPU machine, from the repo root
@@ -17,7 +17,8 @@
 # with a line saying so and everything else runs.
 #
 # Files in $OUT: gpu_check.log (everything printed, versions first), build_cuda.log,
-# pytest_triton.log, correctness.json, gpu_bench.md, gpu_bench.json, gpu_bench.raw.json, tune.json.
+# pytest_triton.log, correctness.json, gpu_bench.md, gpu_bench.json, gpu_bench.raw.json, tune.json,
+# gpu_fused_linear.md, gpu_fused_linear.json (the fused linear head, issue 13).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu-check}
@@ -93,6 +94,12 @@ else
   timeout 45 "$PY" -m benchmarks.tune_triton -o "$OUT/tune.json" 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}; [ $rc = 0 ] || say "tuning failed or timed out (exit $rc; the benchmark above stands)"
 fi
+
+say "5/5 fused linear head (issue 13): correctness vs the float64 oracle, then rows 16384, H 4096, V 152064, bf16 next to Liger's FLCE"
+timeout 240 "$PY" -m benchmarks.gpu_fused_linear --device "$DEVICE" $SMALL -o "$OUT/gpu_fused_linear" >>"$LOG" 2>&1
+rc=$?; [ $rc = 0 ] || { status=1; say "fused linear check failed or timed out (exit $rc)"; }
+grep -E "^FAIL" "$LOG" | tail -n 10
+[ -f "$OUT/gpu_fused_linear.md" ] && cat "$OUT/gpu_fused_linear.md"
 
 say "done (exit $status)"
 exit $status

@@ -49,6 +49,12 @@ def make_inputs(rows: int, vocab: int, k: int, dtype: torch.dtype, device: torch
     """Random PACT inputs: logits ``[rows, V]`` (requires grad), refs ``[rows, K]``."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     logits = (2 * torch.randn(rows, vocab, generator=g)).to(device=device, dtype=dtype).requires_grad_()
+    return (logits, *loss_inputs(rows, vocab, k, dtype, device, g))
+
+
+def loss_inputs(rows: int, vocab: int, k: int, dtype: torch.dtype, device: torch.device, g: torch.Generator):
+    """The loss inputs besides the logits, drawn from ``g``: ``labels [rows]`` (every 7th -100),
+    ``ref_full``, ``ref_post`` ``[rows, K]``, ``ids [K]``, ``weights [K]``, ``answer_pos [rows]``."""
     labels = torch.randint(0, vocab, (rows,), generator=g).to(device)
     labels[:: 7] = -100
     ids = torch.randperm(vocab, generator=g)[:k].to(device)
@@ -56,7 +62,7 @@ def make_inputs(rows: int, vocab: int, k: int, dtype: torch.dtype, device: torch
     ref_full = (2 * torch.randn(rows, k, generator=g)).to(device=device, dtype=dtype)
     ref_post = (2 * torch.randn(rows, k, generator=g)).to(device=device, dtype=dtype)
     answer_pos = torch.randint(0, 32, (rows,), generator=g).to(device)
-    return logits, labels, ref_full, ref_post, ids, weights, answer_pos
+    return labels, ref_full, ref_post, ids, weights, answer_pos
 
 
 def forward_backward(backend: str, inputs, variant: str = "pact", inplace_grad: bool = False):

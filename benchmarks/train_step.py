@@ -40,12 +40,17 @@ def make_tokens(path: Path, vocab: int, k: int) -> None:
                  num_prompts=1, num_steps=1).save(path)
 
 
+def train_args(out: Path, model: Path, tokens: Path, steps: int, *overrides: str) -> list:
+    """The arguments of ``pact/train.py`` for one benchmark run (one process, ZeRO 0, LoRA on all projections)."""
+    return ["--config", str(REPO / "configs" / "tiny.yaml"), f"model={model}", f"safety_tokens={tokens}",
+            f"output_dir={out}", "deepspeed=null", f"max_steps={steps}", "num_samples=100", "harmful_fraction=0.1",
+            "save_every=0", "lora_target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
+            *overrides]
+
+
 def run(name: str, root: Path, model: Path, tokens: Path, steps: int, *overrides: str) -> dict:
     out = root / name
-    cmd = [sys.executable, str(REPO / "pact" / "train.py"), "--config", str(REPO / "configs" / "tiny.yaml"),
-           f"model={model}", f"safety_tokens={tokens}", f"output_dir={out}", "deepspeed=null", f"max_steps={steps}",
-           "num_samples=100", "harmful_fraction=0.1", "save_every=0",
-           "lora_target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]", *overrides]
+    cmd = [sys.executable, str(REPO / "pact" / "train.py"), *train_args(out, model, tokens, steps, *overrides)]
     start = time.perf_counter()
     subprocess.run(cmd, cwd=REPO, check=True, capture_output=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1"))
     wall = time.perf_counter() - start

@@ -40,9 +40,13 @@ def encode_chat_prompt(tokenizer, prompt: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def encode_plain_prompt(tokenizer, prompt: str, template: str = PLAIN_TEMPLATE) -> list[int]:
-    """Ids of ``User: {prompt}\\n\\nAssistant: `` with the tokenizer's usual special tokens (BOS)."""
-    return list(tokenizer(template.format(prompt=prompt), add_special_tokens=True)["input_ids"])
+def encode_plain_prompt(tokenizer, prompt: str, template: str = PLAIN_TEMPLATE, bos: bool = True) -> list[int]:
+    """Ids of ``User: {prompt}\\n\\nAssistant: ``.
+
+    ``bos=True``: with the tokenizer's usual special tokens (BOS);
+    ``bos=False``: without any (the authors' ``add_special_tokens=False``).
+    """
+    return list(tokenizer(template.format(prompt=prompt), add_special_tokens=bos)["input_ids"])
 
 
 def end_of_turn_ids(model, tokenizer) -> list[int]:

@@ -114,7 +114,18 @@ def resolve_model_ref(name_or_path: str, gguf_file: str | None = None) -> ModelR
         if gguf_file:
             raise ModelLoadError(f"{s} is a GGUF file already; drop --gguf-file")
         return ModelRef(str(p.parent), p.name, display=s)
+    if _names_a_local_path(s) and not Path(s).expanduser().exists():
+        raise ModelLoadError(f"model path {s} does not exist (a local path, not a hub name); check the path, "
+                             "or create it (e.g. python -m pact.tiny runs/tiny-model)")
     return ModelRef(s, gguf_file, display=s if not gguf_file else f"{s}:{gguf_file}")
+
+
+def _names_a_local_path(s: str) -> bool:
+    """True when ``s`` cannot be a hub name ``org/name``: absolute, ``./``, ``~``, more than one ``/``, a
+    backslash, or its first component is a local directory (``runs/x`` with a ``runs/``)."""
+    if s.startswith(("/", ".", "~")) or "\\" in s or s.count("/") > 1:
+        return True
+    return "/" in s and Path(s.split("/")[0]).is_dir()
 
 
 def _offline_error(ref: ModelRef, what: str, err: Exception) -> ModelLoadError:
@@ -201,5 +212,5 @@ def vocab_size_of(model) -> int:
     """The size V of the model's output distribution (rows of its output embedding)."""
     head = model.get_output_embeddings()
     if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
+        return int(getattr(head.weight, "ds_shape", head.weight.shape)[0])  # ds_shape: ZeRO-3 partitioned
     return int(model.config.vocab_size)

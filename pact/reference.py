@@ -9,7 +9,10 @@
   second copy. For full fine-tuning it is a second frozen model in its own
   DeepSpeed engine (ZeRO-3 shards it).
 - :func:`label_log_probs`: the full-vocabulary log-probability of each
-  row's label, row-chunked (the reference of constrained SFT).
+  row's label, through the fused linear cross-entropy (the reference of
+  constrained SFT).
+- :func:`output_head`: the output head's parameters (gathered under ZeRO-3)
+  for the fused linear losses (``fused_linear: true``).
 - :class:`OnlineReference`: both views through such an engine, every step.
 - :class:`ReferenceCache`: both views' K-token logits computed once and
   memory-mapped from disk.
@@ -19,11 +22,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from pact_kernels import fused_linear_cross_entropy
 
 from .data.collator import PACTBatch
 
@@ -75,35 +82,57 @@ def full_logits(causal_lm, hidden: torch.Tensor) -> torch.Tensor:
     return cap * torch.tanh(logits / cap) if cap else logits
 
 
-def label_log_probs(causal_lm, hidden: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 256) -> torch.Tensor:
-    """``log softmax(head(hidden))[label]`` per row, never holding more than ``[chunk_rows, V]`` logits.
+def label_log_probs(causal_lm, hidden: torch.Tensor, labels: torch.Tensor, chunk_rows: int | None = None) -> torch.Tensor:
+    """``log softmax(head(hidden))[label]`` per row, through the fused linear cross-entropy's row chunks.
 
-    The head's weight is gathered once (ZeRO-3) and applied with
-    ``functional.linear``, so every rank makes the same collective calls
-    whatever its number of rows.
+    The head's weight is gathered once (ZeRO-3), so every rank makes the same
+    collective calls whatever its number of rows; no ``[rows, V]`` logits exist.
 
     Args:
         causal_lm: the ``transformers`` causal LM (its output head and soft-cap).
         hidden: ``[rows, H]`` final hidden states (model dtype).
         labels: ``[rows]`` int64 target ids.
+        chunk_rows: rows per chunk (default: :func:`pact_kernels.fused_linear.default_chunk_rows`).
 
     Returns:
         ``[rows]`` float32 log-probabilities (no gradient).
     """
-    head = causal_lm.get_output_embeddings()
-    bias = getattr(head, "bias", None)
-    cap = final_logit_softcap(causal_lm)
-    out = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
-    with _gathered([head.weight] + ([bias] if bias is not None else [])), torch.no_grad():
-        for start in range(0, hidden.shape[0], chunk_rows):
-            h = hidden[start:start + chunk_rows]
-            z = torch.nn.functional.linear(h, head.weight.to(h.dtype), None if bias is None else bias.to(h.dtype))
-            z = z.float()
-            if cap:
-                z = cap * torch.tanh(z / cap)
-            y = labels[start:start + chunk_rows].to(z.device)
-            out[start:start + h.shape[0]] = z.gather(1, y[:, None])[:, 0] - torch.logsumexp(z, dim=-1)
-    return out
+    with output_head(causal_lm) as head, torch.no_grad():
+        h = hidden.detach()
+        weight = head.weight.detach().to(h.dtype)
+        bias = None if head.bias is None else head.bias.detach().to(h.dtype)
+        out = fused_linear_cross_entropy(h, weight, labels.to(h.device), bias=bias, softcap=head.softcap,
+                                         chunk_rows=chunk_rows)
+    return -out.ce_rows
+
+
+@dataclass
+class OutputHead:
+    """The output head of a causal LM: ``weight`` ``[V, H]``, ``bias`` ``[V]`` or None, the soft-cap or None."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    softcap: float | None
+
+
+@contextlib.contextmanager
+def output_head(model):
+    """The :class:`OutputHead` of ``model`` (causal LM, peft model, RowModel or engine), gathered under ZeRO-3.
+
+    The parameters themselves (not copies), so a gradient computed from them
+    inside the block reaches them (and DeepSpeed) in backward. Raises
+    ValueError for a head that is not a plain ``nn.Linear`` (a LoRA adapter on
+    the head): the fused head would leave its update out.
+    """
+    model = getattr(model, "module", model)  # DeepSpeed engine
+    lm = causal_lm_of(model.model if isinstance(model, RowModel) else model)
+    head = lm.get_output_embeddings()
+    if type(head) is not torch.nn.Linear:
+        raise ValueError(f"fused_linear needs a plain nn.Linear output head, got {type(head).__name__} (an adapter on "
+                         "the head?); drop the head from lora_target_modules or set fused_linear=false")
+    params = [head.weight] + ([head.bias] if head.bias is not None else [])
+    with _gathered(params):
+        yield OutputHead(head.weight, head.bias, final_logit_softcap(lm))
 
 
 class SafetyHead:
@@ -145,10 +174,14 @@ class RowModel(torch.nn.Module):
     through the engine and its ZeRO-3 hooks. Modes:
 
     - ``policy``: ``[rows, V]`` logits of the trainable model (with gradient);
+    - ``policy_hidden``: ``[rows, H]`` final hidden states of the trainable
+      model (with gradient), for the fused linear losses;
     - ``reference``: ``[rows, K]`` float32 logits on S of the frozen model (no
       gradient, eval mode, LoRA adapter disabled when there is one);
     - ``reference_full``: ``[rows, V]`` float32 logits of the frozen model
       (the ``full_vocab`` variant);
+    - ``reference_hidden``: ``[rows, H]`` final hidden states of the frozen
+      model (the fused ``full_vocab`` variant makes its logits chunk by chunk);
     - ``reference_label_logprob``: ``[rows]`` float32 log-probability of
       ``labels`` under the frozen model (constrained SFT), full-vocabulary
       log-softmax computed row-chunked.
@@ -170,7 +203,7 @@ class RowModel(torch.nn.Module):
         """Copy the K rows of the output embedding for the reference modes."""
         self.safety_head = SafetyHead.from_model(self.model, safety_ids)
 
-    MODES = ("policy", "reference", "reference_full", "reference_label_logprob")
+    MODES = ("policy", "policy_hidden", "reference", "reference_full", "reference_hidden", "reference_label_logprob")
 
     def forward(self, input_ids, attention_mask, rows, mode: str = "policy", labels=None):
         """``input_ids``/``attention_mask`` ``[B, L]`` int64, ``rows`` ``[rows]`` int64 flat indices;
@@ -178,18 +211,22 @@ class RowModel(torch.nn.Module):
         lm = causal_lm_of(self.model)
         if mode == "policy":
             return full_logits(lm, decoder_rows(lm, input_ids, attention_mask, rows))
+        if mode == "policy_hidden":
+            return decoder_rows(lm, input_ids, attention_mask, rows)
         if mode not in self.MODES:
             raise ValueError(f"mode={mode!r}: use one of {', '.join(self.MODES)}")
         if mode == "reference_label_logprob" and labels is None:
             raise ValueError("mode='reference_label_logprob' needs labels: the [rows] target ids")
         adapter_off = self.model.disable_adapter() if self.is_peft else contextlib.nullcontext()
-        was_training = self.training
+        was_training = self.model.training
         self.eval()
         try:
             with torch.no_grad(), adapter_off:
                 hidden = decoder_rows(lm, input_ids, attention_mask, rows)
                 if mode == "reference_full":
                     return full_logits(lm, hidden).float()
+                if mode == "reference_hidden":
+                    return hidden
                 if mode == "reference_label_logprob":
                     return label_log_probs(lm, hidden, labels)
                 return self.safety_head(hidden)
@@ -197,15 +234,55 @@ class RowModel(torch.nn.Module):
             self.train(was_training)
 
 
+def patch_row_forward(causal_lm, owner=None) -> RowModel:
+    """Give ``causal_lm`` the :class:`RowModel` forward behind keyword arguments, the way TRL adds its fused head.
+
+    ``model(input_ids=..., attention_mask=..., pact_rows=rows, pact_mode=mode)``
+    then returns :meth:`RowModel.forward`'s output; without ``pact_mode`` the
+    forward is the original one (generation is unchanged). The call enters
+    the outermost wrapper (DeepSpeed engine, DDP, peft), so ZeRO-3 gathers
+    parameters as for any forward. ``owner``: the peft model around
+    ``causal_lm`` (its adapter is disabled for the reference modes), or None.
+
+    Returns the :class:`RowModel` the forward delegates to (call
+    :meth:`RowModel.set_safety_ids` on it).
+    """
+    import functools
+    import types
+
+    original = causal_lm.forward
+    holder = {"rows": RowModel(owner if owner is not None else causal_lm)}  # kept out of the module tree
+
+    @functools.wraps(type(causal_lm).forward)
+    def forward(self, *args, pact_rows=None, pact_mode=None, pact_labels=None, **kwargs):
+        if pact_mode is None:
+            return original(*args, **kwargs)
+        return holder["rows"](kwargs["input_ids"], kwargs["attention_mask"], pact_rows, pact_mode, pact_labels)
+
+    causal_lm.forward = types.MethodType(forward, causal_lm)
+    causal_lm._pact_rows = holder
+    return holder["rows"]
+
+
 class OnlineReference:
     """The reference computed every step through a DeepSpeed engine around a :class:`RowModel`.
 
     With LoRA pass the policy's own engine (the reference is the same network
-    with the adapter off); for full fine-tuning, the frozen reference's engine.
+    with the adapter off); for full fine-tuning, the frozen reference's engine
+    and ``separate_head=True`` (its output head is not the policy's).
     """
 
-    def __init__(self, engine):
+    def __init__(self, engine, separate_head: bool = False):
         self.engine = engine
+        self.separate_head = separate_head
+
+    def hidden(self, batch: PACTBatch) -> torch.Tensor:
+        """``[rows, H]`` the frozen model's final hidden states at the full view's rows (fused ``full_vocab``)."""
+        return self.engine(batch.full_ids, batch.full_mask, batch.full_rows, mode="reference_hidden")
+
+    def head(self):
+        """Context giving the reference's :class:`OutputHead`, or None when it is the policy's own head (LoRA)."""
+        return output_head(self.engine) if self.separate_head else contextlib.nullcontext()
 
     def __call__(self, batch: PACTBatch, full_vocab: bool = False):
         """``(r_full, r_post)`` ``[rows, K]`` float32; with ``full_vocab``, ``(r_full [rows, V], None)``."""
@@ -221,8 +298,43 @@ class OnlineReference:
                            labels=batch.labels)
 
 
+@torch.no_grad()
+def fill_reference_cache(cache, online, views, collator, micro_batch, rank, world, device):
+    """Compute every sample's reference into ``cache`` and make it valid.
+
+    ``online``: ``batch -> (r_full, r_post)``; ``views``: the dataset's
+    :class:`~pact.data.views.TwoViews` in order; ``collator``: a
+    :class:`~pact.data.collator.PACTCollator`. Every rank computes its share
+    of samples; all ranks run the same number of forwards (ZeRO-3). Works
+    without a process group too (one process).
+    """
+    from tqdm import tqdm
+
+    if rank == 0:
+        cache.create()
+    _barrier()
+    mine = list(range(rank, len(views), world))
+    batches = [mine[i:i + micro_batch] for i in range(0, len(mine), micro_batch)]
+    rounds = math.ceil(math.ceil(len(views) / world) / micro_batch)
+    for j in tqdm(range(rounds), desc="reference cache", disable=rank != 0):
+        ids = batches[j] if j < len(batches) else batches[-1] if batches else [0]
+        batch = collator([(i, views[i]) for i in ids]).to(device)
+        r_full, r_post = online(batch)
+        if j < len(batches):
+            cache.write(ids, r_full, r_post, [views[i].num_answer for i in ids])
+    _barrier()
+    if rank == 0:
+        cache.finish({"samples": len(views)})
+    _barrier()
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def cache_fingerprint(model_name: str, safety_ids: list[int], dataset_digest: str) -> str:
-    """Digest of what a reference cache depends on: the model, S and the tokenised data."""
+    """Digest of what a reference cache depends on: the model (its weights' digest, :func:`pact.fingerprint.weights_digest`), S and the tokenised data."""
     h = hashlib.sha256()
     h.update(json.dumps({"model": model_name, "ids": list(map(int, safety_ids)), "data": dataset_digest}).encode())
     return h.hexdigest()
@@ -264,6 +376,11 @@ class ReferenceCache:
         if not self.manifest_path.is_file():
             return "missing"
         manifest = json.loads(self.manifest_path.read_text())
+        expected = max(1, self.total_rows) * 2 * self.k * 4
+        size = self.data_path.stat().st_size if self.data_path.is_file() else 0
+        if manifest.get("fingerprint") == self.fingerprint and size != expected:
+            return (f"the reference cache file {self.data_path} holds {size} bytes, not the {expected} its manifest "
+                    "promises (truncated or damaged); delete the directory to rebuild it")
         if manifest.get("fingerprint") != self.fingerprint:
             return (f"the reference cache in {self.dir} was built for other data, safety tokens or model "
                     f"(fingerprint {manifest.get('fingerprint', '?')[:12]} != {self.fingerprint[:12]}); "

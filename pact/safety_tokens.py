@@ -32,21 +32,25 @@ from .generation import (
     generate_greedy,
     pad_right,
 )
+from .identify_presets import IDENTIFY_PRESETS, WEIGHT_DTYPE_NAMES
 from .models import vocab_size_of
 
 __all__ = [
+    "IDENTIFY_PRESETS",
     "SELECTIONS",
     "IdentifyResult",
     "SafetyTokens",
     "SafetyTokensError",
     "accumulate_discrepancy",
     "identify",
+    "identify_authors",
     "select_tokens",
 ]
 
 SELECTIONS = ("paper", "authors")
 BASE_FORMATS = ("chat", "plain")
 AVERAGES = ("token", "prompt")
+WEIGHT_DTYPES = {name: getattr(torch, name) for name in WEIGHT_DTYPE_NAMES}
 FORMAT_TAG = "pact-safety-tokens/1"
 
 #: Float64 elements per softmax chunk (two such chunks live at once: 2 x 128 MiB).
@@ -216,13 +220,24 @@ def _decode(tokenizer, i: int) -> str:
 # Selection
 # ---------------------------------------------------------------------------
 
-def select_tokens(d: torch.Tensor, mean_safe_prob: torch.Tensor, k: int = 50, selection: str = "paper"
+def select_tokens(d: torch.Tensor, mean_safe_prob: torch.Tensor, k: int = 50, selection: str = "paper", *,
+                  std_min_abs_d: float | None = None, norm_eps: float = 0.0, weights_dtype: str = "float64"
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pick S and its weights (SPEC §1.4).
 
     Args:
         d: ``[V]`` float64 discrepancy scores d(v).
         mean_safe_prob: ``[V]`` float64 mean aligned probabilities p̄_safe(v).
+        std_min_abs_d: ``authors`` only, the authors' filter (their code:
+            1e-9): tokens with d(v) = 0 leave S, only those with
+            ``|d(v)| > std_min_abs_d`` are standardised (mean and std over
+            them), the others keep d(v) as is before the L2 normalisation, and
+            a value that rounds to 0 leaves S. None: every token of S is
+            standardised.
+        norm_eps: ``authors``: added to the std and to the L2 norm (the
+            authors' code: 1e-6); 0 divides by them exactly.
+        weights_dtype: round the weights through this dtype (``float64``: no
+            rounding; the authors save ``bfloat16``).
     Returns:
         ``ids`` ``[K']`` int64 and ``weights`` ``[K']`` float64, ordered by d(v)
         descending (ties: lower id first). ``paper``: top-K by d among d > 0,
@@ -231,23 +246,40 @@ def select_tokens(d: torch.Tensor, mean_safe_prob: torch.Tensor, k: int = 50, se
     """
     if k < 1:
         raise ValueError("k must be >= 1")
+    if (std_min_abs_d is not None and std_min_abs_d < 0) or norm_eps < 0:
+        raise ValueError("std_min_abs_d and norm_eps must be >= 0")
+    if selection == "paper" and (std_min_abs_d is not None or norm_eps):
+        raise ValueError("std_min_abs_d and norm_eps (--std-min-abs-d, --norm-eps) apply to selection='authors'")
+    if weights_dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weights_dtype must be one of {tuple(WEIGHT_DTYPES)}, got {weights_dtype!r}")
     if selection == "paper":
         order = torch.argsort(d, descending=True, stable=True)[:k]
         ids = order[d[order] > 0]
         if ids.numel() == 0:
             raise ValueError("no token has d(v) > 0: the aligned model never puts more probability on any token "
                              "than the base model; check the model pair")
-        return ids, d[ids].clone()
+        return ids, _round(d[ids], weights_dtype)
     if selection == "authors":
         top = torch.argsort(mean_safe_prob, descending=True, stable=True)[:k]
+        if std_min_abs_d is not None:
+            top = top[d[top] != 0]
         ids = top[torch.argsort(d[top], descending=True, stable=True)]
-        z = d[ids] - d[ids].mean()
-        if ids.numel() < 2 or float(z.abs().max()) == 0.0:
+        z = d[ids].clone()
+        big = torch.ones_like(ids, dtype=torch.bool) if std_min_abs_d is None else z.abs() > std_min_abs_d
+        centred = z[big] - z[big].mean()
+        if int(big.sum()) < 2 or float(centred.abs().max()) == 0.0:
             raise ValueError("authors selection needs at least two tokens with different d(v) in S")
-        z = z / z.std()
-        z = z / z.norm()
+        z[big] = centred / (centred.std() + norm_eps)
+        z = _round(z / (z.norm() + norm_eps), weights_dtype)
+        if std_min_abs_d is not None:
+            ids, z = ids[z != 0], z[z != 0]
         return ids, z.clamp_min(0.0)
     raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+
+
+def _round(x: torch.Tensor, dtype: str) -> torch.Tensor:
+    """``x`` (float64) rounded to the nearest value of ``dtype``, returned in float64."""
+    return x.to(WEIGHT_DTYPES[dtype]).to(torch.float64)
 
 
 # ---------------------------------------------------------------------------
@@ -359,7 +391,9 @@ def _source_items(prompts) -> tuple[str, list[str], list[str | None]]:
 def identify(safe_model, base_model, tokenizer, prompts, *, k: int = 50, selection: str = "paper",
              responses: str | Sequence[str] | Sequence[Sequence[int]] = "generate", base_format: str = "chat",
              max_new_tokens: int = 128, max_resp_len: int | None = None, batch_size: int = 8,
-             average: str = "token", append_eos: bool = True, safe_name: str = "", base_name: str = "",
+             average: str = "token", append_eos: bool = True, base_bos: bool = True, strip: bool = False,
+             std_min_abs_d: float | None = None, norm_eps: float = 0.0, weights_dtype: str = "float64",
+             limit: int | None = None, safe_name: str = "", base_name: str = "",
              prompts_name: str | None = None, progress: bool = True) -> IdentifyResult:
     """Identify the safety tokens of ``safe_model`` against ``base_model`` (SPEC §1).
 
@@ -378,6 +412,14 @@ def identify(safe_model, base_model, tokenizer, prompts, *, k: int = 50, selecti
         max_resp_len: keep only the first N answer tokens.
         average: ``token`` (every step counts once) or ``prompt`` (mean per
             prompt, then over prompts).
+        append_eos: append the EOS id to each answer given as text.
+        base_bos: the ``plain`` prefix gets the tokenizer's special tokens
+            (BOS); False tokenises it without any.
+        strip: strip whitespace around prompts and answers given as text.
+        std_min_abs_d, norm_eps, weights_dtype: see :func:`select_tokens`.
+        limit: use only the first N prompts.
+    ``identify(..., **IDENTIFY_PRESETS["authors"])`` (or :func:`identify_authors`)
+    is the authors' ``compute_safety_tokens_pact.py``.
     Returns:
         :class:`IdentifyResult` with the full-vocabulary ``d`` and
         ``mean_safe_prob`` (``[V]`` float64) and the selected tokens.
@@ -398,7 +440,15 @@ def identify(safe_model, base_model, tokenizer, prompts, *, k: int = 50, selecti
                          "they must share one vocabulary")
     if len(tokenizer) > V:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, more than the model's {V}")
+    if limit is not None and limit < 1:
+        raise ValueError("limit must be >= 1")
+    if not base_bos and base_format != "plain":
+        raise ValueError("base_bos=False applies to base_format='plain' (a chat template decides its own BOS)")
     name, texts, given = _source_items(prompts)
+    texts, given = texts[:limit], given[:limit]
+    if strip:
+        texts = [t.strip() for t in texts]
+        given = [None if r is None else r.strip() for r in given]
     prompts_name = prompts_name or name
     n = len(texts)
     if n == 0:
@@ -425,13 +475,15 @@ def identify(safe_model, base_model, tokenizer, prompts, *, k: int = 50, selecti
         if len(resp_list) != n:
             raise ValueError(f"{len(resp_list)} responses for {n} prompts")
         resp_ids = [list(map(int, r)) if not isinstance(r, str) else
-                    _encode_response(tokenizer, r, eos[0] if append_eos else None) for r in resp_list]
+                    _encode_response(tokenizer, r.strip() if strip else r, eos[0] if append_eos else None)
+                    for r in resp_list]
     if max_resp_len is not None:
         if max_resp_len < 1:
             raise ValueError("max_resp_len must be >= 1")
         resp_ids = [r[:max_resp_len] for r in resp_ids]
 
-    base_prefix = safe_prefix if base_format == "chat" else [encode_plain_prompt(tokenizer, t) for t in texts]
+    base_prefix = (safe_prefix if base_format == "chat" else
+                   [encode_plain_prompt(tokenizer, t, bos=base_bos) for t in texts])
     keep = [i for i in range(n) if len(resp_ids[i]) > 0]
     skipped = n - len(keep)
     if not keep:
@@ -459,7 +511,8 @@ def identify(safe_model, base_model, tokenizer, prompts, *, k: int = 50, selecti
     p_mean = (acc_p / denom).cpu()
 
     # 4. selection -------------------------------------------------------------
-    ids, weights = select_tokens(d, p_mean, k, selection)
+    ids, weights = select_tokens(d, p_mean, k, selection, std_min_abs_d=std_min_abs_d, norm_eps=norm_eps,
+                                 weights_dtype=weights_dtype)
     id_list = ids.tolist()
     tokens = SafetyTokens(
         safe_model=safe_name or _model_name(safe_model), base_model=base_name or _model_name(base_model),
@@ -469,10 +522,23 @@ def identify(safe_model, base_model, tokenizer, prompts, *, k: int = 50, selecti
         extra={"selected": len(id_list), "base_format": base_format, "average": average,
                "responses": responses if isinstance(responses, str) else "list",
                "max_new_tokens": max_new_tokens if responses == "generate" else None,
-               "max_resp_len": max_resp_len, "skipped_prompts": skipped},
+               "max_resp_len": max_resp_len, "skipped_prompts": skipped,
+               "append_eos": append_eos if responses != "generate" else None,
+               "base_bos": base_bos if base_format == "plain" else None, "strip": strip,
+               "std_min_abs_d": std_min_abs_d, "norm_eps": norm_eps, "weights_dtype": weights_dtype},
     )
     return IdentifyResult(tokens=tokens, d=d, mean_safe_prob=p_mean, responses=resp_ids, prompts=texts,
                           num_steps=num_steps, num_prompts=len(keep), skipped=skipped)
+
+
+def identify_authors(safe_model, base_model, tokenizer, pairs, **overrides) -> IdentifyResult:
+    """:func:`identify` with ``IDENTIFY_PRESETS["authors"]``: the authors' identification pipeline.
+
+    ``pairs``: (prompt, response) pairs (a :class:`pact.data.PromptSource`
+    whose records carry responses, or a list of tuples); ``overrides``: any
+    keyword of :func:`identify`.
+    """
+    return identify(safe_model, base_model, tokenizer, pairs, **{**IDENTIFY_PRESETS["authors"], **overrides})
 
 
 def _encode_response(tokenizer, text: str, eos_id: int | None) -> list[int]:

@@ -25,16 +25,21 @@ import torch
 import torch.distributed as dist
 
 from pact.data.collator import PACTCollator
+from pact.data.sources import PromptSourceError
 from pact.data.views import ViewBuilder
+from pact.fingerprint import ARCHITECTURE_KEYS, weights_digest, write_base_record
 from pact.methods import ASFT, PACT, SFT, ConstrainedSFT, Method, SafeLoRA
-from pact.models import load_model, load_tokenizer, resolve_model_ref
-from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint
+from pact.models import ModelLoadError, load_model, load_tokenizer, resolve_model_ref
+from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint, fill_reference_cache
 from pact.safety_tokens import SafetyTokens
-from pact.training.checkpoint import (export_final, latest_checkpoint, load_checkpoint, save_checkpoint,
-                                      write_text_atomic)
+from pact.training.checkpoint import (CheckpointError, export_final, latest_checkpoint, load_checkpoint,
+                                      resume_point, save_checkpoint, write_text_atomic)
 from pact.training.config import ConfigError, TrainConfig, deepspeed_config, load_config
-from pact.training.data import StepSampler, dataset_digest, load_mixture, tokenize_mixture
+from pact.training.data import StepSampler, dataset_digest, load_views
+from pact.training.faults import fault_point
 from pact.training.metrics import StepMetrics, TrainLogger
+from pact.training.run_dir import apply_resume_changes, check_run_dir, clear_run, run_record
+from pact.training.step import micro_batch_loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -45,10 +50,11 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="pact train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML run config (configs/*.yaml)")
-    parser.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete the run already in output_dir")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. loss.lambda_kl=1 lora_r=16")
-    return parser.parse_args(argv)
+    return parser.parse_intermixed_args(argv)
 
 
 def model_config(key: str, name: str, gguf_file: str | None):
@@ -66,10 +72,6 @@ def model_config(key: str, name: str, gguf_file: str | None):
 def model_vocab_size(cfg: TrainConfig) -> int:
     """The model's output vocabulary from its config alone (no weights loaded)."""
     return int(model_config("model", cfg.model, cfg.gguf_file).vocab_size)
-
-
-ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim")
 
 
 def check_base_model(cfg: TrainConfig) -> None:
@@ -155,9 +157,12 @@ def build_method(cfg: TrainConfig, tokens: SafetyTokens | None) -> Method:
     if cfg.method == "safe_lora":
         return SafeLoRA(cfg.model, cfg.base_model, gguf_file=cfg.gguf_file, base_gguf_file=cfg.base_gguf_file,
                         select=cfg.safe_lora_select, threshold=cfg.safe_lora_threshold,
-                        num_layers=cfg.safe_lora_num_layers, dtype=cfg.dtype)
+                        num_layers=cfg.safe_lora_num_layers, round_decimals=cfg.safe_lora_round,
+                        ties=cfg.safe_lora_ties, dtype=cfg.alignment_dtype)
     if cfg.method == "asft":
-        return ASFT(cfg.base_model, base_gguf_file=cfg.base_gguf_file, lambda_=cfg.asft_lambda, dtype=cfg.dtype)
+        return ASFT(cfg.base_model, base_gguf_file=cfg.base_gguf_file, lambda_=cfg.asft_lambda,
+                    dtype=cfg.alignment_dtype, scale=cfg.asft_scale,
+                    gradient_accumulation_steps=cfg.gradient_accumulation_steps)
     return PACT(cfg.loss_config(), tokens.ids_tensor(), tokens.weights_tensor(), backend=cfg.backend)
 
 
@@ -177,10 +182,10 @@ def build_reference(cfg, method, engine, ds_config, tokens, views, collator, ran
         ref_config = dict(ds_config, zero_optimization={"stage": 3 if stage == 3 else 0})
         ref_engine, *_ = deepspeed.initialize(model=ref_model, config=ref_config)
         ref_engine.eval()
-        online = OnlineReference(ref_engine)
+        online = OnlineReference(ref_engine, separate_head=True)
     if not cfg.ref_cache:
         return online
-    fingerprint = cache_fingerprint(str(resolve_model_ref(cfg.model, cfg.gguf_file)), tokens.ids, dataset_digest(views))
+    fingerprint = cache_fingerprint(weights_digest(cfg.model, cfg.gguf_file), tokens.ids, dataset_digest(views))
     cache = ReferenceCache(cfg.ref_cache, [v.num_answer for v in views], len(tokens.ids), fingerprint)
     status = cache.status()
     if status == "valid":
@@ -189,29 +194,6 @@ def build_reference(cfg, method, engine, ds_config, tokens, views, collator, ran
         raise ConfigError(status)
     fill_reference_cache(cache, online, views, collator, cfg.micro_batch_size, rank, world, device)
     return cache
-
-
-@torch.no_grad()
-def fill_reference_cache(cache, online, views, collator, micro_batch, rank, world, device):
-    """Every rank computes its share of samples; all ranks run the same number of forwards (ZeRO-3)."""
-    from tqdm import tqdm
-
-    if rank == 0:
-        cache.create()
-    dist.barrier()
-    mine = list(range(rank, len(views), world))
-    batches = [mine[i:i + micro_batch] for i in range(0, len(mine), micro_batch)]
-    rounds = math.ceil(math.ceil(len(views) / world) / micro_batch)
-    for j in tqdm(range(rounds), desc="reference cache", disable=rank != 0):
-        ids = batches[j] if j < len(batches) else batches[-1] if batches else [0]
-        batch = collator([(i, views[i]) for i in ids]).to(device)
-        r_full, r_post = online(batch)
-        if j < len(batches):
-            cache.write(ids, r_full, r_post, [views[i].num_answer for i in ids])
-    dist.barrier()
-    if rank == 0:
-        cache.finish({"samples": len(views)})
-    dist.barrier()
 
 
 def all_finite(loss: torch.Tensor) -> bool:
@@ -226,13 +208,16 @@ def train(cfg: TrainConfig) -> dict:
     import deepspeed
     from tqdm import tqdm
 
+    changes = check_run_dir(cfg)  # a run in output_dir is never silently reused
+    ckpt, resume_notes = resume_point(Path(cfg.output_dir)) if cfg.resume else (None, [])
     tokens = load_safety_tokens(cfg)  # config errors stop here, before any model is loaded
     check_base_model(cfg)
     rank, world, device = init_distributed()
     run_dir = Path(cfg.output_dir)
     tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
-    samples, mixture_record = load_mixture(cfg)
-    views, dropped = tokenize_mixture(samples, ViewBuilder(tokenizer, cfg.max_length, cfg.post_bos))
+    views, mixture_record, notes = load_views(cfg, ViewBuilder(tokenizer, cfg.max_length, cfg.post_bos))
+    for note in notes if rank == 0 else []:
+        print(f"pact train: {note}", file=sys.stderr)
     collator = PACTCollator(tokenizer.pad_token_id)
     sampler = StepSampler(len(views), cfg.micro_batch_size, cfg.gradient_accumulation_steps, world, rank, cfg.seed)
     if sampler.steps_per_epoch == 0:
@@ -241,11 +226,14 @@ def train(cfg: TrainConfig) -> dict:
     total_steps = cfg.epochs * sampler.steps_per_epoch
     total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
     if rank == 0:
+        if cfg.overwrite and not cfg.resume:
+            clear_run(cfg.output_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "run.json", json.dumps(dict(
+        write_text_atomic(run_dir / "run.json", json.dumps(run_record(dict(
             cfg.to_dict(), k=len(tokens.ids) if tokens else 0, lambda_kl=cfg.loss_config().lambda_kl,
-            decay_start=cfg.loss_config().decay_start, world_size=world, samples=len(views), dropped=dropped,
-            total_steps=total_steps), indent=2))
+            decay_start=cfg.loss_config().decay_start, world_size=world, samples=len(views),
+            replaced=len(mixture_record.get("replaced", {})), total_steps=total_steps), cfg.output_dir, changes),
+            indent=2))
         write_text_atomic(run_dir / "mixture.json", json.dumps(mixture_record))
 
     method = build_method(cfg, tokens)
@@ -262,12 +250,14 @@ def train(cfg: TrainConfig) -> dict:
     reference = build_reference(cfg, method, engine, ds_config, tokens, views, collator, rank, world, device)
 
     step = 0
-    if cfg.resume:
-        ckpt = latest_checkpoint(run_dir)
-        if ckpt is not None:
-            step = load_checkpoint(engine, ckpt, rank)["step"]
-            if rank == 0:
-                print(f"pact train: resumed from {ckpt} at step {step}", file=sys.stderr)
+    if ckpt is not None:
+        step = load_checkpoint(engine, ckpt, rank)["step"]
+        resume_notes.append(f"resumed from {ckpt} at step {step}")
+        applied = apply_resume_changes(engine, cfg, changes)
+        if applied:
+            resume_notes.append(f"changed from the run's config, applied from step {step + 1}: {', '.join(applied)}")
+    for note in resume_notes if rank == 0 else []:
+        print(f"pact train: {note}", file=sys.stderr)
     logger = TrainLogger(run_dir, rank == 0, resume_step=step)
     safety_ids = tokens.ids_tensor() if tokens else None
     progress = tqdm(total=total_steps, initial=step, desc=f"train {method.name}", disable=rank != 0)
@@ -280,15 +270,13 @@ def train(cfg: TrainConfig) -> dict:
         micro_batches = sampler.micro_batches(epoch, in_epoch)
         for micro in micro_batches:
             batch = collator([(i, views[i]) for i in micro]).to(device)
-            logits = engine(batch.full_ids, batch.full_mask, batch.full_rows)  # [rows, V]
-            metrics.add_confidence(batch, logits)
-            ref = method.reference_for(reference, batch) if reference is not None else None
-            result = method.loss(batch, logits, ref)
-            if not all_finite(result.loss):
-                last = latest_checkpoint(run_dir)
-                raise NonFiniteLossError(f"non-finite loss at step {step + 1} (epoch {epoch}); stopped. "
-                                         f"Last checkpoint kept: {last or 'none'}. Lower learning_rate or check the data.")
-            engine.backward(result.loss)
+            with micro_batch_loss(cfg, engine, method, reference, batch, metrics) as result:
+                if not all_finite(result.loss):
+                    last = latest_checkpoint(run_dir)
+                    raise NonFiniteLossError(f"non-finite loss at step {step + 1} (epoch {epoch}); stopped. Last "
+                                             f"checkpoint kept: {last or 'none'}. Lower learning_rate or check the data.")
+                engine.backward(result.loss)
+                fault_point("step")
             engine.step()
             metrics.add_loss(result.loss, result, batch)
         if sample_log is not None:
@@ -298,6 +286,7 @@ def train(cfg: TrainConfig) -> dict:
                       seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - started_cpu)
         if step % cfg.log_every == 0 or step == total_steps:
             logger.log(record)
+        fault_point("logged")
         progress.update(1)
         progress.set_postfix(loss=f"{record['loss']:.4f}", kl=f"{record['kl']:.4f}")
         if step == total_steps or (cfg.save_every and step % cfg.save_every == 0):
@@ -308,7 +297,9 @@ def train(cfg: TrainConfig) -> dict:
     progress.close()
     logger.close()
     if step == total_steps:
-        export_final(engine, run_dir, rank)
+        final = export_final(engine, run_dir, rank)
+        if rank == 0 and cfg.lora:  # which base model the adapter belongs to (checked by pact eval --adapter)
+            write_base_record(final, cfg.model, cfg.gguf_file, model_config("model", cfg.model, cfg.gguf_file))
         method.finish(run_dir, rank)  # e.g. SafeLoRA projects the exported adapter
     if sample_log is not None:
         sample_log.close()
@@ -317,11 +308,12 @@ def train(cfg: TrainConfig) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    overrides = list(args.overrides) + (["resume=true"] if args.resume else [])
+    overrides = list(args.overrides) + (["resume=true"] if args.resume else []) + (
+        ["overwrite=true"] if args.overwrite else [])
     try:
         cfg = load_config(args.config, overrides)
         train(cfg)
-    except (ConfigError, NonFiniteLossError) as e:
+    except (ConfigError, NonFiniteLossError, CheckpointError, ModelLoadError, PromptSourceError) as e:
         print(f"pact train: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -13,6 +13,8 @@ import importlib
 
 import torch
 
+from .nonfinite import nonfinite_to_nan
+
 FUSED_BACKENDS = {
     "torch": "pact_kernels.torch_backend",
     "triton": "pact_kernels.triton_backend",
@@ -48,6 +50,7 @@ class PACTLossFunction(torch.autograd.Function):
             chunk_rows=chunk_rows, inplace_grad=inplace_grad,
         )
         ce_rows, kl_rows = per_row if per_row else (None, None)
+        loss, ce, kl, ce_rows, kl_rows = nonfinite_to_nan(loss, ce, kl, ce_rows, kl_rows, labels != cfg.ignore_index)
         ctx.save_for_backward(grad)
         ctx.scaled = False
         ctx.mark_non_differentiable(*(t for t in (ce, kl, gate, n, ce_rows, kl_rows) if t is not None))

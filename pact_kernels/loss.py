@@ -6,6 +6,7 @@ import torch
 from .config import PACTConfig
 from .function import FUSED_BACKENDS, PACTLossFunction
 from .naive_backend import naive_pact_loss
+from .nonfinite import apply_nonfinite_policy
 from .output import PACTLossOutput
 from .validation import check_inputs
 
@@ -93,6 +94,11 @@ def pact_loss(
         ``kl`` (detached scalars), ``gate`` (``[rows]`` float32 c̃),
         ``num_rows`` and the per-row ``ce_rows`` / ``kl_rows``. With no labelled row the loss is 0 with zero gradients.
 
+    Non-finite inputs (every backend, :mod:`pact_kernels.nonfinite`): unlabelled
+    rows are never read (NaN or inf there changes nothing; their gradient is 0);
+    in a labelled row NaN or +inf logits make its CE NaN (its KL too when on S),
+    non-finite reference logits its KL, and the loss is then NaN (never inf).
+
     Gradients flow to ``logits`` only; the references are treated as constants.
     """
     cfg = PACTConfig(
@@ -120,7 +126,8 @@ def pact_loss_from_config(
     if name == "naive":
         if inplace_grad:
             raise ValueError("inplace_grad=True needs a fused backend; backend='naive' always uses autograd")
-        return naive_pact_loss(logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg)
+        out = naive_pact_loss(logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg)
+        return apply_nonfinite_policy(out, labels, cfg.ignore_index)  # the fused backends: in PACTLossFunction
     loss, ce, kl, gate, n, ce_rows, kl_rows = PACTLossFunction.apply(
         logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg, name, chunk_rows, inplace_grad
     )

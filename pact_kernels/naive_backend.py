@@ -49,12 +49,14 @@ def naive_pact_loss(
         cfg: the hyper-parameters.
     """
     compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    z = logits.to(compute)
+    labelled = labels != cfg.ignore_index
+    # Unlabelled rows are never read (pact_kernels.nonfinite): zeroed, so NaN there reaches no gradient.
+    z = torch.where(labelled[:, None], logits.to(compute), 0)
+    ref_full, ref_post = (None if r is None else torch.where(labelled[:, None], r, 0) for r in (ref_full, ref_post))
     rows, vocab = z.shape
     ids = safety_ids.long()
     temp = cfg.kl_temperature
 
-    labelled = labels != cfg.ignore_index
     n = labelled.sum()
     target = torch.where(labelled, labels, 0).long()
 

@@ -6,6 +6,8 @@ only; on CUDA they cost one device synchronisation per call.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .config import PACTConfig
@@ -144,3 +146,71 @@ def check_inputs(
         )
     if bad_pos:
         raise ValueError("answer_pos is negative on a labelled row; it must be the 0-based index within the answer")
+
+
+def _check_linear(name: str, t, shape: tuple, like: torch.Tensor, fix: str) -> None:
+    """``t`` is a tensor of ``shape`` on ``like``'s device with ``like``'s dtype."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != len(shape) or any(want is not None and got != want for got, want in zip(t.shape, shape)):
+        want = "[" + ", ".join("?" if s is None else str(s) for s in shape) + "]"
+        raise ValueError(f"{name} has shape {list(t.shape)}; expected {want} ({fix})")
+    if t.device != like.device:
+        raise ValueError(f"{name} is on {t.device} but hidden is on {like.device}; move it with .to(hidden.device)")
+    if t.dtype != like.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but hidden has {like.dtype}; cast one of them "
+                        f"(e.g. {name}.to(hidden.dtype)) so the head runs in one dtype")
+
+
+def check_linear_inputs(hidden, weight, bias, softcap, labels, ref_full, ref_post, ref_hidden, ref_weight, ref_bias,
+                        safety_ids, safety_weights, answer_pos, cfg: PACTConfig, chunk_rows) -> None:
+    """Raise TypeError / ValueError for any input :func:`pact_kernels.fused_linear_pact_loss` cannot use.
+
+    Shapes: ``hidden [rows, H]``, ``weight [V, H]``, ``bias [V]``, ``ref_hidden
+    [rows, H_ref]`` with ``ref_weight [V, H_ref]``, ``ref_bias [V]``; the rest as
+    :func:`check_inputs`, which runs on a zero-stride stand-in for the
+    ``[rows, V]`` logits (nothing of that size is allocated).
+    """
+    if not isinstance(hidden, torch.Tensor):
+        raise TypeError(f"hidden must be a torch.Tensor, got {type(hidden).__name__}")
+    if hidden.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"hidden has dtype {hidden.dtype}; use float32, bfloat16, float16 or float64")
+    if hidden.dim() != 2:
+        raise ValueError(f"hidden has shape {list(hidden.shape)}; expected [rows, H] "
+                         "(flatten batch and sequence first: hidden.flatten(0, -2), labels.flatten())")
+    rows, width = hidden.shape
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2 and weight.shape[1] != width:
+        raise ValueError(f"weight has shape {list(weight.shape)} but hidden has width H = {width}; weight must be "
+                         f"the output embedding [V, {width}] (lm_head.weight), not its transpose")
+    _check_linear("weight", weight, (None, width), hidden, "the output embedding [V, H]")
+    vocab = weight.shape[0]
+    if bias is not None:
+        _check_linear("bias", bias, (vocab,), hidden, "one bias per vocabulary entry")
+    if softcap is not None:
+        if isinstance(softcap, bool) or not isinstance(softcap, (int, float)) or not math.isfinite(softcap) \
+                or softcap <= 0:
+            raise ValueError(f"softcap={softcap!r} must be a finite number > 0 (Gemma-2 uses 30.0), or None")
+    if chunk_rows is not None and (isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1):
+        raise ValueError(f"chunk_rows={chunk_rows!r} must be a whole number >= 1, or None for the default")
+
+    stand_in = hidden.new_empty(()).expand(rows, vocab)  # zero-stride: no [rows, V] memory
+    if ref_hidden is not None:
+        if cfg.variant != "full_vocab":
+            raise ValueError(f"ref_hidden is for variant='full_vocab' only; variant={cfg.variant!r} takes the "
+                             "reference logits on S as ref_full / ref_post")
+        if ref_full is not None or ref_post is not None:
+            raise ValueError("pass either ref_hidden (the reference head applied chunk by chunk) or ref_full, "
+                             "not both; ref_post must be None with ref_hidden")
+        if not isinstance(ref_hidden, torch.Tensor) or ref_hidden.dim() != 2 or ref_hidden.shape[0] != rows:
+            shape = list(ref_hidden.shape) if isinstance(ref_hidden, torch.Tensor) else type(ref_hidden).__name__
+            raise ValueError(f"ref_hidden has shape {shape}; expected [{rows}, H_ref], one row per hidden row")
+        ref_weight = weight if ref_weight is None else ref_weight
+        _check_linear("ref_weight", ref_weight, (vocab, ref_hidden.shape[1]), hidden,
+                      "the reference's output embedding [V, H_ref], V as weight's")
+        _check_linear("ref_hidden", ref_hidden, (rows, None), hidden, "the reference's hidden rows")
+        if ref_bias is not None:
+            _check_linear("ref_bias", ref_bias, (vocab,), hidden, "one bias per vocabulary entry")
+        ref_full = stand_in
+    elif ref_weight is not None or ref_bias is not None:
+        raise ValueError("ref_weight / ref_bias need ref_hidden (the reference's hidden rows)")
+    check_inputs(stand_in, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg)

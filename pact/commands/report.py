@@ -29,4 +29,9 @@ def run(args: argparse.Namespace) -> int:
         print(res["markdown"], end="")
     for f in res["files"]:
         print(f"wrote {f}", file=sys.stderr)
+    if not res["files"]:
+        print(f"pact report: error: nothing to report from {', '.join(args.runs)}: no pact eval metrics and no "
+              "logged training fields (loss, ce, kl, safety_prob per step) to plot"
+              + (" (--no-plots leaves only the table of eval metrics)" if args.no_plots else ""), file=sys.stderr)
+        return 2
     return 0

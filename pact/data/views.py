@@ -92,15 +92,23 @@ class ViewBuilder:
             header_ids = [tokenizer.bos_token_id] + header_ids
         self.header_ids = tuple(header_ids)
 
-    def _messages(self, prompt: str, response: str | None = None):
-        messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
-        messages.append({"role": "user", "content": prompt})
+    def _messages(self, prompt, response: str | None = None):
+        if isinstance(prompt, str):
+            messages = [] if self.system_prompt is None else [{"role": "system", "content": self.system_prompt}]
+            messages.append({"role": "user", "content": prompt})
+        else:  # the conversation before the answer, as chat messages (TRL's conversational formats)
+            messages = [dict(m) for m in prompt]
         if response is not None:
             messages.append({"role": "assistant", "content": response})
         return messages
 
-    def build(self, prompt: str, response: str, harmful: bool = False) -> TwoViews | None:
-        """Both views of one sample, or None when the prompt leaves no room for an answer token."""
+    def build(self, prompt, response: str, harmful: bool = False) -> TwoViews | None:
+        """Both views of one sample, or None when the prompt leaves no room for an answer token.
+
+        ``prompt``: the user turn (a string), or the conversation before the
+        answer as a list of ``{"role", "content"}`` messages (then
+        ``system_prompt`` is not added); ``response``: the assistant's answer.
+        """
         tok = self.tokenizer
         prompt_text = _render(tok, self._messages(prompt), add_generation_prompt=True)
         full_text = _render(tok, self._messages(prompt, response), add_generation_prompt=False)

@@ -267,7 +267,14 @@ def load_policy(model: str, *, gguf_file: str | None = None, adapter: str | None
             from peft import PeftModel
         except ImportError as e:
             raise ModelLoadError("--adapter needs the peft package (pip install 'pact[train]')") from e
-        m = PeftModel.from_pretrained(m, adapter).merge_and_unload()
+        from ..fingerprint import check_adapter_base
+
+        check_adapter_base(adapter, model, gguf_file, m.config)
+        try:
+            m = PeftModel.from_pretrained(m, adapter).merge_and_unload()
+        except (RuntimeError, ValueError, KeyError) as e:  # shapes or module names of another architecture
+            raise ModelLoadError(f"the adapter in {adapter} does not fit --model {model} ({str(e).splitlines()[0]}"
+                                 "); pass the base model it was trained on") from e
         m.eval()
         m.requires_grad_(False)
     return m, tok

@@ -26,6 +26,8 @@ asked exactly what it learned to answer.
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,8 +107,10 @@ def load_suite(suite: Suite | str, *, size: int | None = None, file: str | None 
     try:
         return _load(s, size, file, column)
     except PromptSourceError as e:
-        if file:
-            raise
+        if file:  # the sources' hints name options of other commands (--prompt-column, task_fields)
+            msg = re.split(r"; (?:name the prompt column with --prompt-column|map fields with task_fields)", str(e))[0]
+            raise PromptSourceError(f"suite {s.name}: {msg}; pact eval reads {_columns(s, file)} of a "
+                                    "--suite-file: rename the file's columns to these") from e
         hint = LOCAL_HINTS.get(s.name)
         raise PromptSourceError(f"suite {s.name}: {e}" + (f"\nFor pact eval offline: {hint}" if hint else "")) from e
 
@@ -152,6 +156,16 @@ def _load(s: Suite, size: int | None, file: str | None, column: str | None) -> l
         fields = dict(TASKS[s.source].fields)  # our field -> the hub's column name, also used by local exports
     samples = load_task(s.source, split=s.split, file=file, fields=fields, limit=n)
     return [EvalItem(i, x.prompt, label=x.label) for i, x in enumerate(samples)]
+
+
+def _columns(s: Suite, file: str) -> str:
+    """The columns pact eval reads from a local file of suite ``s``."""
+    if s.kind == "harmful":
+        return "the column Goal" if s.name == "jailbreakbench" and str(file).lower().endswith(".csv") else \
+            "the column prompt"
+    from ..data.tasks import TASKS
+
+    return "the columns " + ", ".join(TASKS[s.source].fields.values())
 
 
 def _jsonable(v: Any) -> bool:

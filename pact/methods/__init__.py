@@ -1,6 +1,7 @@
 """Training objectives of the driver: one class per method, one module each.
 
 - :mod:`.base`: :class:`Method` (the interface), :class:`LossResult`,
+  :class:`HeadRows` (the policy as hidden rows + output head, ``fused_linear``),
   :class:`SFT` and :class:`PACT` (every rung of the ablation ladder, and
   ``full_vocab_kl``);
 - :mod:`.constrained_sft`: the token-wise constrained objective of Qi et al. 2024;
@@ -11,9 +12,10 @@
 ``pact.train.build_method`` maps ``method=`` to a class; add a method by
 subclassing :class:`Method` in its own module.
 """
-from .base import PACT, SFT, LossResult, Method
+from .base import PACT, SFT, HeadRows, LossResult, Method, policy_cross_entropy
 from .constrained_sft import ConstrainedSFT
 from .safe_lora import SafeLoRA
 from .asft import ASFT
 
-__all__ = ["ASFT", "ConstrainedSFT", "LossResult", "Method", "PACT", "SFT", "SafeLoRA"]
+__all__ = ["ASFT", "ConstrainedSFT", "HeadRows", "LossResult", "Method", "PACT", "SFT", "SafeLoRA",
+           "policy_cross_entropy"]

@@ -7,8 +7,9 @@ For every LoRA target module with weight ``W`` of shape ``[out, in]``:
 
 ``C`` divides by the Frobenius norm, not its square, so it is not a
 projection (its one eigenvalue for a rank-1 ``V`` is ‖V‖_F, not 1): that is
-the definition of the SafeLoRA code (Hsu et al. 2024, and ``peft``'s
-``safelora`` port), which AsFT (Yang et al. 2025) reuses. We keep it as is.
+the definition of the SafeLoRA code (Hsu et al. 2024, ``IBM/SafeLoRA``; the
+``peft`` port is an unmerged pull request), which AsFT (Yang et al. 2025)
+reuses. We keep it as is.
 
 ``C`` is never formed: :class:`AlignmentMatrix` keeps ``V`` and applies
 ``C M = V (Vᵀ M) / ‖V‖_F`` to an ``[out, k]`` matrix in O(out·in·k), so a

@@ -16,6 +16,14 @@ The penalty is computed without forming C or ``B A``:
     X = (I - C) B = B - V (Vᵀ B) / ‖V‖_F                  [out, r]
     ‖X A‖²_F = Σ_ij (Xᵀ X)_ij (A Aᵀ)_ij                   (two r×r matrices)
 
+Scaling with gradient accumulation (``scale``): the driver's loss is
+divided by the number of micro-batches per optimizer step (GAS) before the
+gradients add up, so with ``per_step`` (default) the penalty weighs λ per
+optimizer step, whatever GAS is (the equation above). The authors' code adds
+the penalty unscaled to each micro-batch's ``loss / GAS``, so its weight per
+optimizer step is GAS·λ: ``per_micro_batch`` reproduces that (the penalty is
+multiplied by GAS before the driver's division). The two agree at GAS = 1.
+
 It reads the LoRA factors outside the model's forward, so it needs them
 whole on every rank: ZeRO stages 0-2 (config check refuses stage 3).
 """
@@ -55,13 +63,22 @@ class ASFT(SFT):
             are the policy's own frozen base weights (the run's ``model``).
         lambda_: λ, the weight of the penalty (default 1, the paper's).
         dtype: the dtype the base model is loaded in (differences in float32).
+        scale: ``per_step`` (λ per optimizer step) or ``per_micro_batch`` (the
+            authors' code: GAS·λ per optimizer step); see the module doc.
+        gradient_accumulation_steps: GAS, the micro-batches per optimizer step.
     """
 
     name = "asft"
+    SCALES = ("per_step", "per_micro_batch")
 
     def __init__(self, base_model: str, *, base_gguf_file: str | None = None, lambda_: float = 1.0,
-                 dtype: str = "float32"):
+                 dtype: str = "float32", scale: str = "per_step", gradient_accumulation_steps: int = 1):
+        if scale not in self.SCALES:
+            raise ValueError(f"scale={scale!r}: use one of {self.SCALES}")
+        if gradient_accumulation_steps < 1:
+            raise ValueError("gradient_accumulation_steps must be >= 1")
         self.base_model, self.base_gguf_file, self.lambda_, self.dtype = base_model, base_gguf_file, lambda_, dtype
+        self.scale, self.gradient_accumulation_steps = scale, gradient_accumulation_steps
         self.pairs: list[tuple[torch.Tensor, torch.Tensor, AlignmentMatrix]] = []
         self.modules: list[str] = []
 
@@ -78,17 +95,22 @@ class ASFT(SFT):
         self.modules = sorted(pairs)
         self.pairs = [(pairs[m]["A"], pairs[m]["B"], alignment[m]) for m in self.modules]
 
+    @property
+    def weight(self) -> float:
+        """The factor of Σ‖(I - C) B A‖²_F in each micro-batch's loss: λ, or GAS·λ with ``per_micro_batch``."""
+        return self.lambda_ * (self.gradient_accumulation_steps if self.scale == "per_micro_batch" else 1)
+
     def penalty(self) -> torch.Tensor:
-        """λ · Σ ‖(I - C) B A‖²_F over the model's LoRA modules (float32 scalar with gradient)."""
+        """``weight`` · Σ ‖(I - C) B A‖²_F over the model's LoRA modules (float32 scalar with gradient)."""
         if not self.pairs:
             raise RuntimeError("ASFT.penalty() before setup(): call setup(model) with the LoRA model first")
         device = self.pairs[0][1].device
         if self.pairs[0][2].v.device != device:  # DeepSpeed moved the model: move V once
             self.pairs = [(a, b, align.to(device)) for a, b, align in self.pairs]
-        return self.lambda_ * basin_penalty(self.pairs)
+        return self.weight * basin_penalty(self.pairs)
 
-    def loss(self, batch, logits, reference=None) -> LossResult:
-        sft = super().loss(batch, logits)
+    def loss(self, batch, policy, reference=None) -> LossResult:
+        sft = super().loss(batch, policy)
         penalty = self.penalty()
         return LossResult(sft.loss + penalty.to(sft.loss.dtype), sft.ce_rows, sft.kl_rows, sft.gate,
                           penalty.detach())

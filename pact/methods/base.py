@@ -1,7 +1,10 @@
 """The method interface and the two methods of the paper: :class:`SFT` and :class:`PACT`.
 
-A method turns the policy's logits on the batch's loss rows (and, when it
-needs one, the reference's output) into a loss and its metrics. Hooks let a
+A method turns the policy on the batch's loss rows (and, when it needs one,
+the reference's output) into a loss and its metrics. The policy comes as
+``[rows, V]`` logits (``fused_linear: false``) or as :class:`HeadRows`, the
+hidden rows and the output head, which the fused linear losses of
+``pact_kernels`` turn into the loss without ever holding ``[rows, V]`` logits. Hooks let a
 method prepare the model before DeepSpeed wraps it (:meth:`Method.setup`) and
 post-process the exported weights (:meth:`Method.finish`).
 """
@@ -11,9 +14,45 @@ from dataclasses import dataclass
 
 import torch
 
-from pact_kernels import PACTConfig, pact_loss_from_config
+from pact_kernels import PACTConfig, fused_linear_cross_entropy, fused_linear_pact_loss, pact_loss_from_config
 
 from ..data.collator import PACTBatch
+from ..reference import OutputHead
+
+
+@dataclass
+class HeadRows:
+    """The policy at the loss rows before its output head: ``hidden`` ``[rows, H]`` (model dtype, with
+    gradient) and the head (its weight gathered for as long as the loss is computed)."""
+
+    hidden: torch.Tensor
+    head: OutputHead
+
+    def head_args(self) -> dict:
+        """The ``bias`` and ``softcap`` keywords of the fused losses."""
+        return dict(bias=self.head.bias, softcap=self.head.softcap)
+
+
+def policy_cross_entropy(policy, labels: torch.Tensor, backend: str = "auto", row_weight=None):
+    """``(loss, ce_rows)``: the policy's cross-entropy at the rows, from logits or fused from :class:`HeadRows`.
+
+    Args:
+        policy: ``[rows, V]`` logits, or :class:`HeadRows`.
+        labels: ``[rows]`` int64 targets (every row labelled).
+        row_weight: None, or ``f(ce_rows, rows) -> w`` (see
+            :func:`pact_kernels.fused_linear_cross_entropy`): loss ``mean(w·CE)``.
+
+    Returns:
+        ``loss`` (scalar with gradient) and ``ce_rows`` ``[rows]`` float32 (detached).
+    """
+    if isinstance(policy, HeadRows):
+        out = fused_linear_cross_entropy(policy.hidden, policy.head.weight, labels, backend=backend,
+                                         row_weight=row_weight, **policy.head_args())
+        return out.loss, out.ce_rows
+    ce_rows = torch.nn.functional.cross_entropy(policy.float(), labels, reduction="none")
+    weighted = ce_rows if row_weight is None else row_weight(ce_rows.detach(), slice(0, ce_rows.numel())) * ce_rows
+    loss = weighted.mean() if ce_rows.numel() else policy.sum() * 0.0
+    return loss, ce_rows.detach()
 
 
 @dataclass
@@ -44,12 +83,15 @@ class Method:
     def setup(self, model) -> None:
         """Called with the :class:`~pact.reference.RowModel` after it is built, before DeepSpeed wraps it."""
 
-    def reference_for(self, reference, batch: PACTBatch):
-        """What :meth:`loss` gets as ``reference``: by default ``(r_full, r_post)`` of the batch."""
+    def reference_for(self, reference, batch: PACTBatch, fused: bool = False):
+        """What :meth:`loss` gets as ``reference``: by default ``(r_full, r_post)`` of the batch
+        (``fused`` and ``full_vocab``: the reference's hidden rows instead of ``r_full``, see :class:`PACT`)."""
+        if fused and self.full_vocab:
+            return reference.hidden(batch), reference
         return reference(batch, self.full_vocab)
 
-    def loss(self, batch: PACTBatch, logits: torch.Tensor, reference=None) -> LossResult:
-        """``logits``: ``[rows, V]`` policy logits on the batch's rows (model dtype)."""
+    def loss(self, batch: PACTBatch, policy, reference=None) -> LossResult:
+        """``policy``: ``[rows, V]`` policy logits on the batch's rows (model dtype), or :class:`HeadRows`."""
         raise NotImplementedError  # pragma: no cover - interface
 
     def finish(self, run_dir, rank: int) -> None:
@@ -61,11 +103,10 @@ class SFT(Method):
 
     name = "sft"
 
-    def loss(self, batch, logits, reference=None) -> LossResult:
-        ce_rows = torch.nn.functional.cross_entropy(logits.float(), batch.labels, reduction="none")
-        loss = ce_rows.mean() if ce_rows.numel() else logits.sum() * 0.0
+    def loss(self, batch, policy, reference=None) -> LossResult:
+        loss, ce_rows = policy_cross_entropy(policy, batch.labels)
         zeros = torch.zeros_like(ce_rows)
-        return LossResult(loss, ce_rows.detach(), zeros, zeros)
+        return LossResult(loss, ce_rows, zeros, zeros)
 
 
 class PACT(Method):
@@ -90,11 +131,30 @@ class PACT(Method):
         """True when the reference must give full-vocabulary logits on the full view (``full_vocab``)."""
         return self.config.variant == "full_vocab"
 
-    def loss(self, batch, logits, reference=None) -> LossResult:
+    def loss(self, batch, policy, reference=None) -> LossResult:
+        """``reference``: ``(r_full, r_post)``; fused ``full_vocab``: ``(ref_hidden [rows, H], OnlineReference)``."""
         r_full, r_post = reference
+        if isinstance(policy, HeadRows):
+            return self._fused_loss(batch, policy, r_full, r_post)
+        logits = policy
         out = pact_loss_from_config(
             logits, batch.labels, r_full, r_post, self.safety_ids.to(logits.device),
             self.safety_weights.to(logits.device), batch.answer_pos, self.config,
             backend=self.backend, inplace_grad=True,  # the head's backward never reads its output
         )
+        return LossResult(out.loss, out.ce_rows, out.kl_rows, out.gate)
+
+    def _fused_loss(self, batch, policy: HeadRows, r_full, r_post) -> LossResult:
+        """:func:`fused_linear_pact_loss` on the hidden rows; ``full_vocab`` makes the reference's logits
+        chunk by chunk from its hidden rows (``r_full``) and head (``r_post``, the :class:`OnlineReference`)."""
+        device = policy.hidden.device
+        common = dict(backend=self.backend, **policy.head_args(), **self.config.as_kwargs())
+        args = (policy.hidden, policy.head.weight, batch.labels)
+        tail = (self.safety_ids.to(device), self.safety_weights.to(device), batch.answer_pos)
+        if not self.full_vocab:
+            out = fused_linear_pact_loss(*args, r_full, r_post, *tail, **common)
+        else:
+            with r_post.head() as ref_head:  # None: the policy's own (frozen) head, LoRA
+                ref = {} if ref_head is None else dict(ref_weight=ref_head.weight, ref_bias=ref_head.bias)
+                out = fused_linear_pact_loss(*args, None, None, *tail, ref_hidden=r_full, **ref, **common)
         return LossResult(out.loss, out.ce_rows, out.kl_rows, out.gate)

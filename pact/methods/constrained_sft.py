@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import LossResult, Method
+from .base import LossResult, Method, policy_cross_entropy
 
 
 def beta_schedule(answer_pos: torch.Tensor, beta: float = 0.1, bias_factor: float = 20.0,
@@ -76,15 +76,22 @@ class ConstrainedSFT(Method):
         self.beta, self.bias_factor, self.first_token_bias_factor = beta, bias_factor, first_token_bias_factor
         self.bias_length, self.min_weight = bias_length, min_weight
 
-    def reference_for(self, reference, batch):
+    def reference_for(self, reference, batch, fused: bool = False):
         """``[rows]`` float32: the reference's log-probability of each row's label."""
         return reference.label_logprobs(batch)
 
-    def loss(self, batch, logits, reference=None) -> LossResult:
-        """``logits``: ``[rows, V]``; ``reference``: ``[rows]`` float32 log p_ref(y_t)."""
-        ce_rows = torch.nn.functional.cross_entropy(logits.float(), batch.labels, reduction="none")  # -log p_θ
+    def loss(self, batch, policy, reference=None) -> LossResult:
+        """``policy``: ``[rows, V]`` logits or :class:`~pact.methods.base.HeadRows`;
+        ``reference``: ``[rows]`` float32 log p_ref(y_t)."""
         betas = beta_schedule(batch.answer_pos, self.beta, self.bias_factor, self.first_token_bias_factor,
                               self.bias_length)
-        w = token_weights(-ce_rows, reference.to(ce_rows.device), betas, self.min_weight)
-        loss = (w * ce_rows).mean() if ce_rows.numel() else logits.sum() * 0.0
-        return LossResult(loss, ce_rows.detach(), torch.zeros_like(ce_rows), w)
+        ref_logp = reference.to(betas.device)
+        weights = torch.zeros_like(betas)
+
+        def row_weight(ce_rows, rows):  # ce_rows = -log p_θ of these rows, known once their logits are made
+            w = token_weights(-ce_rows, ref_logp[rows], betas[rows], self.min_weight)
+            weights[rows] = w
+            return w
+
+        loss, ce_rows = policy_cross_entropy(policy, batch.labels, row_weight=row_weight)
+        return LossResult(loss, ce_rows, torch.zeros_like(ce_rows), weights)

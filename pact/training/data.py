@@ -38,25 +38,82 @@ def build_mixture(task: list[Sample], harmful: list[Sample], n: int, p: float, s
     return samples, record
 
 
-def load_mixture(cfg: TrainConfig):
-    """The run's mixture from its task and harmful sources (see :func:`build_mixture`)."""
+def load_sources(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
+    """The run's task and harmful samples (no harmful source is read when p = 0)."""
     task = load_task(cfg.task, cfg.task_split, cfg.task_file, cfg.task_fields)
     harmful = load_harmful(cfg.harmful_source) if cfg.harmful_fraction > 0 else []
-    return build_mixture(task, harmful, cfg.num_samples, cfg.harmful_fraction, cfg.seed)
+    return task, harmful
 
 
-def tokenize_mixture(samples: list[Sample], builder: ViewBuilder) -> tuple[list[TwoViews], int]:
-    """Both views of every sample; samples whose prompt fills ``max_length`` are dropped (count returned)."""
-    views, dropped = [], 0
-    for s in samples:
-        v = builder.build(s.prompt, s.response, harmful=s.harmful)
-        if v is None:
-            dropped += 1
+def load_mixture(cfg: TrainConfig):
+    """The run's mixture from its task and harmful sources (see :func:`build_mixture`)."""
+    return build_mixture(*load_sources(cfg), cfg.num_samples, cfg.harmful_fraction, cfg.seed)
+
+
+def tokenize_mixture(samples: list[Sample], builder: ViewBuilder, record: dict | None = None,
+                     task: list[Sample] | None = None, harmful: list[Sample] | None = None):
+    """Both views of every sample, keeping the mixture's size and harmful share.
+
+    A sample whose prompt fills ``max_length`` has no answer row to train on.
+    With ``record`` (of :func:`build_mixture`) and the sources, it is replaced
+    by the next seeded spare of the same kind that fits, so n and p stay what
+    the config asks; ``record`` gains ``replaced`` (``"task:17": "task:52"``)
+    and the ``order`` actually trained. Without them, or when a kind runs out
+    of spares, a :class:`ConfigError` names the counts and the fix: the harmful
+    share is never changed silently.
+
+    Returns ``(views, notes)``: one view pair per sample, in order, and
+    sentences saying what was replaced (empty when nothing was).
+    """
+    built = [builder.build(s.prompt, s.response, harmful=s.harmful) for s in samples]
+    bad = [j for j, v in enumerate(built) if v is None]
+    if not bad:
+        return built, []
+    where = f"max_length={builder.max_length}"
+    if record is None:
+        raise ConfigError(f"{len(bad)} of {len(samples)} samples have a prompt that fills {where}; "
+                          "raise max_length")
+    sources = {"task": task or [], "harmful": harmful or []}
+    order = list(record["order"])
+    replaced, counts = {}, {"task": 0, "harmful": 0}
+    spares = {}
+    for kind, src in sources.items():
+        used = {int(o.split(":")[1]) for o in order if o.startswith(kind + ":")}
+        rest = [i for i in range(len(src)) if i not in used]
+        random.Random(record["seed"] * 1_000_003 + (kind == "harmful")).shuffle(rest)
+        spares[kind] = rest
+    for j in bad:
+        kind = order[j].split(":")[0]
+        counts[kind] += 1
+        while spares[kind]:
+            i = spares[kind].pop(0)
+            view = builder.build(sources[kind][i].prompt, sources[kind][i].response, harmful=kind == "harmful")
+            if view is not None:
+                replaced[order[j]] = f"{kind}:{i}"
+                order[j], built[j] = f"{kind}:{i}", view
+                break
         else:
-            views.append(v)
-    if not views:
-        raise ConfigError("no training sample fits max_length; raise max_length")
-    return views, dropped
+            need = sum(o.startswith(kind + ":") for o in order)
+            fit = need - sum(1 for b in bad if order[b].startswith(kind + ":") and built[b] is None)
+            raise ConfigError(f"only {fit} of the {need} {kind} samples the mixture needs (num_samples="
+                              f"{record['num_samples']}, harmful_fraction={record['harmful_fraction']}) fit "
+                              f"{where} and the {kind} source has no spare that fits; raise max_length or "
+                              "lower num_samples (dropping them would change the harmful share)")
+    record.update(order=order, replaced=replaced)
+    notes = [f"{sum(counts.values())} of {len(samples)} drawn samples have a prompt that fills {where} "
+             f"(task {counts['task']}, harmful {counts['harmful']}); each was replaced by another draw of its "
+             f"kind, so n={len(built)} and p={record['num_harmful']}/{len(built)} are as configured "
+             "(mixture.json lists the replacements)"]
+    return built, notes
+
+
+def load_views(cfg: TrainConfig, builder: ViewBuilder) -> tuple[list[TwoViews], dict, list[str]]:
+    """The run's mixture, tokenised, with too-long samples replaced (see :func:`tokenize_mixture`):
+    ``(views, mixture record, notes)``."""
+    task, harmful = load_sources(cfg)
+    samples, record = build_mixture(task, harmful, cfg.num_samples, cfg.harmful_fraction, cfg.seed)
+    views, notes = tokenize_mixture(samples, builder, record, task, harmful)
+    return views, record, notes
 
 
 def dataset_digest(views: list[TwoViews]) -> str:

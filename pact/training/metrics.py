@@ -12,10 +12,12 @@ A method with a penalty (AsFT) adds ``"penalty"``, its mean per micro-batch;
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
+
+from ..eval.io import read_jsonl, write_text_atomic
+from .config import ConfigError
 
 POSITIONS = 4
 KINDS = ("benign", "harmful")
@@ -47,19 +49,48 @@ class StepMetrics:
         """
         if self.safety_ids is None:
             return
-        ids = self.safety_ids.to(logits.device)
-        for k, kind_mask in enumerate((~batch.row_harmful, batch.row_harmful)):
+        early = batch.answer_pos < POSITIONS
+        z = logits.detach()[early].float()
+        self._add_confidence(batch, early, z[:, self.safety_ids.to(z.device)], torch.logsumexp(z, dim=-1))
+
+    @torch.no_grad()
+    def add_confidence_from_head(self, batch, policy, ce_rows: torch.Tensor) -> None:
+        """The same confidences from the K rows of the output head, no ``[rows, V]`` logits.
+
+        Args:
+            policy: :class:`~pact.methods.base.HeadRows` (hidden ``[rows, H]``, the head gathered).
+            ce_rows: ``[rows]`` float32 per-row cross-entropy of the step's loss: with the
+                label's logit ``z_y`` it gives the log-normaliser ``lse = CE + z_y``.
+        """
+        if self.safety_ids is None:
+            return
+        early = batch.answer_pos < POSITIONS
+        head, h = policy.head, policy.hidden.detach()[early].float()
+        ids = self.safety_ids.to(h.device)
+        labels = batch.labels[early].to(h.device)
+        z_s = h @ head.weight.detach()[ids].float().T
+        z_y = (h * head.weight.detach()[labels].float()).sum(dim=-1)
+        if head.bias is not None:
+            z_s, z_y = z_s + head.bias.detach()[ids].float(), z_y + head.bias.detach()[labels].float()
+        if head.softcap:
+            z_s, z_y = (head.softcap * torch.tanh(t / head.softcap) for t in (z_s, z_y))
+        self._add_confidence(batch, early, z_s, ce_rows[early].to(h.device).float() + z_y)
+
+    def _add_confidence(self, batch, early: torch.Tensor, z_s: torch.Tensor, lse: torch.Tensor) -> None:
+        """Sums of mean probability / logit over S per kind and position, for the rows ``early``
+        (``[rows]`` bool, answer positions < 4): ``z_s`` ``[early rows, K]`` float32 logits on S,
+        ``lse`` ``[early rows]`` float32 log-sum-exp over V of each of their logit rows."""
+        probs = torch.exp(z_s - lse[:, None])
+        pos = batch.answer_pos[early]
+        for k, kind_mask in enumerate((~batch.row_harmful[early], batch.row_harmful[early])):
             base = 4 + k * _PER_KIND
             for t in range(POSITIONS):
-                sel = kind_mask & (batch.answer_pos == t)
+                sel = kind_mask & (pos == t)
                 if not sel.any():
                     continue
-                z = logits.detach()[sel].float()
-                z_s = z[:, ids]
-                probs = torch.exp(z_s - torch.logsumexp(z, dim=-1, keepdim=True))
                 off = base + 3 + 3 * t
-                self.sums[off] += probs.mean(dim=-1).double().sum()
-                self.sums[off + 1] += z_s.mean(dim=-1).double().sum()
+                self.sums[off] += probs[sel].mean(dim=-1).double().sum()
+                self.sums[off + 1] += z_s[sel].mean(dim=-1).double().sum()
                 self.sums[off + 2] += sel.sum()
 
     @torch.no_grad()
@@ -115,7 +146,7 @@ class TrainLogger:
     """Appends step records to ``train_log.jsonl`` (and TensorBoard when installed); rank 0 only.
 
     On resume the log is cut back to the steps before the checkpoint, so it
-    never holds a step twice.
+    never holds a step twice; a last line torn by a crash is dropped.
     """
 
     def __init__(self, run_dir: Path, enabled: bool, resume_step: int = 0):
@@ -125,13 +156,11 @@ class TrainLogger:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = []
-        if self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line)["step"] <= resume_step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        try:  # a last line torn by a crash mid-write is dropped; any other bad line is an error
+            kept = [r for r in read_jsonl(self.path) if r["step"] <= resume_step]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ConfigError(f"{self.path} is damaged ({e}); move it away to resume without the old log") from None
+        write_text_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         try:
             from torch.utils.tensorboard import SummaryWriter
 

@@ -28,6 +28,35 @@ def test_penalty_value_and_gradient_by_hand():
     assert a.grad.flatten().tolist() == pytest.approx([12.8, 25.6], rel=1e-6)
 
 
+@pytest.mark.parametrize("scale, factor", [("per_step", 1), ("per_micro_batch", 4)])
+def test_penalty_scale_under_gradient_accumulation(scale, factor):
+    """GAS = 4, λ = 1, the module of the test above (penalty 32, ∂/∂B = [64, 72]ᵀ).
+
+    The driver adds loss_i / GAS over the 4 micro-batches. per_step: the penalty weighs λ per optimizer
+    step (value 32, ∂/∂B [64, 72]); per_micro_batch: the authors' Σ_i (ce_i / GAS + λ·P), i.e. GAS·λ
+    (value 128, ∂/∂B [256, 288])."""
+    align = AlignmentMatrix.from_weights(BASE + V, BASE)
+    a = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    b = torch.tensor([[1.0], [0.0]], requires_grad=True)
+    method = ASFT("unused", lambda_=1.0, scale=scale, gradient_accumulation_steps=4)
+    method.pairs = [(a, b, align)]
+    assert method.weight == factor
+    ce = [0.5, 1.0, 1.5, 2.0]
+    total = sum((c + method.penalty()) / 4 for c in ce)          # what the driver accumulates per step
+    assert total.item() == pytest.approx(1.25 + 32 * factor, rel=1e-6)
+    total.backward()
+    assert b.grad.flatten().tolist() == pytest.approx([64.0 * factor, 72.0 * factor], rel=1e-6)
+    if scale == "per_micro_batch":                               # the authors' accumulation, written out
+        a2 = a.detach().clone().requires_grad_()
+        b2 = b.detach().clone().requires_grad_()
+        authors = sum(c / 4 + 1.0 * basin_penalty_term(a2, b2, align) for c in ce)
+        authors.backward()
+        assert authors.item() == pytest.approx(total.item(), rel=1e-6)
+        assert torch.allclose(b2.grad, b.grad) and torch.allclose(a2.grad, a.grad)
+    with pytest.raises(ValueError, match="scale='per_token'"):
+        ASFT("unused", scale="per_token")
+
+
 def test_fast_form_equals_the_dense_formula_and_sums_over_modules():
     torch.manual_seed(0)
     pairs, dense = [], 0.0

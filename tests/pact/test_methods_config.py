@@ -24,6 +24,11 @@ def cfg(*overrides):
     (["method=safe_lora", "base_model=b", "safe_lora_select=top"], "safe_lora_select='top': use threshold or number"),
     (["method=safe_lora", "base_model=b", "safe_lora_num_layers=0"], "safe_lora_num_layers=0 must be >= 1"),
     (["method=asft", "base_model=b", "asft_lambda=-1"], "asft_lambda=-1 must be >= 0"),
+    (["method=safe_lora", "base_model=b", "safe_lora_round=-1"], "safe_lora_round=-1 must be decimals"),
+    (["method=safe_lora", "base_model=b", "safe_lora_round=2.5"], "safe_lora_round=2.5 must be decimals"),
+    (["method=safe_lora", "base_model=b", "safe_lora_ties=first"], "safe_lora_ties='first': use all"),
+    (["method=safe_lora", "base_model=b", "alignment_dtype=int8"], "alignment_dtype='int8': use float32"),
+    (["method=asft", "base_model=b", "asft_scale=per_token"], "asft_scale='per_token': use per_step"),
     (["method=constrained_sft", "csft_beta=0"], "csft_beta=0 must be > 0"),
     (["method=constrained_sft", "csft_bias_length=-1"], "csft_bias_length=-1 must be >= 0"),
     (["method=constrained_sft", "csft_min_weight=3"], "csft_min_weight=3 must be in [0, 2]"),
@@ -50,9 +55,18 @@ def test_every_method_name_builds_its_method_with_the_config_values():
     csft = build_method(cfg("method=constrained_sft", "csft_beta=0.2", "csft_bias_length=3"), None)
     assert isinstance(csft, ConstrainedSFT) and (csft.beta, csft.bias_length, csft.bias_factor) == (0.2, 3, 20.0)
     safe = build_method(cfg("method=safe_lora", "base_model=b", "safe_lora_threshold=0.3"), None)
-    assert isinstance(safe, SafeLoRA) and (safe.base_model, safe.threshold, safe.select) == ("b", 0.3, "threshold")
-    asft = build_method(cfg("method=asft", "base_model=b"), None)
-    assert isinstance(asft, ASFT) and asft.lambda_ == 1.0
+    assert isinstance(safe, SafeLoRA) and (safe.base_model, safe.threshold, safe.select) == ("b", 0.3, "number")
+    # the authors' SafeLoRA defaults, and float32 alignment matrices whatever the training dtype
+    assert (safe.num_layers, safe.round_decimals, safe.ties, safe.dtype) == (10, 5, "all", "float32")
+    safe = build_method(cfg("method=safe_lora", "base_model=b", "dtype=bfloat16", "safe_lora_round=null",
+                            "safe_lora_ties=name", "alignment_dtype=bfloat16"), None)
+    assert (safe.round_decimals, safe.ties, safe.dtype) == (None, "name", "bfloat16")
+    asft = build_method(cfg("method=asft", "base_model=b", "dtype=bfloat16"), None)
+    assert isinstance(asft, ASFT) and asft.lambda_ == 1.0 and asft.dtype == "float32"
+    assert (asft.scale, asft.weight) == ("per_step", 1.0)
+    asft = build_method(cfg("method=asft", "base_model=b", "asft_lambda=0.5", "asft_scale=per_micro_batch",
+                            "gradient_accumulation_steps=4"), None)
+    assert (asft.scale, asft.gradient_accumulation_steps, asft.weight) == ("per_micro_batch", 4, 2.0)
     # the baselines need no safety tokens; the PACT rungs still do
     assert cfg("method=constrained_sft").safety_tokens is None
     with pytest.raises(ConfigError, match="needs safety_tokens"):
@@ -87,3 +101,50 @@ def test_every_method_has_its_table_row_name():
 
     assert method_name("full_vocab_kl") == method_name("full_vocab") == "Full-vocab KL"
     assert all(method_name(m) in METHOD_ORDER for m in METHODS)
+
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe, expect", [
+    ("constrained_sft", dict(method="constrained_sft", lora=False, lora_dropout=0.0, adam_betas=[0.5, 0.999],
+                             warmup_steps=10)),
+    ("asft", dict(method="asft", asft_scale="per_micro_batch", alignment_dtype="float32")),
+    ("safe_lora", dict(method="safe_lora", safe_lora_select="number", safe_lora_num_layers=10, safe_lora_round=5,
+                       safe_lora_ties="all", alignment_dtype="float32")),
+])
+def test_recipe_overlays_apply_onto_every_paper_config(recipe, expect, monkeypatch):
+    """@FILE applies a recipe's keys after the config and before later overrides; the rest stays the paper's."""
+    monkeypatch.chdir(REPO)
+    assert len(PAPER) == 12
+    for path in PAPER:
+        paper = load_config(str(path), check_files=False)
+        got = load_config(str(path), [f"@configs/paper/recipes/{recipe}.yaml", "base_model=b"], check_files=False)
+        assert {k: getattr(got, k) for k in expect} == expect
+        assert (got.model, got.task, got.learning_rate, got.epochs) == (paper.model, paper.task, paper.learning_rate,
+                                                                       paper.epochs)
+    later = load_config(str(PAPER[0]), [f"@configs/paper/recipes/{recipe}.yaml", "base_model=b", "warmup_steps=3"],
+                        check_files=False)
+    assert later.warmup_steps == 3
+
+
+def test_overlay_errors(tmp_path):
+    with pytest.raises(ConfigError, match="overlay file not found"):
+        cfg("@nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        cfg(f"@{bad}")
+    loss = tmp_path / "loss.yaml"
+    loss.write_text("loss: {lambda_kl: 2}\n")
+    assert load_config(None, ["model=m", "loss.gate_bias=0.5", f"@{loss}", "safety_tokens=t.json"],
+                       check_files=False).loss == {"gate_bias": 0.5, "lambda_kl": 2}
+
+
+def test_adam_betas_from_the_command_line():
+    """README: method=constrained_sft adam_betas=[0.5,0.999] (a YAML list of numbers)."""
+    assert cfg("method=sft", "adam_betas=[0.5,0.999]").adam_betas == [0.5, 0.999]
+    assert cfg("method=sft", "adam_betas=[5e-1,0.999]").adam_betas == [0.5, 0.999]
+    with pytest.raises(ConfigError, match="must be a number"):
+        cfg("method=sft", "adam_betas=[true,0.999]")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from pact.methods.alignment import AlignmentMatrix, alignment_matrices, lora_module_name, lora_pairs, module_weights
-from pact.methods.safe_lora import SafeLoRA, project_adapter, update_cosine
+from pact.methods.safe_lora import SafeLoRA, project_adapter, round_cosine, select_layers, update_cosine
 
 V = torch.tensor([[3.0, 0.0], [4.0, 0.0]])
 BASE = torch.tensor([[1.0, -1.0], [0.5, 2.0]])
@@ -71,21 +71,50 @@ def test_cosine_and_projection_by_hand():
         "some.other.tensor": torch.ones(3),
     }
     alignment = {"model.layers.0.self_attn.q_proj": align(), "model.layers.1.self_attn.q_proj": align()}
-    out, records = project_adapter(weights, alignment, threshold=0.5)
+    out, records = project_adapter(weights, alignment, select="threshold", threshold=0.5)
     assert [(r.module, r.projected) for r in records] == [("model.layers.0.self_attn.q_proj", False),
                                                           ("model.layers.1.self_attn.q_proj", True)]
-    assert [r.cosine for r in records] == pytest.approx([0.6, 0.141421], abs=1e-6)
+    assert [r.cosine for r in records] == [0.6, 0.14142]          # rounded to 5 decimals, as compared
     assert torch.allclose(out[f"{prefix}.1.self_attn.q_proj.lora_B.weight"], torch.tensor([[-0.6], [-0.8]]), atol=1e-6)
     assert torch.equal(out[f"{prefix}.0.self_attn.q_proj.lora_B.weight"], b_keep)
     for key in (f"{prefix}.1.self_attn.q_proj.lora_A.weight", f"{prefix}.0.self_attn.q_proj.lora_A.weight",
                 "some.other.tensor"):
         assert torch.equal(out[key], weights[key])
     # the threshold is inclusive (cos <= threshold), and 0.6 is then projected too
-    _, records = project_adapter(weights, alignment, threshold=0.6 + 1e-6)
+    _, records = project_adapter(weights, alignment, select="threshold", threshold=0.6 + 1e-6)
     assert all(r.projected for r in records)
     # selection by number: the single lowest cosine
     _, records = project_adapter(weights, alignment, select="number", num_layers=1, threshold=-1.0)
     assert [r.projected for r in records] == [False, True]
+    # the defaults are the authors' (number, N = 10): with two layers both are projected
+    _, records = project_adapter(weights, alignment)
+    assert [r.projected for r in records] == [True, True]
+
+
+def test_cosine_rounding_as_the_authors_code():
+    """numpy.round(cos, 5) before the comparison: 0.500004 counts as 0.5 and is projected at threshold 0.5."""
+    assert round_cosine(0.500004, 5) == 0.5 and round_cosine(0.500005001, 5) == 0.50001
+    assert round_cosine(0.500004, None) == 0.500004
+    assert round_cosine(-0.1234567, 3) == -0.123
+    cos = {"a": 0.500004, "b": 0.6}
+    rounded = {m: round_cosine(c, 5) for m, c in cos.items()}
+    assert select_layers(rounded, "threshold", 0.5, 10) == {"a"}
+    assert select_layers(cos, "threshold", 0.5, 10) == set()
+
+
+def test_number_selection_ties_at_the_nth_cosine():
+    """N = 2 over cosines 0.1, 0.2, 0.2, 0.3: the authors project every layer with cos <= the 2nd lowest (three);
+    ties="name" takes two. Rounding can make the tie: 0.200001 and 0.2000004 both round to 0.2."""
+    cos = {"d": 0.3, "c": 0.2, "b": 0.2, "a": 0.1}
+    assert select_layers(cos, "number", 0.5, 2) == {"a", "b", "c"}
+    assert select_layers(cos, "number", 0.5, 2, ties="name") == {"a", "b"}
+    assert select_layers(cos, "number", 0.5, 1) == {"a"}
+    assert select_layers(cos, "number", 0.5, 10) == {"a", "b", "c", "d"}      # N above the layer count: all
+    near = {"a": 0.1, "b": 0.200001, "c": 0.2000004}
+    assert select_layers(near, "number", 0.5, 2) == {"a", "c"}
+    assert select_layers({m: round_cosine(c, 5) for m, c in near.items()}, "number", 0.5, 2) == {"a", "b", "c"}
+    with pytest.raises(ValueError, match="ties='first'"):
+        select_layers(cos, "number", 0.5, 2, ties="first")
 
 
 def test_project_dir_keeps_the_unprojected_adapter_and_records_the_layers(tmp_path):

@@ -1,0 +1,92 @@
+"""What a model *is*, by content: its weights' digest and its architecture.
+
+Caches and adapters are keyed by these rather than by the path a model was
+loaded from, so weights replaced at the same path never reuse a stale
+reference cache, and an adapter is never merged into a model other than the
+one it was trained on:
+
+* :func:`weights_digest`: SHA-256 over the weight files (``*.safetensors``,
+  ``*.bin``, ``*.pt``, ``*.gguf``) and ``config.json`` of a local model, by
+  content; a hub name is resolved to its cached snapshot when there is one,
+  else keyed by its name.
+* :func:`write_base_record` / :func:`check_adapter_base`: ``pact_base.json``
+  beside an exported adapter (base model, architecture, weights digest), and
+  the check that ``pact eval --adapter`` makes with it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .models import ModelLoadError, ModelRef, resolve_model_ref
+
+ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+BASE_RECORD = "pact_base.json"
+
+
+def _local_dir(ref: ModelRef) -> Path | None:
+    if ref.is_local:
+        return Path(ref.path)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ref.path, local_files_only=True))
+    except Exception:  # not in the local hub cache
+        return None
+
+
+def weights_digest(name: str, gguf_file: str | None = None) -> str:
+    """SHA-256 of a model's weight files by content (see the module doc); ``name:NAME`` for an uncached hub name."""
+    ref = resolve_model_ref(name, gguf_file)
+    root = _local_dir(ref)
+    if root is None:
+        return f"name:{ref}"
+    if ref.gguf_file:
+        files = [root / ref.gguf_file]
+    else:
+        files = sorted(p for p in root.rglob("*") if p.is_file() and (p.suffix in WEIGHT_SUFFIXES
+                                                                       or p.name == "config.json"))
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def architecture(config) -> dict:
+    """The keys of a ``transformers`` config that an adapter's shapes depend on."""
+    return {k: getattr(config, k, None) for k in ARCHITECTURE_KEYS}
+
+
+def write_base_record(adapter_dir: Path, model: str, gguf_file: str | None, config) -> None:
+    """``pact_base.json`` in ``adapter_dir``: the model the adapter was trained on (name, architecture, digest)."""
+    record = {"model": str(model), "gguf_file": gguf_file, "architecture": architecture(config),
+              "weights_sha256": weights_digest(model, gguf_file)}
+    (Path(adapter_dir) / BASE_RECORD).write_text(json.dumps(record, indent=2))
+
+
+def check_adapter_base(adapter_dir: str | Path, model: str, gguf_file: str | None, config) -> None:
+    """Refuse (:class:`ModelLoadError`) to merge an adapter into a model of another architecture or weights.
+
+    Uses ``pact_base.json`` (written by ``pact train``); an adapter without it
+    is checked by its shapes when it is loaded.
+    """
+    path = Path(adapter_dir) / BASE_RECORD
+    if not path.is_file():
+        return
+    base = json.loads(path.read_text())
+    mine = architecture(config)
+    differ = {k: (v, mine.get(k)) for k, v in base["architecture"].items() if mine.get(k) != v}
+    if differ:
+        listed = ", ".join(f"{k}: {a} vs {b}" for k, (a, b) in differ.items())
+        raise ModelLoadError(f"the adapter in {adapter_dir} was trained on {base['model']}, another architecture "
+                             f"than --model {model} ({listed}); pass the model it was trained on")
+    if weights_digest(model, gguf_file) != base["weights_sha256"]:
+        raise ModelLoadError(f"the adapter in {adapter_dir} was trained on {base['model']}, whose weights differ "
+                             f"from --model {model} (another base model of the same architecture); pass the "
+                             "model it was trained on")

@@ -1,0 +1,134 @@
+"""``PACTTrainerConfig``: TRL's ``SFTConfig`` plus the PACT keys, with the paper's defaults and their sources."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from trl import SFTConfig
+
+from pact_kernels.config import PRESETS, VARIANT_ALIASES, VARIANTS, PACTConfig
+
+from ..training.config import LOSS_KEYS
+
+
+@dataclass
+class PACTTrainerConfig(SFTConfig):
+    r"""Configuration of [`PACTTrainer`]: every key of TRL's `SFTConfig`, plus PACT's.
+
+    Parameters:
+        safety_tokens (`str`):
+            The `tokens.json` of `pact identify` (or of `pact.safety_tokens.identify(...).tokens.save(path)`):
+            the safety set S and its weights w (SPEC §1, the paper's §3.1). Required; checked against the
+            model's vocabulary before any step.
+        preset (`str`, *optional*, defaults to `"paper"`):
+            Loss defaults: `"paper"` (the paper's equations: λ = 3, τ_mass = 0.9, α = 1, β = 0, T_g = 1, T = 1;
+            N = 8 and τ = 8 from the authors' code, the paper gives none) or `"authors"` (`Glresearch1/PACT`
+            `finetuning_pact.py`: λ = 1, α = 2, T = 2). See SPEC §3.
+        variant (`str`, *optional*, defaults to `"pact"`):
+            The rung of the paper's ablation ladder (Table 5): `"full_vocab"` (alias `"full_vocab_kl"`),
+            `"safety_tokens"`, `"safety_weights"`, `"response_only_ref"`, `"pact"`.
+        lambda_kl (`float`, *optional*):
+            λ of `L = CE + λ·KL` (paper Eq. 9: 3). `None`: the preset's value. The same holds for the keys below.
+        mass_threshold (`float`, *optional*):
+            τ_mass of the dispersion I(q) (paper Eq. 6: 0.9).
+        gate_scale (`float`, *optional*):
+            α, slope of the gate sigmoid(α·(I_ft − I_post − β)) (paper Eq. 7: 1).
+        gate_bias (`float`, *optional*):
+            β, offset of the gate (paper Eq. 7: 0).
+        gate_temperature (`float`, *optional*):
+            T_g of the restricted softmaxes that feed the dispersion (paper: 1).
+        decay_start (`int`, *optional*):
+            N: answer positions t < N keep the full gate (authors' code: 8).
+        decay_tau (`float`, *optional*):
+            τ: the gate decays as exp(−(t − N)/τ) for t ≥ N (authors' code: 8).
+        kl_temperature (`float`, *optional*):
+            T of the KL, scaled by T² (paper: 1; authors' preset: 2).
+        post_bos (`bool`, *optional*, defaults to `False`):
+            Put the tokenizer's BOS before the no-prompt view's assistant header (SPEC §4; off in the authors'
+            code).
+        ref_cache (`str`, *optional*):
+            Directory of the precomputed reference: both views' K-token logits of every training sample,
+            memory-mapped (`pact.reference.ReferenceCache`, the driver's `ref_cache`). Filled before the first
+            step; a cache built for other data, safety tokens or model is refused. Not for `variant="full_vocab"`.
+        fused_linear (`bool`, *optional*, defaults to `True`):
+            The loss from the hidden rows and the output head, chunk by chunk
+            (`pact_kernels.fused_linear_pact_loss`): no `[rows, V]` logits. `False`: the policy's logits at the
+            answer rows and `pact_kernels.pact_loss`. The same choice and default as the driver's `fused_linear`.
+        pact_backend (`str`, *optional*, defaults to `"auto"`):
+            The `pact_kernels` backend of the loss (`auto`, `torch`, `triton`, `cuda`, `naive`).
+
+    Defaults that differ from `SFTConfig` (the paper's §4.1 and the driver's `TrainConfig`): `learning_rate`
+    3e-5, `num_train_epochs` 3, `per_device_train_batch_size` 2, `max_length` 512, `lr_scheduler_type`
+    `"constant"`. The loss is always on the completion (the last assistant turn): `completion_only_loss`
+    must not be `False`; `packing` and `padding_free` are refused (each sample keeps its two views).
+    """
+
+    safety_tokens: str | None = field(default=None, metadata={"help": "tokens.json of `pact identify` (required)."})
+    preset: str = field(default="paper", metadata={"help": "Loss defaults: paper | authors (SPEC §3)."})
+    variant: str = field(default="pact", metadata={"help": "Rung of the ablation ladder: " + ", ".join(VARIANTS)})
+    lambda_kl: float | None = field(default=None, metadata={"help": "λ (paper: 3). None: the preset's."})
+    mass_threshold: float | None = field(default=None, metadata={"help": "τ_mass (paper: 0.9)."})
+    gate_scale: float | None = field(default=None, metadata={"help": "α (paper: 1)."})
+    gate_bias: float | None = field(default=None, metadata={"help": "β (paper: 0)."})
+    gate_temperature: float | None = field(default=None, metadata={"help": "T_g (paper: 1)."})
+    decay_start: int | None = field(default=None, metadata={"help": "N (authors' code: 8)."})
+    decay_tau: float | None = field(default=None, metadata={"help": "τ (authors' code: 8)."})
+    kl_temperature: float | None = field(default=None, metadata={"help": "T (paper: 1)."})
+    post_bos: bool = field(default=False, metadata={"help": "BOS before the no-prompt view (SPEC §4)."})
+    ref_cache: str | None = field(default=None, metadata={"help": "Directory of the precomputed reference."})
+    fused_linear: bool = field(default=True, metadata={"help": "Fused linear loss (no [rows, V] logits)."})
+    pact_backend: str = field(default="auto", metadata={"help": "pact_kernels backend."})
+
+    # SFTConfig / TrainingArguments defaults replaced by the paper's (§4.1) and the driver's
+    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate (paper §4.1: 3e-5)."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs (paper §4.1: 3)."})
+    per_device_train_batch_size: int = field(default=2, metadata={"help": "Micro-batch (paper §4.1: 2)."})
+    max_length: int | None = field(default=512, metadata={"help": "Longest full view in tokens (authors: 512)."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "LR schedule (driver default: constant)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.deepspeed:
+            self._refill_deepspeed_config()
+        if not self.safety_tokens:
+            raise ValueError("PACTTrainerConfig: safety_tokens is not set; pass the tokens.json of `pact identify` "
+                             "(see pact.safety_tokens.identify for doing it from Python)")
+        if not Path(self.safety_tokens).is_file():
+            raise ValueError(f"PACTTrainerConfig: safety_tokens file not found: {self.safety_tokens}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"PACTTrainerConfig: preset={self.preset!r}; use one of {', '.join(PRESETS)}")
+        if self.variant not in VARIANTS + tuple(VARIANT_ALIASES):
+            raise ValueError(f"PACTTrainerConfig: variant={self.variant!r}; use one of {', '.join(VARIANTS)}")
+        try:
+            config = self.loss_config()
+        except ValueError as e:
+            raise ValueError(f"PACTTrainerConfig: {e}") from e
+        if self.ref_cache and config.variant == "full_vocab":
+            raise ValueError("PACTTrainerConfig: ref_cache holds K-token reference logits; variant='full_vocab' "
+                             "needs the full vocabulary: leave ref_cache unset")
+        if self.completion_only_loss is False:
+            raise ValueError("PACTTrainerConfig: completion_only_loss=False; PACT's loss is on the completion "
+                             "(its two views share only the answer tokens): leave it unset")
+        if self.packing or self.padding_free:
+            raise ValueError("PACTTrainerConfig: packing / padding_free merge samples; PACT needs each sample's "
+                             "two views: set packing=False, padding_free=False")
+
+    def _refill_deepspeed_config(self) -> None:
+        """Fill DeepSpeed's ``"auto"`` batch sizes again once the processes are known.
+
+        ``TrainingArguments`` fills them before it sets up the devices, with one
+        process (seen on CPU under the ``deepspeed`` launcher: ``train_batch_size``
+        then disagrees with the ranks); the devices are set up here first.
+        """
+        from accelerate.utils import DeepSpeedPlugin
+        from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
+
+        _ = self._setup_devices
+        self.hf_deepspeed_config = HfTrainerDeepSpeedConfig(self.deepspeed)
+        self.hf_deepspeed_config.trainer_config_process(self)
+        self.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=self.hf_deepspeed_config)
+
+    def loss_config(self) -> PACTConfig:
+        """The :class:`PACTConfig` of the run: the preset, the variant and every loss key that is not None."""
+        overrides = {k: getattr(self, k) for k in LOSS_KEYS if getattr(self, k) is not None}
+        return PACTConfig.preset(self.preset, variant=self.variant, **overrides)
