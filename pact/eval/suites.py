@@ -107,6 +107,13 @@ def load_suite(suite: Suite | str, *, size: int | None = None, file: str | None 
     try:
         return _load(s, size, file, column)
     except PromptSourceError as e:
+        from ..data.sources import HUB_SOURCES, SourceUnavailableError
+
+        hub = HUB_SOURCES.get(str(file).lower()) if file else None
+        if hub is not None and isinstance(e, SourceUnavailableError):  # e.g. overrefusal=xstest offline
+            why = str(e).split(" Offline, ")[0].rstrip(".")
+            raise PromptSourceError(f"suite {s.name}: {why}. Offline, download {hub.local_hint} where the hub is "
+                                    f"reachable and pass --suite-file {s.name}=PATH (column {hub.local_column})") from e
         if file:  # the sources' hints name options of other commands (--prompt-column, task_fields)
             msg = re.split(r"; (?:name the prompt column with --prompt-column|map fields with task_fields)", str(e))[0]
             raise PromptSourceError(f"suite {s.name}: {msg}; pact eval reads {_columns(s, file)} of a "
@@ -160,7 +167,7 @@ def _load(s: Suite, size: int | None, file: str | None, column: str | None) -> l
 
 def _columns(s: Suite, file: str) -> str:
     """The columns pact eval reads from a local file of suite ``s``."""
-    if s.kind == "harmful":
+    if s.kind in ("harmful", "overrefusal"):
         return "the column Goal" if s.name == "jailbreakbench" and str(file).lower().endswith(".csv") else \
             "the column prompt"
     from ..data.tasks import TASKS
