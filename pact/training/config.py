@@ -401,7 +401,7 @@ def _coerce(key: str, value):
         value = _coerce_number(key, value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
-        return float(value)
+        return value
     if kind == "list[str]":
         items = _split_list(key, value)
         if not items or not all(isinstance(v, str) and v for v in items):
