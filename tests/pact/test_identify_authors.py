@@ -137,7 +137,7 @@ def test_cli_preset_authors_matches_the_authors_pipeline(setup, tmp_path):
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "tokens.json"
     code = main(["identify", "--safe", str(root / "safe"), "--base", str(root / "base"), "--responses", str(pairs),
-                 "--preset", "authors", "--dtype", "float64", "--batch-size", "16", "--no-progress", "-o", str(out)])
+                 "--preset", "authors", "--dtype", "float64", "--batch-size", "64", "--no-progress", "-o", str(out)])
     assert code == 0
     st = SafetyTokens.load(out, tokenizer=tok, vocab_size=safe.config.vocab_size)
     ref_ids, ref_w = authors_reference(safe, base, tok, rows)
