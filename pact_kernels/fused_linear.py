@@ -171,7 +171,8 @@ class FusedLinearPACTFunction(torch.autograd.Function):
 
     Only ``loss`` is differentiable, with respect to ``hidden``, ``weight`` and
     ``bias``; the gradients are made in forward and backward scales them by
-    the incoming gradient (in place when it is not 1; a second backward then raises).
+    the incoming gradient (in place when it is not 1) and hands them over (a
+    second backward raises).
     """
 
     @staticmethod
@@ -182,24 +183,23 @@ class FusedLinearPACTFunction(torch.autograd.Function):
             hidden, weight, bias, softcap, labels, ref_full, ref_post, ref_hidden, ref_weight, ref_bias,
             safety_ids, safety_weights, answer_pos, cfg, backend, chunk_rows, needs, row_weight)
         ctx.grads = grads
-        ctx.scaled = False
         ctx.mark_non_differentiable(ce, kl, gate, n, ce_rows, kl_rows)
         return loss, ce, kl, gate, n, ce_rows, kl_rows
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_loss, *unused):
-        if ctx.scaled:
+        # Handed over, not kept: autograd then takes the tensors as the leaves' .grad without a copy.
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
             raise RuntimeError(
-                "fused_linear_pact_loss: a second backward through a forward whose gradients were already scaled "
-                "in place; recompute the loss for another backward."
+                "fused_linear_pact_loss: a second backward through one forward; its gradients were made once and "
+                "handed over by the first. Recompute the loss for another backward."
             )
-        grads = ctx.grads
         if not torch.equal(grad_loss, torch.ones_like(grad_loss)):
             for g in grads:
                 if g is not None:
                     g.mul_(grad_loss.to(g.dtype))
-            ctx.scaled = True
         return (*grads, *([None] * 14))
 
 

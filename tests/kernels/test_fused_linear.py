@@ -164,6 +164,17 @@ def test_frozen_head_gets_no_gradient_and_backward_scales():
         out.loss.backward()
 
 
+def test_backward_hands_the_gradients_over_without_a_copy():
+    """The gradients made in forward become the leaves' .grad themselves (no second [V, H] buffer)."""
+    b = make_inputs("pact", seed=12)
+    h, w = b["hidden"].clone().requires_grad_(), b["weight"].clone().requires_grad_()
+    out = fused_linear_pact_loss(h, w, b["labels"], b["ref_full"], b["ref_post"], b["safety_ids"],
+                                 b["safety_weights"], b["answer_pos"], backend="torch")
+    pointers = [t.data_ptr() for t in out.loss.grad_fn.grads[:2]]  # what the forward made
+    out.loss.backward()
+    assert [h.grad.data_ptr(), w.grad.data_ptr()] == pointers
+
+
 def test_module_matches_function():
     b = make_inputs("safety_weights", seed=4)
     cfg = PACTConfig(variant="safety_weights", lambda_kl=1.5)
