@@ -3,8 +3,8 @@
     .venv/bin/python -m benchmarks.train_memory [--vocab 49152 --hidden 256 --layers 2 --steps 4]
 
 Each case runs ``pact/train.py`` (the arguments of :func:`benchmarks.train_step.train_args`:
-one process, ZeRO 0, float32, LoRA on all projections, micro-batch 2, up to
-256 tokens) in a fresh process started with peak_memory.py's allocator
+one process, ZeRO 0, float32, LoRA on all projections, micro-batch
+``--micro-batch``, up to 256 tokens) in a fresh process started with peak_memory.py's allocator
 settings, on a byte-level Llama whose output head has ``--vocab`` rows (the
 tokenizer's 259 tokens plus unused rows, as a padded vocabulary). The peak is
 the RSS high-water mark from the start of the first micro-batch to the end of
@@ -62,10 +62,11 @@ def save_model(out: Path, vocab: int, hidden: int, layers: int) -> Path:
     return out
 
 
-def run_case(root: Path, model: Path, tokens: Path, steps: int, method: str, fused: str) -> dict:
+def run_case(root: Path, model: Path, tokens: Path, steps: int, method: str, fused: str, micro_batch: int) -> dict:
     out = root / f"{method}-{fused}"
     cmd = [sys.executable, "-m", "benchmarks.train_memory", "--child", "--",
-           *train_args(out, model, tokens, steps, f"method={method}", f"fused_linear={fused}")]
+           *train_args(out, model, tokens, steps, f"method={method}", f"fused_linear={fused}",
+                       f"micro_batch_size={micro_batch}")]
     env = dict(os.environ, **CPU_MALLOC_ENV, TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode:
@@ -81,6 +82,7 @@ def main(argv=None) -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--micro-batch", type=int, default=2, help="micro_batch_size (rows grow with it)")
     parser.add_argument("--k", type=int, default=50)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
@@ -93,10 +95,11 @@ def main(argv=None) -> None:
         model = save_model(root / "model", args.vocab, args.hidden, args.layers)
         tokens = root / "tokens.json"
         make_tokens(tokens, args.vocab, args.k)
-        results = [run_case(root, model, tokens, args.steps, method, fused) for method, fused in CASES]
+        results = [run_case(root, model, tokens, args.steps, method, fused, args.micro_batch)
+                   for method, fused in CASES]
     lines = [
         f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; byte-level Llama, hidden "
-        f"{args.hidden}, {args.layers} layers, head V = {args.vocab}, micro-batch 2, up to 256 tokens, K = {args.k}, "
+        f"{args.hidden}, {args.layers} layers, head V = {args.vocab}, micro-batch {args.micro_batch}, up to 256 tokens, K = {args.k}, "
         f"float32, LoRA, {args.steps} steps; peak: RSS above the first step's start, fresh process per case",
         "",
         "| method | fused_linear | steps' peak MiB | vs unfused | step CPU s (one thread) | losses equal |",
