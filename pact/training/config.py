@@ -410,7 +410,7 @@ def _coerce(key: str, value):
     if kind == "list[float]":
         items = [_coerce_number(key, v) for v in _split_list(key, value)]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
-            raise ConfigError(f"{key}={value!r} must be a list of numbers, e.g. {key}=[0.9,0.999]")
+            raise ConfigError(f"{key}={value!r}: each item must be a number, e.g. {key}=[0.9,0.999]")
         return [float(v) for v in items]
     if kind == "dict[str, str]":
         mapping = _mapping(key, value)

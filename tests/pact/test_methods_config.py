@@ -25,7 +25,7 @@ def cfg(*overrides):
     (["method=safe_lora", "base_model=b", "safe_lora_num_layers=0"], "safe_lora_num_layers=0 must be >= 1"),
     (["method=asft", "base_model=b", "asft_lambda=-1"], "asft_lambda=-1 must be >= 0"),
     (["method=safe_lora", "base_model=b", "safe_lora_round=-1"], "safe_lora_round=-1 must be decimals"),
-    (["method=safe_lora", "base_model=b", "safe_lora_round=2.5"], "safe_lora_round=2.5 must be decimals"),
+    (["method=safe_lora", "base_model=b", "safe_lora_round=2.5"], "safe_lora_round=2.5 must be a whole number"),
     (["method=safe_lora", "base_model=b", "safe_lora_ties=first"], "safe_lora_ties='first': use all"),
     (["method=safe_lora", "base_model=b", "alignment_dtype=int8"], "alignment_dtype='int8': use float32"),
     (["method=asft", "base_model=b", "asft_scale=per_token"], "asft_scale='per_token': use per_step"),
