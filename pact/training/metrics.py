@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from ..eval.io import read_jsonl, write_text_atomic
+from ..eval.io import read_jsonl
+from .checkpoint import write_text_atomic  # keeps the file's ordinary permissions
 from .config import ConfigError
 
 POSITIONS = 4
