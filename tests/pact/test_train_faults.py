@@ -144,9 +144,10 @@ def test_a_checkpoint_with_nan_weights_is_never_written(setup):  # noqa: F811
     it keeps holds finite weights and optimizer state."""
     records, out, proc = run(setup, "nan", "learning_rate=1e8", "save_every=2", "max_steps=12", "method=sft")
     assert proc.returncode == 2, proc.stderr[-3000:]
-    assert "hold NaN or infinity; no checkpoint written" in proc.stderr
+    # the run stops at whichever comes first: NaN state at a checkpoint, or a NaN loss
+    assert "hold NaN or infinity; no checkpoint written" in proc.stderr or "non-finite loss at step" in proc.stderr
     kept = sorted(p.name for p in (out / "checkpoints").glob("step-*") if not p.name.endswith(".tmp"))
-    assert kept and f"Last good checkpoint kept: {out / 'checkpoints' / kept[-1]}" in proc.stderr
+    assert kept and str(out / "checkpoints" / kept[-1]) in proc.stderr
     for f in (out / "checkpoints" / kept[-1]).rglob("*.pt"):
         for t in _tensors(torch.load(f, weights_only=False, map_location="cpu")):
             assert torch.isfinite(t).all(), f
