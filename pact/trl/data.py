@@ -16,13 +16,14 @@ safety-token probabilities are split by it). The views come from
 """
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from typing import Any
 
 from ..data.collator import PACTCollator
 from ..data.tasks import Sample
 from ..data.views import TwoViews, ViewBuilder
-from ..training.data import tokenize_mixture
 
 #: Columns of a prepared dataset (what the collator reads).
 VIEW_COLUMNS = ["full_ids", "post_ids", "num_answer", "harmful", "index"]
@@ -68,7 +69,17 @@ def build_views(dataset, builder: ViewBuilder, name: str) -> tuple[list[TwoViews
                          f"'prompt'/'completion' or conversational prompt/completion columns; it has "
                          f"{sorted(columns)}")
     samples = [to_sample(row, f"{name} dataset row {i}") for i, row in enumerate(dataset)]
-    return tokenize_mixture(samples, builder)
+    built = [builder.build(s.prompt, s.response, harmful=s.harmful) for s in samples]
+    views = [v for v in built if v is not None]
+    dropped = len(built) - len(views)
+    if not views:
+        raise ValueError(f"every row of the {name} dataset has a prompt that fills max_length="
+                         f"{builder.max_length}: nothing to train on; raise max_length")
+    if dropped:  # said, never silent: a user's dataset has no mixture to redraw from
+        warnings.warn(f"the {name} dataset: {dropped} of {len(built)} rows have a prompt that fills max_length="
+                      f"{builder.max_length} and are dropped (trainer.dropped[{name!r}]); raise max_length to "
+                      "keep them", stacklevel=2)
+    return views, dropped
 
 
 def views_dataset(views: list[TwoViews]):

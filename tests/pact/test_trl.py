@@ -14,10 +14,10 @@ from pact.data.views import ChatTemplateError, ViewBuilder
 from pact.safety_tokens import SafetyTokensError
 from pact.tiny import tiny_tokenizer
 from pact.training.config import load_config
-from pact.training.data import StepSampler, load_mixture
+from pact.training.data import StepSampler
 from pact_kernels.naive_backend import naive_pact_loss
 from tests.pact.test_train_e2e import run, setup, write_tokens  # noqa: F401  (setup: the driver tests' fixture)
-from tests.pact.trl_run import REPO, trainer_for
+from tests.pact.trl_run import REPO, driver_samples, trainer_for
 
 pytestmark = pytest.mark.slow
 
@@ -101,13 +101,12 @@ def test_first_step_equals_the_naive_oracle_and_evaluate_uses_the_same_loss(setu
 
     cfg = load_config(str(REPO / "configs" / "tiny.yaml"), [f"model={setup['model']}",
                       f"safety_tokens={setup['tokens']}", "deepspeed=null", *STEPS])
-    samples, _ = load_mixture(cfg)
-    tok = tiny_tokenizer()  # the samples whose prompt leaves room for an answer (the others are dropped)
-    samples = [s for s in samples
-               if len(tok(f"<|im_start|>user\n{s.prompt}<|im_end|>\n<|im_start|>assistant\n")["input_ids"])
-               < cfg.max_length]
+    samples = driver_samples(cfg)  # the driver's mixture: prompts that fill max_length replaced, n and p kept
+    tok = tiny_tokenizer()
+    assert all(len(tok(f"<|im_start|>user\n{s.prompt}<|im_end|>\n<|im_start|>assistant\n")["input_ids"])
+               < cfg.max_length for s in samples)
     trainer = trained["pact"]
-    assert len(trainer.train_views) == len(samples) and trainer.dropped["train"] == 40 - len(samples) > 0
+    assert len(trainer.train_views) == len(samples) == 40 and trainer.dropped["train"] == 0
     micro = StepSampler(len(samples), 2, 2, 1, 0, cfg.seed).micro_batches(0, 0)
     oracle = oracle_losses(setup["model"], [[samples[i] for i in mb] for mb in micro], cfg,
                            SafetyTokens.load(setup["tokens"]))

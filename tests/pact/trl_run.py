@@ -14,6 +14,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 
 
+def driver_samples(cfg):
+    """The samples the driver trains on for ``cfg``, in its order: the seeded mixture with each sample whose
+    prompt fills max_length replaced as ``pact.training.data.load_views`` does (so n and p are kept)."""
+    from pact.data.views import ViewBuilder
+    from pact.models import load_tokenizer
+    from pact.training.data import build_mixture, load_sources, tokenize_mixture
+
+    task, harmful = load_sources(cfg)
+    samples, record = build_mixture(task, harmful, cfg.num_samples, cfg.harmful_fraction, cfg.seed)
+    tokenize_mixture(samples, ViewBuilder(load_tokenizer(cfg.model), cfg.max_length, cfg.post_bos), record,
+                     task, harmful)
+    sources = {"task": task, "harmful": harmful}
+    return [sources[kind][int(i)] for kind, i in (o.split(":") for o in record["order"])]
+
+
 def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True):
     """A PACTTrainer configured as the driver is by configs/tiny.yaml + ``overrides``.
 
@@ -24,12 +39,11 @@ def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True)
 
     from pact.models import load_model, load_tokenizer
     from pact.training.config import load_config
-    from pact.training.data import load_mixture
     from pact.trl import PACTTrainer, PACTTrainerConfig
 
     cfg = load_config(str(REPO / "configs" / "tiny.yaml"),
                       [f"model={model_dir}", f"safety_tokens={tokens}", "deepspeed=null", *overrides])
-    samples, _ = load_mixture(cfg)
+    samples = driver_samples(cfg)
     dataset = Dataset.from_dict({"prompt": [s.prompt for s in samples], "completion": [s.response for s in samples],
                                  "harmful": [s.harmful for s in samples]})
     args = PACTTrainerConfig(
