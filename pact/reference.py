@@ -32,6 +32,7 @@ import torch
 
 from pact_kernels import fused_linear_cross_entropy
 
+from .atomic_files import write_json_atomic
 from .data.collator import PACTBatch
 
 
@@ -406,10 +407,8 @@ class ReferenceCache:
 
     def finish(self, meta: dict) -> None:
         """Write the manifest atomically: the cache becomes valid."""
-        tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(dict(meta, fingerprint=self.fingerprint, total_rows=self.total_rows, k=self.k),
-                                  indent=2))
-        os.replace(tmp, self.manifest_path)
+        write_json_atomic(self.manifest_path,
+                          dict(meta, fingerprint=self.fingerprint, total_rows=self.total_rows, k=self.k))
 
     def __call__(self, batch: PACTBatch, full_vocab: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """``(r_full, r_post)`` ``[rows, K]`` float32 for a batch, read from the memory map."""

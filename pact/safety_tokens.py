@@ -18,13 +18,13 @@ import inspect
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
+from .atomic_files import write_json_atomic
 from .generation import (
     encode_chat_prompt,
     encode_plain_prompt,
@@ -131,23 +131,7 @@ class SafetyTokens:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the JSON file atomically (a temporary file in the same folder, then ``os.replace``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, indent=2, ensure_ascii=False)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        return path
+        return write_json_atomic(path, self.to_dict())
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SafetyTokens":

@@ -17,13 +17,13 @@ if __name__ == "__main__":  # run as a script: keep pact/ itself off the import 
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from pact.atomic_files import write_text_atomic
 from pact.data.collator import PACTCollator
 from pact.data.sources import PromptSourceError
 from pact.data.views import ViewBuilder
@@ -33,11 +33,12 @@ from pact.models import ModelLoadError, load_model, load_tokenizer, resolve_mode
 from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint, fill_reference_cache
 from pact.safety_tokens import SafetyTokens
 from pact.training.checkpoint import (CheckpointError, export_final, latest_checkpoint, load_checkpoint,
-                                      resume_point, save_checkpoint, write_text_atomic)
+                                      resume_point, save_checkpoint)
 from pact.training.config import ConfigError, TrainConfig, deepspeed_config, load_config
 from pact.training.data import StepSampler, dataset_digest, load_views
 from pact.training.faults import fault_point
 from pact.training.metrics import StepMetrics, TrainLogger
+from pact.training.schedule import lr_lambda
 from pact.training.run_dir import apply_resume_changes, check_run_dir, clear_run, run_record
 from pact.training.step import micro_batch_loss
 
@@ -132,19 +133,6 @@ def build_model(cfg: TrainConfig, safety_ids: torch.Tensor | None) -> RowModel:
     if safety_ids is not None:
         row_model.set_safety_ids(safety_ids)
     return row_model
-
-
-def lr_lambda(cfg: TrainConfig, total_steps: int):
-    def factor(step: int) -> float:
-        if cfg.warmup_steps and step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
-        if cfg.lr_scheduler == "linear":
-            return max(0.0, 1.0 - progress)
-        if cfg.lr_scheduler == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-        return 1.0
-    return factor
 
 
 def build_method(cfg: TrainConfig, tokens: SafetyTokens | None) -> Method:
@@ -244,7 +232,7 @@ def train(cfg: TrainConfig) -> dict:
     trainable = [p for p in row_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas),
                                   weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_scheduler, cfg.warmup_steps, total_steps))
     engine, _, _, _ = deepspeed.initialize(model=row_model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
     reference = build_reference(cfg, method, engine, ds_config, tokens, views, collator, rank, world, device)
@@ -267,6 +255,7 @@ def train(cfg: TrainConfig) -> dict:
         started, started_cpu = time.perf_counter(), time.process_time()
         epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
         metrics = StepMetrics(safety_ids, device)
+        lr = engine.get_lr()[0]  # the rate this step runs at (logged with it, as the HF Trainer does)
         micro_batches = sampler.micro_batches(epoch, in_epoch)
         for micro in micro_batches:
             batch = collator([(i, views[i]) for i in micro]).to(device)
@@ -282,7 +271,7 @@ def train(cfg: TrainConfig) -> dict:
         if sample_log is not None:
             sample_log.write(json.dumps({"step": step + 1, "samples": [i for mb in micro_batches for i in mb]}) + "\n")
         step += 1
-        record = dict(step=step, epoch=epoch, lr=engine.get_lr()[0], **metrics.reduce(),
+        record = dict(step=step, epoch=epoch, lr=lr, **metrics.reduce(),
                       seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - started_cpu)
         if step % cfg.log_every == 0 or step == total_steps:
             logger.log(record)

@@ -170,12 +170,7 @@ def _check_output(output: str) -> None:
 
 
 def _save_responses(path, res, tokenizer) -> None:
-    import json
-    from pathlib import Path
+    from ..atomic_files import write_jsonl_atomic
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("w", encoding="utf-8") as f:
-        for prompt, ids in zip(res.prompts, res.responses):
-            f.write(json.dumps({"prompt": prompt, "response": tokenizer.decode(ids, skip_special_tokens=True),
-                                "response_ids": ids}, ensure_ascii=False) + "\n")
+    write_jsonl_atomic(path, ({"prompt": prompt, "response": tokenizer.decode(ids, skip_special_tokens=True),
+                               "response_ids": ids} for prompt, ids in zip(res.prompts, res.responses)))

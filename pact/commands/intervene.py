@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from ..atomic_files import write_jsonl_atomic
 from .common import add_model_args, add_prompt_args, add_runtime_args, resolve_device
 
 HELP = "generate answers with a token set boosted or ablated (paper §2.2); writes JSONL for the judge"
@@ -62,19 +60,16 @@ def run(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, eos_ids=eos, logits_processors=procs,
                               progress=not args.no_progress, desc=f"generate ({args.mode}/{args.control})")
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        for i, (p, a) in enumerate(zip(prompts, answers)):
-            finished = bool(a) and a[-1] in eos
-            rec = {"source": source.describe(), "index": i, "prompt": p,
-                   "response": tokenizer.decode(a, skip_special_tokens=True),
-                   "num_tokens": len(a), "finish": "eos" if finished else "length",
-                   "model": str(ref), "mode": args.mode, "control": args.control,
-                   "alpha": args.alpha if args.mode == "boost" else None, "first_k": args.first_k,
-                   "seed": args.seed if args.control == "random" else None, "tokens": str(args.tokens),
-                   "token_set_size": len(ids)}
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    os.replace(tmp, out)
+    records = []
+    for i, (p, a) in enumerate(zip(prompts, answers)):
+        finished = bool(a) and a[-1] in eos
+        records.append({"source": source.describe(), "index": i, "prompt": p,
+                        "response": tokenizer.decode(a, skip_special_tokens=True),
+                        "num_tokens": len(a), "finish": "eos" if finished else "length",
+                        "model": str(ref), "mode": args.mode, "control": args.control,
+                        "alpha": args.alpha if args.mode == "boost" else None, "first_k": args.first_k,
+                        "seed": args.seed if args.control == "random" else None, "tokens": str(args.tokens),
+                        "token_set_size": len(ids)})
+    write_jsonl_atomic(out, records)
     print(f"[intervene] wrote {len(answers)} generations to {out} in {time.time() - t0:.1f} s")
     return 0

@@ -4,7 +4,8 @@ Input: the JSONL files that ``pact intervene`` wrote (each line carries
 ``mode`` = none / boost / ablate and ``control`` = safety / random), given as
 files or directories (every ``*.jsonl`` in them). Each file is judged
 (verdicts cached in ``OUT/verdicts/<file name>``, so a re-run or another
-report reuses them) and its ASR goes into one cell:
+report reuses them) and its ASR, with its count and 95 % Wilson interval,
+goes into one cell:
 
 ====================================  ===========  ============
 Setting                               Safety Token Random Token
@@ -27,7 +28,7 @@ from typing import Sequence
 
 from .io import read_jsonl, write_json_atomic, write_text_atomic
 from .judges import Judge, get_judge
-from .metrics import harmful_summary
+from .metrics import RATE_CSV_PARTS, Rate, harmful_summary, rate_csv_fields
 from .runner import judge_records
 
 __all__ = ["intervention_report", "intervention_table"]
@@ -64,7 +65,11 @@ def _key(recs: list[dict], path: Path) -> tuple[str, str]:
 
 
 def intervention_table(cells: dict[tuple[str, str], dict]) -> tuple[str, str]:
-    """(markdown, CSV) of Table 1 from ``{(mode, control): {"asr", "n", ...}}``."""
+    """(markdown, CSV) of Table 1 from ``{(mode, control): harmful_summary(...)}``.
+
+    Each cell is the ASR in percent with its 95 % Wilson interval (``50.0 [15.0–85.0]``); the CSV has,
+    per token set, the ASR, ``ci_lo``, ``ci_hi``, ``k`` (unsafe) and ``n`` apart, like ``pact report``'s.
+    """
     def get(mode, control):
         c = cells.get((mode, control))
         if c is None and mode == "none":
@@ -74,12 +79,12 @@ def intervention_table(cells: dict[tuple[str, str], dict]) -> tuple[str, str]:
     md = ["| Setting | Safety Token ASR (%) | Random Token ASR (%) |", "|---|---:|---:|"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["setting", "safety_token_asr", "random_token_asr", "safety_token_n", "random_token_n"])
+    w.writerow(["setting"] + [f"{name} ASR{part}" for _, name in COLS for part in RATE_CSV_PARTS])
     for mode, name in ROWS:
-        vals = [get(mode, c) for c, _ in COLS]
-        md.append(f"| {name} | " + " | ".join("–" if v is None else f"{v['asr']:.1f}" for v in vals) + " |")
-        w.writerow([mode] + ["" if v is None else f"{v['asr']:.4f}" for v in vals]
-                   + ["" if v is None else v["n"] for v in vals])
+        rates = [None if v is None else Rate.from_summary({"kind": "harmful", **v}) for v in
+                 (get(mode, c) for c, _ in COLS)]
+        md.append(f"| {name} | " + " | ".join("–" if r is None else str(r) for r in rates) + " |")
+        w.writerow([mode] + [x for r in rates for x in rate_csv_fields(r)])
     return "\n".join(md) + "\n", buf.getvalue()
 
 

@@ -3,8 +3,9 @@
 * :func:`read_jsonl` reads one JSON object per line; a last line cut short
   by an interrupted write (no newline, not valid JSON) is dropped, any other
   malformed line is an error naming the file and line.
-* :func:`write_json_atomic` / :func:`write_jsonl_atomic` write a temporary file
-  in the same directory and :func:`os.replace` it over the target, so a
+* :func:`write_json_atomic` / :func:`write_jsonl_atomic` /
+  :func:`write_text_atomic` (from :mod:`pact.atomic_files`) write a temporary
+  file in the same directory and :func:`os.replace` it over the target, so a
   reader never sees half a file.
 * :class:`JsonlAppender` appends records one per line and flushes after each
   batch, which is what makes an interrupted run resumable.
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+from ..atomic_files import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 __all__ = ["JsonlAppender", "read_jsonl", "write_json_atomic", "write_jsonl_atomic", "write_text_atomic"]
 
@@ -45,31 +47,6 @@ def read_jsonl(path: str | os.PathLike, *, tolerate_partial_tail: bool = True) -
             raise ValueError(f"{p}:{i}: expected a JSON object per line, got {type(rec).__name__}")
         out.append(rec)
     return out
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to a temporary file next to ``path`` and ``os.replace`` it into place."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=True) + "\n")
-
-
-def write_jsonl_atomic(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
 
 
 class JsonlAppender:

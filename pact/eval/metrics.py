@@ -34,6 +34,7 @@ __all__ = [
     "overrefusal_summary",
     "rate_summary",
     "task_summary",
+    "rate_csv_fields",
     "wilson_interval",
 ]
 
@@ -165,3 +166,15 @@ class Rate:
 
     def __str__(self) -> str:
         return format_rate(self.value, self.lo, self.hi)
+
+
+#: The CSV columns of one rate, after its name: the rate, then ``ci_lo``, ``ci_hi``, ``k``, ``n``.
+RATE_CSV_PARTS = ("", " ci_lo", " ci_hi", " k", " n")
+
+
+def rate_csv_fields(rate: Rate | None, digits: int = 4) -> list[str]:
+    """The five CSV fields of a rate (:data:`RATE_CSV_PARTS`); empty strings for a missing rate or part."""
+    if rate is None:
+        return [""] * len(RATE_CSV_PARTS)
+    return ["" if v is None else (str(v) if isinstance(v, int) else f"{v:.{digits}f}")
+            for v in (rate.value, rate.lo, rate.hi, rate.k, rate.n)]

@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .io import read_jsonl, write_text_atomic
-from .metrics import Rate
+from .metrics import RATE_CSV_PARTS, Rate, rate_csv_fields
 
 __all__ = ["Run", "load_runs", "make_plots", "render_table", "report", "table_rows"]
 
@@ -192,10 +192,6 @@ def _task_prefix(task: str) -> str:
     return "" if task == "-" else f"{TASK_NAMES.get(task, task)} "
 
 
-def _csv_num(v: float | int | None, digits: int = 4) -> str:
-    return "" if v is None else (str(v) if isinstance(v, int) else f"{v:.{digits}f}")
-
-
 def render_table(runs: Sequence[Run]) -> tuple[str, str]:
     """(markdown, CSV) of the results table.
 
@@ -216,7 +212,7 @@ def render_table(runs: Sequence[Run]) -> tuple[str, str]:
     md = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["method"] + [f"{name}{part}" for name in names for part in ("", " ci_lo", " ci_hi", " k", " n")])
+    w.writerow(["method"] + [f"{name}{part}" for name in names for part in RATE_CSV_PARTS])
     for label, cells in rows:
         vals = [cells.get(t, {}).get(c) for t, c in keys]
         shown = []
@@ -226,9 +222,7 @@ def render_table(runs: Sequence[Run]) -> tuple[str, str]:
                 txt += f" ({v.k}/{v.n})"
             shown.append(txt)
         md.append("| " + " | ".join([label] + shown) + " |")
-        w.writerow([label] + [x for v in vals for x in (
-            ("", "", "", "", "") if v is None else (_csv_num(v.value), _csv_num(v.lo), _csv_num(v.hi),
-                                                    _csv_num(v.k), _csv_num(v.n)))])
+        w.writerow([label] + [x for v in vals for x in rate_csv_fields(v)])
     uniform = [f"{name} {next(iter(ns[key]))}" for name, key in zip(names, keys) if len(ns[key]) == 1]
     note = "\nCells: rate in % [95 % Wilson interval]"
     if uniform:

@@ -27,7 +27,6 @@ and whether it was projected.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from ..atomic_files import write_json_atomic
 from .base import SFT
 from .alignment import AlignmentMatrix, load_alignment, lora_module_name, lora_pairs
 
@@ -175,9 +175,7 @@ class SafeLoRA(SFT):
                   "num_layers": self.num_layers, "round_decimals": self.round_decimals, "ties": self.ties,
                   "alignment_dtype": self.dtype, "base_model": self.base_model,
                   "projected": sum(r.projected for r in records), "layers": [vars(r) for r in records]}
-        tmp_report = run_dir / "safe_lora.json.tmp"
-        tmp_report.write_text(json.dumps(report, indent=2))
-        os.replace(tmp_report, run_dir / "safe_lora.json")
+        write_json_atomic(run_dir / "safe_lora.json", report)
         os.replace(tmp, final)
         return records
 

@@ -90,8 +90,8 @@ class TrainConfig:
     micro_batch_size: int = 2
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
-    lr_scheduler: str = "constant"     # constant | linear | cosine
-    warmup_steps: int = 0
+    lr_scheduler: str = "constant"     # constant | linear | cosine: transformers' factors (pact/training/schedule.py)
+    warmup_steps: int = 0              # step/W for the first W steps (step 0 at lr 0, as transformers)
     max_steps: int | None = None       # cap on optimizer steps (the schedule's length)
     stop_after_steps: int | None = None  # stop early without changing the schedule (tests an interruption)
     seed: int = 0

@@ -6,7 +6,8 @@ One JSONL line per optimizer step (``train_log.jsonl``):
   "harmful": {...}}``; ``safety_prob``/``safety_logit`` are the mean over the K
 safety tokens of the probability / logit at answer positions 0..3 (the
 material of the paper's Figures 3, 6 and 7), null where a step had no such row.
-A method with a penalty (AsFT) adds ``"penalty"``, its mean per micro-batch;
+``lr`` is the learning rate the step ran at (as the HF Trainer's
+``learning_rate``). A method with a penalty (AsFT) adds ``"penalty"``, its mean per micro-batch;
 ``gate_mean`` is the mean per-row weight (PACT's gate, constrained SFT's w_t).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..eval.io import read_jsonl
-from .checkpoint import write_text_atomic  # keeps the file's ordinary permissions
+from ..atomic_files import write_text_atomic
 from .config import ConfigError
 
 POSITIONS = 4

@@ -1,6 +1,7 @@
 """``PACTTrainerConfig``: TRL's ``SFTConfig`` plus the PACT keys, with the paper's defaults and their sources."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +60,10 @@ class PACTTrainerConfig(SFTConfig):
 
     Defaults that differ from `SFTConfig` (the paper's §4.1 and the driver's `TrainConfig`): `learning_rate`
     3e-5, `num_train_epochs` 3, `per_device_train_batch_size` 2, `max_length` 512, `lr_scheduler_type`
-    `"constant"`. The loss is always on the completion (the last assistant turn): `completion_only_loss`
-    must not be `False`; `packing` and `padding_free` are refused (each sample keeps its two views).
+    `"constant"` (with a warm-up it becomes `"constant_with_warmup"`, the driver's `constant`, and a warning
+    says so; every schedule then has the driver's learning rates, `pact.training.schedule`). The loss is
+    always on the completion (the last assistant turn): `completion_only_loss` must not be `False`;
+    `packing` and `padding_free` are refused (each sample keeps its two views).
     """
 
     safety_tokens: str | None = field(default=None, metadata={"help": "tokens.json of `pact identify` (required)."})
@@ -88,6 +91,7 @@ class PACTTrainerConfig(SFTConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        self._warm_up_the_constant_schedule()
         if self.deepspeed:
             self._refill_deepspeed_config()
         if not self.safety_tokens:
@@ -112,6 +116,22 @@ class PACTTrainerConfig(SFTConfig):
         if self.packing or self.padding_free:
             raise ValueError("PACTTrainerConfig: packing / padding_free merge samples; PACT needs each sample's "
                              "two views: set packing=False, padding_free=False")
+
+    def _warm_up_the_constant_schedule(self) -> None:
+        """``constant`` with a warm-up becomes ``constant_with_warmup``, saying so.
+
+        ``transformers``' ``constant`` schedule ignores ``warmup_steps``; the driver's ``constant``
+        (this config's default) warms up. Switched, both step with the same learning rates
+        (``pact.training.schedule``).
+        """
+        from transformers.trainer_utils import SchedulerType
+
+        warm = self.warmup_steps or getattr(self, "warmup_ratio", 0) or 0
+        if warm > 0 and SchedulerType(self.lr_scheduler_type) == SchedulerType.CONSTANT:
+            warnings.warn(f"PACTTrainerConfig: lr_scheduler_type='constant' would ignore warmup_steps={warm} in "
+                          "transformers; using 'constant_with_warmup' (the driver's constant schedule with "
+                          "warm-up). Set lr_scheduler_type='constant_with_warmup' to silence this.", stacklevel=3)
+            self.lr_scheduler_type = SchedulerType.CONSTANT_WITH_WARMUP
 
     def _refill_deepspeed_config(self) -> None:
         """Fill DeepSpeed's ``"auto"`` batch sizes again once the processes are known.

@@ -1,6 +1,8 @@
 """``pact report`` (Table 2 layout, Figs. 3/5/6/7) and ``pact intervention-report`` (Table 1)."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -284,9 +286,14 @@ def test_intervention_report_table1(tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     lines = (out / "table.md").read_text().splitlines()
     assert lines[0] == "| Setting | Safety Token ASR (%) | Random Token ASR (%) |"
-    assert lines[2] == "| Baseline (no intervention) | 50.0 | 50.0 |"
-    assert lines[3] == "| Boost (logits ← logits + α) | 0.0 | 50.0 |"
-    assert lines[4] == "| Ablate (logits ← −1e9) | 75.0 | 75.0 |"
+    # Wilson 95 % intervals by hand: 2/4 -> [15.0, 85.0], 0/4 -> [0, z²/(4 + z²)] = [0.0, 48.99], 3/4 -> [30.1, 95.4]
+    assert lines[2] == "| Baseline (no intervention) | 50.0 [15.0–85.0] | 50.0 [15.0–85.0] |"
+    assert lines[3] == "| Boost (logits ← logits + α) | 0.0 [0.0–49.0] | 50.0 [15.0–85.0] |"
+    assert lines[4] == "| Ablate (logits ← −1e9) | 75.0 [30.1–95.4] | 75.0 [30.1–95.4] |"
+    rows = list(csv.DictReader(io.StringIO((out / "table.csv").read_text())))
+    assert [r["setting"] for r in rows] == ["none", "boost", "ablate"]
+    assert rows[1]["Safety Token ASR"] == "0.0000" and rows[1]["Safety Token ASR ci_hi"] == "48.9891"
+    assert (rows[2]["Random Token ASR k"], rows[2]["Random Token ASR n"]) == ("3", "4")
     summary = json.loads((out / "intervention.json").read_text())
     assert summary["same_prompts"] and summary["cells"]["boost/safety"]["unsafe"] == 0
     assert sorted(p.name for p in (out / "verdicts").iterdir()) == sorted(p.name for p in d.iterdir())

@@ -109,7 +109,7 @@ PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
 
 @pytest.mark.parametrize("recipe, expect", [
     ("constrained_sft", dict(method="constrained_sft", lora=False, lora_dropout=0.0, adam_betas=[0.5, 0.999],
-                             warmup_steps=10)),
+                             warmup_steps=10, lr_scheduler="linear")),
     ("asft", dict(method="asft", asft_scale="per_micro_batch", alignment_dtype="float32")),
     ("safe_lora", dict(method="safe_lora", safe_lora_select="number", safe_lora_num_layers=10, safe_lora_round=5,
                        safe_lora_ties="all", alignment_dtype="float32")),

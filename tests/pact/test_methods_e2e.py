@@ -133,8 +133,8 @@ def test_full_vocab_kl_trains_under_its_alias(setup):
 
 def test_constrained_sft_recipe_overlay_trains_all_weights(setup):
     """@configs/paper/recipes/constrained_sft.yaml in one process: all weights (no adapter), 10 warm-up steps
-    under tiny.yaml's lr 1e-3 (step s trains at 1e-3 · s/10; the log reads the rate after the scheduler's step,
-    i.e. that of step s + 1: 2e-4, 3e-4), and step 1's loss is SFT's (policy = reference, every w_t = 1)."""
+    under tiny.yaml's lr 1e-3 (0-based step s trains at 1e-3 · s/10, as transformers' warm-up, and logs that rate:
+    0, 1e-4), linear decay, and step 1's loss is SFT's (policy = reference, every w_t = 1)."""
     out = setup / "csft_recipe"
     args = [str(REPO / "pact" / "train.py"), "--config", str(REPO / "configs" / "tiny.yaml"),
             "@configs/paper/recipes/constrained_sft.yaml", f"model={setup / 'model'}", f"output_dir={out}",
@@ -143,10 +143,10 @@ def test_constrained_sft_recipe_overlay_trains_all_weights(setup):
     proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     records = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [r["lr"] for r in records] == pytest.approx([2e-4, 3e-4], rel=1e-9)
+    assert [r["lr"] for r in records] == pytest.approx([0.0, 1e-4], rel=1e-9, abs=1e-15)
     assert records[0]["loss"] == pytest.approx(records[0]["ce"], rel=1e-6)
     cfg = json.loads((out / "run.json").read_text())
-    assert (cfg["method"], cfg["lora"], cfg["adam_betas"], cfg["warmup_steps"]) == ("constrained_sft", False,
-                                                                                    [0.5, 0.999], 10)
+    assert (cfg["method"], cfg["lora"], cfg["adam_betas"], cfg["warmup_steps"], cfg["lr_scheduler"]) == (
+        "constrained_sft", False, [0.5, 0.999], 10, "linear")
     assert (out / "final" / "model.safetensors").is_file()
     assert not (out / "final" / "adapter_model.safetensors").exists()

@@ -41,7 +41,7 @@ def test_save_is_atomic(tmp_path, tokens, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(json, "dump", boom)
+    monkeypatch.setattr(os, "fsync", boom)  # fails with the temporary file written, before it replaces the old
     with pytest.raises(RuntimeError, match="disk full"):
         tokens.save(path)
     assert path.read_bytes() == before                                # the old file is intact

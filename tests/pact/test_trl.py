@@ -154,6 +154,55 @@ def test_reference_cache_gives_the_online_losses_and_refuses_other_data(setup, d
                                                                       f"ref_cache={cache}"])
 
 
+def test_warm_up_and_linear_decay_step_with_the_drivers_learning_rates(setup, tmp_path):
+    """warmup_steps 2 + linear: step 1 at lr 0 (as transformers), then 1/2, 1 and the decay, in both."""
+    keys = ("method=pact", *STEPS, "warmup_steps=2", "lr_scheduler=linear")
+    records = run(setup, "driver-warmup", *keys)[0]
+    trainer = trainer_for(setup["model"], setup["tokens"], tmp_path, keys)
+    trainer.train()
+    history = losses(trainer.state.log_history)
+    assert_same_steps(history, records)
+    assert [r["learning_rate"] for r in history] == pytest.approx([r["lr"] for r in records], abs=1e-12)
+
+
+def test_resume_from_a_checkpoint_gives_the_uninterrupted_steps(setup, trained, tmp_path):
+    """Stopped after step 2 (checkpoint-2), a new trainer resumed from it logs the uninterrupted run's steps 3-4."""
+    from transformers import TrainerCallback
+
+    class StopAfterTwo(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 2:
+                control.should_training_stop = True
+
+    keys = ("method=pact", *STEPS)
+    first = trainer_for(setup["model"], setup["tokens"], tmp_path, keys, callbacks=[StopAfterTwo()],
+                        save_strategy="steps", save_steps=2)
+    first.train()
+    assert [r["step"] for r in losses(first.state.log_history)] == [1, 2]
+    resumed = trainer_for(setup["model"], setup["tokens"], tmp_path, keys, save_strategy="steps", save_steps=2)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-2"))
+    whole = losses(trained["pact"].state.log_history)
+    again = losses(resumed.state.log_history)
+    assert [r["step"] for r in again] == [1, 2, 3, 4]  # the checkpoint's history, then the resumed steps
+    for mine, theirs in zip(again, whole):
+        for key in ("loss", "ce", "kl", "gate_mean", "learning_rate"):
+            assert abs(mine[key] - theirs[key]) < 1e-6, (mine["step"], key, mine[key], theirs[key])
+
+
+def test_a_constant_schedule_with_warm_up_warms_up(setup, tmp_path):
+    from transformers.trainer_utils import SchedulerType
+
+    from pact.trl import PACTTrainerConfig
+
+    with pytest.warns(UserWarning, match="using 'constant_with_warmup'"):
+        args = PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(setup["tokens"]), warmup_steps=3,
+                                 bf16=False)
+    assert args.lr_scheduler_type == SchedulerType.CONSTANT_WITH_WARMUP
+    linear = PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(setup["tokens"]), warmup_steps=3,
+                               lr_scheduler_type="linear", bf16=False)
+    assert linear.lr_scheduler_type == SchedulerType.LINEAR
+
+
 def test_full_fine_tuning_reads_the_frozen_ref_model(setup, trained, tmp_path):
     """No peft: the reference is ref_model. At step 1 policy = reference, so the loss is the LoRA run's."""
     trainer = trainer_for(setup["model"], setup["tokens"], tmp_path, ["method=pact", *STEPS], lora=False)

@@ -29,16 +29,18 @@ def driver_samples(cfg):
     return [sources[kind][int(i)] for kind, i in (o.split(":") for o in record["order"])]
 
 
-def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True):
+def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True, callbacks=None, **trainer_args):
     """A PACTTrainer configured as the driver is by configs/tiny.yaml + ``overrides``.
 
-    ``lora=False``: full fine-tuning, the reference a second (frozen) model.
+    ``lora=False``: full fine-tuning, the reference a second (frozen) model. ``trainer_args``: more
+    ``PACTTrainerConfig`` fields (they replace this function's choices, e.g. ``save_strategy``).
     """
     from datasets import Dataset
     from peft import LoraConfig
 
     from pact.models import load_model, load_tokenizer
     from pact.training.config import load_config
+    from pact.training.schedule import hf_scheduler_type
     from pact.trl import PACTTrainer, PACTTrainerConfig
 
     cfg = load_config(str(REPO / "configs" / "tiny.yaml"),
@@ -46,20 +48,23 @@ def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True)
     samples = driver_samples(cfg)
     dataset = Dataset.from_dict({"prompt": [s.prompt for s in samples], "completion": [s.response for s in samples],
                                  "harmful": [s.harmful for s in samples]})
-    args = PACTTrainerConfig(
+    fields = dict(
         output_dir=str(out), safety_tokens=str(tokens), variant=cfg.variant, preset=cfg.preset, **cfg.loss,
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.micro_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_betas[0],
-        adam_beta2=cfg.adam_betas[1], lr_scheduler_type=cfg.lr_scheduler, max_length=cfg.max_length, seed=cfg.seed,
+        adam_beta2=cfg.adam_betas[1], lr_scheduler_type=hf_scheduler_type(cfg.lr_scheduler, cfg.warmup_steps),
+        warmup_steps=cfg.warmup_steps, max_length=cfg.max_length, seed=cfg.seed,
         ref_cache=cfg.ref_cache, fused_linear=cfg.fused_linear, bf16=False, gradient_checkpointing=False,
         logging_steps=1, report_to=[], save_strategy="no", deepspeed=deepspeed, disable_tqdm=True,
         accelerator_config={"use_configured_state": True} if deepspeed else None)
+    args = PACTTrainerConfig(**{**fields, **trainer_args})
     model = load_model(str(model_dir))
     if not lora:
-        return PACTTrainer(model.requires_grad_(True), args=args, train_dataset=dataset,
+        return PACTTrainer(model.requires_grad_(True), args=args, train_dataset=dataset, callbacks=callbacks,
                            processing_class=load_tokenizer(str(model_dir)), ref_model=load_model(str(model_dir)))
     return PACTTrainer(model, args=args, train_dataset=dataset, processing_class=load_tokenizer(str(model_dir)),
+                       callbacks=callbacks,
                        peft_config=LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                               target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM"))
 
