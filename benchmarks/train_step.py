@@ -1,4 +1,4 @@
-"""Training step time of ``pact`` vs ``sft`` on one small model, reference online and from ``--ref-cache``.
+"""Training step time of ``pact`` vs ``sft`` on one small model, reference online and from ``ref_cache=DIR``.
 
     .venv/bin/python -m benchmarks.train_step [--hidden 256 --layers 4 --steps 20]
 
@@ -43,7 +43,7 @@ def make_tokens(path: Path, vocab: int, k: int) -> None:
 def train_args(out: Path, model: Path, tokens: Path, steps: int, *overrides: str) -> list:
     """The arguments of ``pact/train.py`` for one benchmark run (one process, ZeRO 0, LoRA on all projections)."""
     return ["--config", str(REPO / "configs" / "tiny.yaml"), f"model={model}", f"safety_tokens={tokens}",
-            f"output_dir={out}", "deepspeed=null", f"max_steps={steps}", "num_samples=100", "harmful_fraction=0.1",
+            f"output_dir={out}", "deepspeed=null", f"max_steps={steps}", "num_samples=50", "harmful_fraction=0.1",
             "save_every=0", "lora_target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]",
             *overrides]
 
@@ -78,13 +78,13 @@ def main(argv=None) -> None:
         results = [
             run("sft", root, model, tokens, args.steps, "method=sft"),
             run("pact (reference online)", root, model, tokens, args.steps, "method=pact"),
-            run("pact (--ref-cache)", root, model, tokens, args.steps, "method=pact", f"ref_cache={root / 'cache'}"),
+            run("pact (ref_cache)", root, model, tokens, args.steps, "method=pact", f"ref_cache={root / 'cache'}"),
         ]
     sft = results[0]["step_cpu_seconds"]
     lines = [
         f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; byte-level Llama, "
         f"hidden {args.hidden}, {args.layers} layers, micro-batch 2, up to 256 tokens, K = {args.k}, float32, "
-        f"one thread, median of steps 3..{args.steps}",
+        f"fused_linear true (the driver's default), one thread, median of steps 3..{args.steps}",
         "",
         "| method | step CPU s | vs sft | step wall s | process wall s (start-up, cache fill) |",
         "|---|---|---|---|---|",

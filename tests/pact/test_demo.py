@@ -135,6 +135,30 @@ def test_table_pools_the_two_harmful_sets_and_shows_intervals():
     assert table(uneven)[1][3][4] == pytest.approx(400.0 / 30.0)
 
 
+def test_checks_fail_an_unlearned_task_and_say_what_pact_costs(tmp_path, monkeypatch, capsys):
+    from pact.cli import main
+    from pact.demo import DemoCheckError, check_line
+
+    # rows M_base, M_safe, SFT, PACT; columns task accuracy, over-refusal, ...
+    values = [[0.0, 1.0, 90.0, 90.0, 90.0], [2.0, 30.0, 5.0, 0.0, 2.5], [21.0, 5.0, 50.0, 60.0, 55.0],
+              [11.0, 45.0, 0.0, 5.0, 2.5]]
+    gain, drop, rise = checks(values)
+    assert (gain["value"], drop["value"], rise["value"]) == (19.0, 10.0, 15.0)
+    assert [c["ok"] for c in (gain, drop, rise)] == [False, False, False]
+    assert check_line(gain).startswith("FAILED task learned") and "+19.0 points (needs >= +20)" in gain["text"]
+    assert check_line(drop).startswith("NOTE") and "-10.0 points (MORE than 5 below)" in drop["text"]
+    assert check_line(rise).startswith("NOTE") and "+15.0 points (MORE than 10 above)" in rise["text"]
+    values[2][0], values[3][0], values[3][1] = 22.0, 17.0, 40.0  # exactly +20, -5, +10: every check holds
+    assert [c["ok"] for c in checks(values)] == [True, True, True]
+
+    def failing(*args, **kwargs):
+        raise DemoCheckError(gain["text"])
+
+    monkeypatch.setattr("pact.demo.run_demo", failing)
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 3
+    assert "pact demo: check failed: task learned" in capsys.readouterr().err
+
+
 def test_table_over_seeds_shows_mean_and_range():
     one = {"M_base": [_suites((0, 100), (10, 100), (19, 20), (18, 20))],
            "M_safe": [_suites((2, 100), (30, 100), (1, 20), (0, 20))]}

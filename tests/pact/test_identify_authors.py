@@ -179,9 +179,11 @@ def test_python_api_matches_the_authors_pipeline(setup, python_run):
 
 @pytest.mark.parametrize("change", [
     dict(strip=False), dict(append_eos=True), dict(base_bos=True), dict(average="token"), dict(std_min_abs_d=None),
-    dict(weights_dtype="float64"), dict(max_resp_len=None)])
+    dict(weights_dtype="float64"), dict(max_resp_len=None), dict(base_format="chat", base_bos=True),
+    dict(selection="paper", std_min_abs_d=None, norm_eps=0.0), dict(limit=5)])
 def test_each_piece_of_the_preset_changes_the_result(setup, python_run, change):
-    """Switching any one piece of the preset off departs from the authors' result."""
+    """Switching any one piece of the preset off departs from the authors' result (not norm_eps: its 1e-6 next
+    to a std and a norm of order 0.1 to 1 does not move a bfloat16 weight on these models)."""
     tok = setup[1]
     _, models, src, res = python_run
     other = identify_authors(*models, tok, src, batch_size=4, progress=False, **change)

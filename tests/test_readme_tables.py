@@ -1,0 +1,31 @@
+"""The README's measured tables are the benchmark scripts' own outputs, and the GPU script fits one device command."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+README = (REPO / "README.md").read_text()
+
+#: README marker -> the file its benchmark script writes
+TABLES = {"cpu-table": "cpu.md", "fused-linear-table": "fused_linear.md",
+          "train-memory-table": "train_memory_mb8.md", "train-step-table": "train_step.md"}
+
+
+@pytest.mark.parametrize("marker, result", sorted(TABLES.items()))
+def test_marked_table_is_the_results_file(marker, result):
+    found = re.findall(rf"<!-- {marker} -->\n(.*?)<!-- /{marker} -->", README, re.S)
+    assert len(found) == 1, f"README.md has {len(found)} {marker} blocks"
+    assert found[0].strip() == (REPO / "benchmarks" / "results" / result).read_text().strip(), (
+        f"README's {marker} differs from benchmarks/results/{result}: paste the file again")
+
+
+def test_gpu_check_stage_timeouts_fit_one_device_command():
+    script = (REPO / "benchmarks" / "gpu_check.sh").read_text()
+    timeouts = [int(t) for t in re.findall(r"^\s*(?:\S+=\S+ )*timeout (\d+) ", script, re.M)]
+    assert len(timeouts) == 6  # build, triton tests, correctness, benchmark, tuning, fused linear head
+    total = sum(timeouts)
+    assert total <= 540, f"stage timeouts add up to {total} s; a lent GPU runs one command for at most 600 s"
+    assert f"add up to {total} s" in script and f"add up to {total} s" in " ".join(README.split())
