@@ -34,14 +34,15 @@ def tiny_tokenizer():
     return tok
 
 
-def tiny_model(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2):
-    """A random ``LlamaForCausalLM`` over the tokenizer's vocabulary (float32, train mode)."""
+def tiny_model(tokenizer, seed: int = 0, hidden: int = 32, layers: int = 2, tie: bool = False):
+    """A random ``LlamaForCausalLM`` over the tokenizer's vocabulary (float32, train mode); ``tie``: the output
+    head shares the input embedding (as SmolLM2, Gemma, Llama-3.2-1B)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=False,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024, tie_word_embeddings=tie,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )
     return LlamaForCausalLM(config)

@@ -167,6 +167,36 @@ def test_pact_keeps_safety_token_probability_that_sft_lets_fall(setup):
     assert sft[-1]["harmful"]["ce"] < pact[-1]["harmful"]["ce"]  # and it resists fitting the harmful answers
 
 
+@pytest.fixture(scope="module")
+def tied(setup):
+    """The setup with a tied model: the output head is the input embedding (SmolLM2, Gemma, Llama-3.2-1B)."""
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, seed=3, tie=True)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    model.save_pretrained(setup["root"] / "tied-model")
+    tok.save_pretrained(setup["root"] / "tied-model")
+    return dict(setup, model=setup["root"] / "tied-model")
+
+
+def test_full_fine_tuning_of_a_tied_model_fused_under_zero3_equals_unfused(tied):
+    """Tied head: the fused head's gradient (made in the forward) and the embedding's (from the backward) both
+    reach the one shared weight: two ranks under ZeRO-3 give the losses and the final weights of one unfused
+    process."""
+    from transformers import AutoModelForCausalLM
+
+    keys = ("lora=false", "max_steps=3")
+    fused, fused_out, _ = run(tied, "tied-zero3", *keys, "deepspeed=configs/deepspeed/zero3.json", ranks=2)
+    unfused, unfused_out, _ = run(tied, "tied-unfused", *keys, "fused_linear=false", "gradient_accumulation_steps=2")
+    assert_same_losses(fused, unfused)
+    before = AutoModelForCausalLM.from_pretrained(tied["model"]).model.embed_tokens.weight
+    after = AutoModelForCausalLM.from_pretrained(fused_out / "final")
+    plain = AutoModelForCausalLM.from_pretrained(unfused_out / "final")
+    assert after.lm_head.weight.data_ptr() == after.model.embed_tokens.weight.data_ptr()  # still tied
+    moved = (plain.model.embed_tokens.weight - before).abs().max().item()
+    assert moved > 1e-3
+    assert (after.model.embed_tokens.weight - plain.model.embed_tokens.weight).abs().max().item() < 1e-2 * moved
+
+
 def test_full_fine_tuning_with_a_frozen_reference_engine_under_zero3(setup):
     """No LoRA: every weight trains, the reference is a second frozen engine (ZeRO-3 shards both).
 
