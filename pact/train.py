@@ -28,7 +28,7 @@ from pact.data.collator import PACTCollator
 from pact.data.sources import PromptSourceError
 from pact.data.views import ViewBuilder
 from pact.fingerprint import ARCHITECTURE_KEYS, weights_digest, write_base_record
-from pact.methods import ASFT, PACT, SFT, ConstrainedSFT, Method, SafeLoRA
+from pact.methods import build_method
 from pact.models import ModelLoadError, load_model, load_tokenizer, resolve_model_ref
 from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint, fill_reference_cache
 from pact.safety_tokens import SafetyTokens
@@ -135,25 +135,6 @@ def build_model(cfg: TrainConfig, safety_ids: torch.Tensor | None) -> RowModel:
     return row_model
 
 
-def build_method(cfg: TrainConfig, tokens: SafetyTokens | None) -> Method:
-    """The objective of ``cfg.method`` with its hyper-parameters from the config."""
-    if cfg.method == "sft":
-        return SFT()
-    if cfg.method == "constrained_sft":
-        return ConstrainedSFT(cfg.csft_beta, cfg.csft_bias_factor, cfg.csft_first_token_bias_factor,
-                              cfg.csft_bias_length, cfg.csft_min_weight)
-    if cfg.method == "safe_lora":
-        return SafeLoRA(cfg.model, cfg.base_model, gguf_file=cfg.gguf_file, base_gguf_file=cfg.base_gguf_file,
-                        select=cfg.safe_lora_select, threshold=cfg.safe_lora_threshold,
-                        num_layers=cfg.safe_lora_num_layers, round_decimals=cfg.safe_lora_round,
-                        ties=cfg.safe_lora_ties, dtype=cfg.alignment_dtype)
-    if cfg.method == "asft":
-        return ASFT(cfg.base_model, base_gguf_file=cfg.base_gguf_file, lambda_=cfg.asft_lambda,
-                    dtype=cfg.alignment_dtype, scale=cfg.asft_scale,
-                    gradient_accumulation_steps=cfg.gradient_accumulation_steps)
-    return PACT(cfg.loss_config(), tokens.ids_tensor(), tokens.weights_tensor(), backend=cfg.backend)
-
-
 def build_reference(cfg, method, engine, ds_config, tokens, views, collator, rank, world, device):
     """The reference for the run: adapter-off (LoRA), a frozen DeepSpeed engine (full), or the disk cache."""
     import deepspeed
@@ -224,7 +205,7 @@ def train(cfg: TrainConfig) -> dict:
             indent=2))
         write_text_atomic(run_dir / "mixture.json", json.dumps(mixture_record))
 
-    method = build_method(cfg, tokens)
+    method = build_method(cfg, tokens, backend=cfg.backend)
     row_model = build_model(cfg, tokens.ids_tensor() if tokens else None)
     method.setup(row_model)  # e.g. AsFT pairs the LoRA factors with their alignment matrices
     ds_config = deepspeed_config(cfg, world)

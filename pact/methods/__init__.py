@@ -9,13 +9,15 @@
 - :mod:`.asft`: AsFT (Yang et al. 2025), a regulariser during training;
 - :mod:`.alignment`: aligned-minus-base weights per module, shared by the last two.
 
-``pact.train.build_method`` maps ``method=`` to a class; add a method by
-subclassing :class:`Method` in its own module.
+:func:`.build.build_method` maps ``method=`` to a class (for the driver and
+:class:`pact.trl.PACTTrainer`); add a method by subclassing :class:`Method` in
+its own module and naming it there.
 """
 from .base import PACT, SFT, HeadRows, LossResult, Method, policy_cross_entropy
 from .constrained_sft import ConstrainedSFT
 from .safe_lora import SafeLoRA
 from .asft import ASFT
+from .build import build_method
 
 __all__ = ["ASFT", "ConstrainedSFT", "HeadRows", "LossResult", "Method", "PACT", "SFT", "SafeLoRA",
-           "policy_cross_entropy"]
+           "build_method", "policy_cross_entropy"]

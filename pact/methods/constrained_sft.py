@@ -60,6 +60,20 @@ def token_weights(policy_logp: torch.Tensor, ref_logp: torch.Tensor, betas: torc
     return w.clamp(min=min_weight)
 
 
+def check_csft_keys(beta: float, bias_factor: float, first_token_bias_factor: float, bias_length: int,
+                    min_weight: float) -> None:
+    """Raise ``ValueError`` naming the ``csft_*`` key and its range (the driver's and the trainer's configs)."""
+    if beta <= 0:
+        raise ValueError(f"csft_beta={beta} must be > 0 (Qi et al. use 0.1)")
+    for name, value in (("csft_bias_factor", bias_factor), ("csft_first_token_bias_factor", first_token_bias_factor)):
+        if value <= 0:
+            raise ValueError(f"{name}={value} must be > 0 (it multiplies csft_beta)")
+    if bias_length < 0:
+        raise ValueError(f"csft_bias_length={bias_length} must be >= 0")
+    if not 0.0 <= min_weight <= 2.0:
+        raise ValueError(f"csft_min_weight={min_weight} must be in [0, 2] (the weight lies in (0, 2))")
+
+
 class ConstrainedSFT(Method):
     """Qi et al.'s token-wise constrained fine-tuning (see the module doc for the formula and defaults).
 

@@ -20,6 +20,7 @@ import yaml
 
 from pact_kernels.config import VARIANT_ALIASES, VARIANTS, PACTConfig
 
+from ..methods.constrained_sft import check_csft_keys
 from ..models import ModelLoadError, resolve_model_ref
 
 # Methods of the driver: every rung of the PACT ablation ladder (and its alias) and the paper's baselines.
@@ -27,6 +28,8 @@ PACT_METHODS = VARIANTS + tuple(VARIANT_ALIASES)
 BASELINES = ("sft", "constrained_sft", "safe_lora", "asft")
 METHODS = BASELINES + PACT_METHODS
 SAFE_LORA_SELECT = ("threshold", "number")
+#: constrained_sft's keys, in ConstrainedSFT's argument order (also keys of PACTTrainerConfig)
+CSFT_KEYS = ("csft_beta", "csft_bias_factor", "csft_first_token_bias_factor", "csft_bias_length", "csft_min_weight")
 LOSS_KEYS = tuple(f.name for f in dataclasses.fields(PACTConfig) if f.name not in ("variant", "ignore_index"))
 
 
@@ -176,15 +179,10 @@ class TrainConfig:
 
     def validate_baseline(self) -> None:
         """The keys of constrained_sft, safe_lora and asft (the ConfigError names the key and the fix)."""
-        if self.csft_beta <= 0:
-            raise ConfigError(f"csft_beta={self.csft_beta} must be > 0 (Qi et al. use 0.1)")
-        for name in ("csft_bias_factor", "csft_first_token_bias_factor"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be > 0 (it multiplies csft_beta)")
-        if self.csft_bias_length < 0:
-            raise ConfigError(f"csft_bias_length={self.csft_bias_length} must be >= 0")
-        if not 0.0 <= self.csft_min_weight <= 2.0:
-            raise ConfigError(f"csft_min_weight={self.csft_min_weight} must be in [0, 2] (the weight lies in (0, 2))")
+        try:
+            check_csft_keys(*(getattr(self, k) for k in CSFT_KEYS))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         if self.safe_lora_select not in SAFE_LORA_SELECT:
             raise ConfigError(f"safe_lora_select={self.safe_lora_select!r}: use threshold or number")
         if not -1.0 <= self.safe_lora_threshold <= 1.0:

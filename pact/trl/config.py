@@ -9,7 +9,12 @@ from trl import SFTConfig
 
 from pact_kernels.config import PRESETS, VARIANT_ALIASES, VARIANTS, PACTConfig
 
-from ..training.config import LOSS_KEYS
+from ..methods.constrained_sft import check_csft_keys
+from ..training.config import CSFT_KEYS, LOSS_KEYS, TrainConfig
+
+#: The objectives PACTTrainer trains with (the driver's classes); safe_lora and asft need the base model's
+#: weights and run through `pact train`.
+TRAINER_METHODS = ("pact", "sft", "constrained_sft")
 
 
 @dataclass
@@ -21,6 +26,14 @@ class PACTTrainerConfig(SFTConfig):
             The `tokens.json` of `pact identify` (or of `pact.safety_tokens.identify(...).tokens.save(path)`):
             the safety set S and its weights w (SPEC §1, the paper's §3.1). Required; checked against the
             model's vocabulary before any step.
+        method (`str`, *optional*, defaults to `"pact"`):
+            The objective: `"pact"`, or a baseline to compare with on the same data, order and logs: `"sft"`
+            (plain cross-entropy on the completion; no reference) or `"constrained_sft"` (Qi et al. 2024's
+            token-wise constrained objective against the reference, keys `csft_*`). `safe_lora` and `asft`
+            need the base model's weights: `pact train`.
+        csft_beta, csft_bias_factor, csft_first_token_bias_factor, csft_bias_length, csft_min_weight:
+            `method="constrained_sft"`'s β schedule and weight clamp, with Qi et al.'s (and the driver's)
+            defaults 0.1, 20, 5, 5, 1e-3.
         preset (`str`, *optional*, defaults to `"paper"`):
             Loss defaults: `"paper"` (the paper's equations: λ = 3, τ_mass = 0.9, α = 1, β = 0, T_g = 1, T = 1;
             N = 8 and τ = 8 from the authors' code, the paper gives none) or `"authors"` (`Glresearch1/PACT`
@@ -67,6 +80,13 @@ class PACTTrainerConfig(SFTConfig):
     """
 
     safety_tokens: str | None = field(default=None, metadata={"help": "tokens.json of `pact identify` (required)."})
+    method: str = field(default="pact", metadata={"help": "Objective: " + " | ".join(TRAINER_METHODS)})
+    csft_beta: float = field(default=TrainConfig.csft_beta, metadata={"help": "constrained_sft β (Qi et al.: 0.1)."})
+    csft_bias_factor: float = field(default=TrainConfig.csft_bias_factor, metadata={"help": "β factor, tokens 2..L."})
+    csft_first_token_bias_factor: float = field(default=TrainConfig.csft_first_token_bias_factor,
+                                                metadata={"help": "β factor of the first answer token."})
+    csft_bias_length: int = field(default=TrainConfig.csft_bias_length, metadata={"help": "L of the β schedule."})
+    csft_min_weight: float = field(default=TrainConfig.csft_min_weight, metadata={"help": "Token weight clamp."})
     preset: str = field(default="paper", metadata={"help": "Loss defaults: paper | authors (SPEC §3)."})
     variant: str = field(default="pact", metadata={"help": "Rung of the ablation ladder: " + ", ".join(VARIANTS)})
     lambda_kl: float | None = field(default=None, metadata={"help": "λ (paper: 3). None: the preset's."})
@@ -99,6 +119,19 @@ class PACTTrainerConfig(SFTConfig):
                              "(see pact.safety_tokens.identify for doing it from Python)")
         if not Path(self.safety_tokens).is_file():
             raise ValueError(f"PACTTrainerConfig: safety_tokens file not found: {self.safety_tokens}")
+        if self.method not in TRAINER_METHODS:
+            raise ValueError(f"PACTTrainerConfig: method={self.method!r}; use one of {', '.join(TRAINER_METHODS)} "
+                             "(safe_lora and asft need the base model's weights: run them with `pact train`)")
+        try:
+            check_csft_keys(*(getattr(self, k) for k in CSFT_KEYS))
+        except ValueError as e:
+            raise ValueError(f"PACTTrainerConfig: {e}") from None
+        if self.method != "pact":  # PACT's keys given to a baseline: a mistake, never ignored silently
+            unused = [k for k in LOSS_KEYS if getattr(self, k) is not None]
+            unused += ["variant"] * (self.variant != "pact") + ["ref_cache"] * bool(self.ref_cache)
+            if unused:
+                raise ValueError(f"PACTTrainerConfig: method={self.method!r} does not use {', '.join(unused)}; "
+                                 "leave them unset or use method='pact'")
         if self.preset not in PRESETS:
             raise ValueError(f"PACTTrainerConfig: preset={self.preset!r}; use one of {', '.join(PRESETS)}")
         if self.variant not in VARIANTS + tuple(VARIANT_ALIASES):

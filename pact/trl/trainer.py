@@ -5,7 +5,9 @@ Per micro-batch (:meth:`PACTTrainer.compute_loss`), the driver's own
 linear loss, the default) or logits at the answer rows of the full view
 (``RowModel``'s modes), the reference's K-token logits on both views (the
 peft model with its adapter disabled, or ``ref_model``; or the memory-mapped
-cache), then the loss of :class:`pact.methods.PACT` (``pact_kernels``), and
+cache), then the loss of the config's ``method`` (:class:`pact.methods.PACT`
+through ``pact_kernels``, or the baselines :class:`~pact.methods.SFT` and
+:class:`~pact.methods.ConstrainedSFT`; :func:`pact.methods.build_method`), and
 the driver's :class:`~pact.training.metrics.StepMetrics` for the logs. The sampler gives
 the driver's data order (:class:`~pact.training.data.StepSampler`), so the
 same data, seed and hyper-parameters give the driver's step losses.
@@ -22,7 +24,7 @@ from trl import SFTTrainer
 
 from ..data.collator import PACTBatch
 from ..data.views import ViewBuilder
-from ..methods import PACT
+from ..methods import build_method
 from ..models import vocab_size_of
 from ..reference import (OnlineReference, ReferenceCache, cache_fingerprint, causal_lm_of, fill_reference_cache,
                          patch_row_forward)
@@ -92,8 +94,10 @@ class PACTTrainer(SFTTrainer):
         processing_class: the tokenizer; its chat template must render an
             assistant header (the no-prompt view is that header + the answer).
         ref_model: the frozen reference (the aligned model) when the policy
-            is not a peft model; with ``peft_config`` or a peft model, leave it
-            None: the reference is the same network with its adapter disabled.
+            is not a peft model and the method has a reference (``pact``,
+            ``constrained_sft``); with ``peft_config`` or a peft model, leave
+            it None: the reference is the same network with its adapter
+            disabled. ``method="sft"`` has none.
         peft_config: as for ``SFTTrainer`` (e.g. ``peft.LoraConfig``).
         **kwargs: the rest of ``SFTTrainer``'s arguments (callbacks,
             optimizers, ...); not ``data_collator`` or ``formatting_func``.
@@ -132,13 +136,14 @@ class PACTTrainer(SFTTrainer):
                                  "a TRL format instead")
         vocab = _vocab_size(model)
         self.safety = SafetyTokens.load(args.safety_tokens, vocab_size=vocab)  # SafetyTokensError before any work
-        self.method = PACT(args.loss_config(), self.safety.ids_tensor(), self.safety.weights_tensor(),
-                           backend=args.pact_backend)
+        self.method = build_method(args, self.safety, backend=args.pact_backend)  # the driver's objectives
         peft_policy = peft_config is not None or is_peft_model(model)
         if peft_policy and ref_model is not None:
             raise ValueError("ref_model: the policy is a peft model, so the reference is the same network with its "
                              "adapter disabled (no second copy); pass ref_model=None")
-        if not peft_policy and ref_model is None:
+        if not self.method.needs_reference and ref_model is not None:
+            raise ValueError(f"ref_model: method={args.method!r} uses no reference; pass ref_model=None")
+        if not peft_policy and ref_model is None and self.method.needs_reference:
             raise ValueError("ref_model: the policy is not a peft model; pass ref_model= (a frozen copy of the "
                              "aligned model) or peft_config= (e.g. peft.LoraConfig) to train an adapter")
         if ref_model is not None and _vocab_size(ref_model) != vocab:
@@ -214,6 +219,8 @@ class PACTTrainer(SFTTrainer):
         return OnlineReference(RowCaller(self.ref_model if self.ref_model is not None else model))
 
     def _reference(self, model, training: bool):
+        if not self.method.needs_reference:  # sft
+            return None
         if self.cache is None or not training:
             return self._online_reference(model)
         if not self._cache_ready and self.cache.status() == "missing":

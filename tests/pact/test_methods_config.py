@@ -6,7 +6,8 @@ import json
 import pytest
 
 from pact.methods import ASFT, PACT, SFT, ConstrainedSFT, SafeLoRA
-from pact.train import build_method, check_base_model
+from pact.methods import build_method
+from pact.train import check_base_model
 from pact.training.config import METHODS, ConfigError, load_config
 
 

@@ -23,7 +23,8 @@ pytestmark = pytest.mark.slow
 
 STEPS = ("max_steps=4", "gradient_accumulation_steps=2")  # 4 steps of 2 micro-batches of 2 samples
 # pact through the fused linear loss (the default), safety_weights through the [rows, V] logits and pact_loss
-RUNS = {"pact": ("method=pact",), "safety_weights": ("method=safety_weights", "fused_linear=false")}
+RUNS = {"pact": ("method=pact",), "safety_weights": ("method=safety_weights", "fused_linear=false"),
+        "sft": ("method=sft",), "constrained_sft": ("method=constrained_sft",)}
 
 
 def losses(history):
@@ -54,8 +55,9 @@ def assert_same_steps(history, records, tol=1e-5):
             assert abs(mine[key] - theirs[key]) < tol, (mine["step"], key, mine[key], theirs[key])
 
 
-@pytest.mark.parametrize("method", ["pact", "safety_weights"])
+@pytest.mark.parametrize("method", sorted(RUNS))
 def test_step_losses_equal_the_driver(trained, driver, method):
+    """Every objective the trainer offers (PACT fused and unfused, the baselines sft and constrained_sft)."""
     history = losses(trained[method].state.log_history)
     assert_same_steps(history, driver[method])
     for mine, theirs in zip(history, driver[method]):  # the safety-token confidences the driver logs
@@ -232,6 +234,14 @@ def test_config_without_or_with_a_missing_safety_tokens_file(tmp_path):
         PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(tokens), completion_only_loss=False, bf16=False)
     with pytest.raises(ValueError, match="lambda_kl"):
         PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(tokens), lambda_kl=-1.0, bf16=False)
+    with pytest.raises(ValueError, match="method='asft'; use one of pact, sft, constrained_sft .*pact train"):
+        PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(tokens), method="asft", bf16=False)
+    with pytest.raises(ValueError, match="method='sft' does not use lambda_kl, variant; leave them unset"):
+        PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(tokens), method="sft", lambda_kl=1.0,
+                          variant="safety_weights", bf16=False)
+    with pytest.raises(ValueError, match="csft_beta=0.0 must be > 0"):
+        PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(tokens), method="constrained_sft",
+                          csft_beta=0.0, bf16=False)
 
 
 def test_tokens_of_another_vocabulary(setup, tmp_path):
@@ -265,9 +275,19 @@ def test_a_model_that_is_not_peft_needs_a_ref_model(setup, tmp_path):
     from pact.trl import PACTTrainer, PACTTrainerConfig
 
     args = PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(setup["tokens"]), report_to=[], bf16=False)
+    data = Dataset.from_dict({"prompt": ["a"], "completion": ["b"]})
     with pytest.raises(ValueError, match="pass ref_model="):
         PACTTrainer(load_model(str(setup["model"])), args=args, processing_class=load_tokenizer(str(setup["model"])),
-                    train_dataset=Dataset.from_dict({"prompt": ["a"], "completion": ["b"]}))
+                    train_dataset=data)
+    # sft has no reference: full fine-tuning needs none, and a ref_model given to it is refused
+    sft = PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(setup["tokens"]), method="sft", report_to=[],
+                            bf16=False)
+    trainer = PACTTrainer(load_model(str(setup["model"])), args=sft, train_dataset=data,
+                          processing_class=load_tokenizer(str(setup["model"])))
+    assert trainer.ref_model is None and trainer._reference(trainer.model, True) is None
+    with pytest.raises(ValueError, match="method='sft' uses no reference; pass ref_model=None"):
+        PACTTrainer(load_model(str(setup["model"])), args=sft, processing_class=load_tokenizer(str(setup["model"])),
+                    train_dataset=data, ref_model=load_model(str(setup["model"])))
 
 
 def test_a_dataset_with_no_completion(setup, tmp_path):

@@ -39,7 +39,7 @@ def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True,
     from peft import LoraConfig
 
     from pact.models import load_model, load_tokenizer
-    from pact.training.config import load_config
+    from pact.training.config import CSFT_KEYS, load_config
     from pact.training.schedule import hf_scheduler_type
     from pact.trl import PACTTrainer, PACTTrainerConfig
 
@@ -48,8 +48,11 @@ def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True,
     samples = driver_samples(cfg)
     dataset = Dataset.from_dict({"prompt": [s.prompt for s in samples], "completion": [s.response for s in samples],
                                  "harmful": [s.harmful for s in samples]})
+    method = "pact" if cfg.variant is not None else cfg.method  # the driver's PACT rungs are methods too
+    pact_keys = dict(variant=cfg.variant, **cfg.loss) if method == "pact" else {}
     fields = dict(
-        output_dir=str(out), safety_tokens=str(tokens), variant=cfg.variant, preset=cfg.preset, **cfg.loss,
+        output_dir=str(out), safety_tokens=str(tokens), method=method, preset=cfg.preset, **pact_keys,
+        **{k: getattr(cfg, k) for k in CSFT_KEYS},
         learning_rate=cfg.learning_rate, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
         per_device_train_batch_size=cfg.micro_batch_size, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_betas[0],

@@ -1,0 +1,32 @@
+"""``method=`` -> the objective: one factory for the driver (``pact/train.py``) and :class:`pact.trl.PACTTrainer`."""
+from __future__ import annotations
+
+from .asft import ASFT
+from .base import PACT, SFT, Method
+from .constrained_sft import ConstrainedSFT
+from .safe_lora import SafeLoRA
+
+
+def build_method(cfg, tokens, backend: str = "auto") -> Method:
+    """The objective of ``cfg.method`` with its hyper-parameters from ``cfg``.
+
+    ``cfg``: the driver's ``TrainConfig`` or a ``PACTTrainerConfig`` (the same key names: ``method``,
+    ``csft_*``, ``loss_config()``; ``safe_lora`` and ``asft`` read the driver's model keys). ``tokens``: the
+    :class:`~pact.safety_tokens.SafetyTokens` (needed by every PACT variant). Any other method than the
+    baselines is a PACT variant (its rung is in ``cfg.loss_config()``).
+    """
+    if cfg.method == "sft":
+        return SFT()
+    if cfg.method == "constrained_sft":
+        return ConstrainedSFT(cfg.csft_beta, cfg.csft_bias_factor, cfg.csft_first_token_bias_factor,
+                              cfg.csft_bias_length, cfg.csft_min_weight)
+    if cfg.method == "safe_lora":
+        return SafeLoRA(cfg.model, cfg.base_model, gguf_file=cfg.gguf_file, base_gguf_file=cfg.base_gguf_file,
+                        select=cfg.safe_lora_select, threshold=cfg.safe_lora_threshold,
+                        num_layers=cfg.safe_lora_num_layers, round_decimals=cfg.safe_lora_round,
+                        ties=cfg.safe_lora_ties, dtype=cfg.alignment_dtype)
+    if cfg.method == "asft":
+        return ASFT(cfg.base_model, base_gguf_file=cfg.base_gguf_file, lambda_=cfg.asft_lambda,
+                    dtype=cfg.alignment_dtype, scale=cfg.asft_scale,
+                    gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    return PACT(cfg.loss_config(), tokens.ids_tensor(), tokens.weights_tensor(), backend=backend)
