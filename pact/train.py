@@ -38,8 +38,8 @@ from pact.training.config import ConfigError, TrainConfig, deepspeed_config, loa
 from pact.training.data import StepSampler, dataset_digest, load_views
 from pact.training.faults import fault_point
 from pact.training.metrics import StepMetrics, TrainLogger
-from pact.training.schedule import lr_lambda
 from pact.training.run_dir import apply_resume_changes, check_run_dir, clear_run, run_record
+from pact.training.schedule import lr_lambda
 from pact.training.step import micro_batch_loss
 
 
@@ -213,7 +213,8 @@ def train(cfg: TrainConfig) -> dict:
     trainable = [p for p in row_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=tuple(cfg.adam_betas),
                                   weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.lr_scheduler, cfg.warmup_steps, total_steps))
+    schedule = lr_lambda(cfg.lr_scheduler, cfg.warmup_steps, total_steps)  # transformers' factors
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     engine, _, _, _ = deepspeed.initialize(model=row_model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
     reference = build_reference(cfg, method, engine, ds_config, tokens, views, collator, rank, world, device)
