@@ -13,11 +13,12 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from pact.atomic_files import write_text_atomic
 
 from .peak_memory import forward_backward, make_inputs, measure_in_subprocess
 
@@ -36,14 +37,6 @@ def time_case(backend: str, inplace: bool, rows: int, vocab: int, k: int, dtype:
         forward_backward(backend, inputs, inplace_grad=inplace)
         times.append(time.perf_counter() - start)
     return sorted(times[1:])[len(times[1:]) // 2]
-
-
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> None:
@@ -76,8 +69,8 @@ def main(argv=None) -> None:
         )
     table = "\n".join(lines) + "\n"
     out = Path(args.out)
-    write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
-    write_atomic(out.with_suffix(".md"), table)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".md"), table)
     print(table)
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from .cpu_report import write_atomic
+from pact.atomic_files import write_text_atomic
 from .peak_memory import CPU_MALLOC_ENV, REPO, loss_inputs, peak_bytes
 
 CASES = ("pact unfused", "pact fused", "ce unfused", "ce fused")
@@ -159,8 +159,8 @@ def main(argv=None) -> None:
                                 unfused_s=secs[f"{kind} unfused"], fused_s=secs[f"{kind} fused"]))
     text = table(results, args)
     out = Path(args.out)
-    write_atomic(out.with_suffix(".json"), json.dumps(dict(vars(args), results=results), indent=2) + "\n")
-    write_atomic(out.with_suffix(".md"), text)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(dict(vars(args), results=results), indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".md"), text)
     print(text)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .cpu_report import write_atomic
+from pact.atomic_files import write_text_atomic
 from .fused_linear import make_inputs
 from .peak_memory import peak_bytes
 
@@ -190,8 +190,8 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (interpreted triton)"
     text = markdown(results, name)
     out = Path(args.out)
-    write_atomic(out.with_suffix(".json"), json.dumps(dict(checks=checks, results=results), indent=2) + "\n")
-    write_atomic(out.with_suffix(".md"), text)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(dict(checks=checks, results=results), indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".md"), text)
     print(text)
     return 0 if all(c["ok"] for c in checks) else 1
 

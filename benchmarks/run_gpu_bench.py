@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .cpu_report import write_atomic
+from pact.atomic_files import write_text_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_SHAPE = (16384, 152064, "bfloat16")
@@ -195,8 +195,8 @@ def main(argv=None) -> int:
     raw = json.loads(raw_path.read_text())
     summaries = [summarise(key, cases) for key, cases in sorted(collect(raw).items(), key=lambda kv: (kv[0][2], kv[0][0], kv[0][1]))]
     table = markdown(summaries, versions())
-    write_atomic(out.with_suffix(".json"), json.dumps({"versions": versions(), "shapes": summaries}, indent=2) + "\n")
-    write_atomic(out.with_suffix(".md"), table)
+    write_text_atomic(out.with_suffix(".json"), json.dumps({"versions": versions(), "shapes": summaries}, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".md"), table)
     print(table)
     return status
 

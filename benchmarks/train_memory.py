@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .cpu_report import write_atomic
+from pact.atomic_files import write_text_atomic
 from .peak_memory import CPU_MALLOC_ENV, REPO, _rss_field
 from .train_step import make_tokens, train_args
 
@@ -112,8 +112,8 @@ def main(argv=None) -> None:
                      f"{r['peak_bytes'] / base['peak_bytes']:.3f} | {r['step_cpu_seconds']:.2f} | {'yes' if same else 'NO'} |")
     text = "\n".join(lines) + "\n"
     out = Path(args.out)
-    write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
-    write_atomic(out.with_suffix(".md"), text)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".md"), text)
     print(text)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .cpu_report import write_atomic
+from pact.atomic_files import write_text_atomic
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -92,8 +92,8 @@ def main(argv=None) -> None:
          f"{r['step_seconds']:.3f} | {r['process_seconds']:.1f} |" for r in results]
     table = "\n".join(lines) + "\n"
     out = Path(args.out)
-    write_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
-    write_atomic(out.with_suffix(".md"), table)
+    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".md"), table)
     print(table)
 
 
