@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 __all__ = [
+    "RATE_CSV_PARTS",
     "RATE_KEYS",
     "Rate",
     "Z95",
@@ -32,9 +33,9 @@ __all__ = [
     "format_rate",
     "harmful_summary",
     "overrefusal_summary",
+    "rate_csv_fields",
     "rate_summary",
     "task_summary",
-    "rate_csv_fields",
     "wilson_interval",
 ]
 

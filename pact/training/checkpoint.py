@@ -23,13 +23,8 @@ import torch
 import torch.distributed as dist
 
 from ..atomic_files import write_text_atomic
-from ..reference import _gathered
+from ..reference import _barrier, _gathered
 from .faults import fault_point
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def rng_state() -> dict:
@@ -224,8 +219,7 @@ def save_checkpoint(engine, run_dir: Path, step: int, trainer_state: dict, rank:
         os.replace(tmp, final)
         fault_point("checkpoint-rename")
         write_text_atomic(root / "latest", final.name)
-        done = sorted(p for p in root.glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
-        for old in done[:-keep] if keep > 0 else []:
+        for old in step_checkpoints(run_dir)[keep:] if keep > 0 else []:  # newest first: keep the first `keep`
             shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return final

@@ -22,6 +22,7 @@ from pact_kernels.config import VARIANT_ALIASES, VARIANTS, PACTConfig
 
 from ..methods.constrained_sft import check_csft_keys
 from ..models import ModelLoadError, resolve_model_ref
+from .schedule import SCHEDULES
 
 # Methods of the driver: every rung of the PACT ablation ladder (and its alias) and the paper's baselines.
 PACT_METHODS = VARIANTS + tuple(VARIANT_ALIASES)
@@ -164,8 +165,8 @@ class TrainConfig:
         check_ranges(self)
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype={self.dtype!r}: use float32 or bfloat16")
-        if self.lr_scheduler not in ("constant", "linear", "cosine"):
-            raise ConfigError(f"lr_scheduler={self.lr_scheduler!r}: use constant, linear or cosine")
+        if self.lr_scheduler not in SCHEDULES:
+            raise ConfigError(f"lr_scheduler={self.lr_scheduler!r}: use {', '.join(SCHEDULES[:-1])} or {SCHEDULES[-1]}")
         if self.zero_stage is not None and self.zero_stage not in (0, 1, 2, 3):
             raise ConfigError(f"zero_stage={self.zero_stage} must be 0, 1, 2 or 3")
         if check_files and isinstance(self.deepspeed, str):

@@ -45,11 +45,6 @@ def load_sources(cfg: TrainConfig) -> tuple[list[Sample], list[Sample]]:
     return task, harmful
 
 
-def load_mixture(cfg: TrainConfig):
-    """The run's mixture from its task and harmful sources (see :func:`build_mixture`)."""
-    return build_mixture(*load_sources(cfg), cfg.num_samples, cfg.harmful_fraction, cfg.seed)
-
-
 def tokenize_mixture(samples: list[Sample], builder: ViewBuilder, record: dict | None = None,
                      task: list[Sample] | None = None, harmful: list[Sample] | None = None):
     """Both views of every sample, keeping the mixture's size and harmful share.

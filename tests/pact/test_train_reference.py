@@ -132,7 +132,7 @@ def test_config_errors_stop_before_any_model_is_loaded(tmp_path, monkeypatch):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises((ConfigError, ValueError), match="no rows|no samples"):
-        data_module.load_mixture(load_config(None, base + ["method=sft", f"task_file={empty}", "task=sst2"]))
+        data_module.load_sources(load_config(None, base + ["method=sft", f"task_file={empty}", "task=sst2"]))
     assert calls == []  # nothing was loaded or started
 
 

@@ -19,12 +19,10 @@ def driver_samples(cfg):
     prompt fills max_length replaced as ``pact.training.data.load_views`` does (so n and p are kept)."""
     from pact.data.views import ViewBuilder
     from pact.models import load_tokenizer
-    from pact.training.data import build_mixture, load_sources, tokenize_mixture
+    from pact.training.data import load_sources, load_views
 
-    task, harmful = load_sources(cfg)
-    samples, record = build_mixture(task, harmful, cfg.num_samples, cfg.harmful_fraction, cfg.seed)
-    tokenize_mixture(samples, ViewBuilder(load_tokenizer(cfg.model), cfg.max_length, cfg.post_bos), record,
-                     task, harmful)
+    _, record, _ = load_views(cfg, ViewBuilder(load_tokenizer(cfg.model), cfg.max_length, cfg.post_bos))
+    task, harmful = load_sources(cfg)  # what record["order"] indexes
     sources = {"task": task, "harmful": harmful}
     return [sources[kind][int(i)] for kind, i in (o.split(":") for o in record["order"])]
 
