@@ -25,7 +25,8 @@ from trl import SFTTrainer
 from ..data.collator import PACTBatch
 from ..data.views import ViewBuilder
 from ..methods import build_method
-from ..models import vocab_size_of
+from ..fingerprint import weights_digest
+from ..models import ModelLoadError, vocab_size_of
 from ..reference import (OnlineReference, ReferenceCache, cache_fingerprint, causal_lm_of, fill_reference_cache,
                          patch_row_forward)
 from ..safety_tokens import SafetyTokens
@@ -207,7 +208,11 @@ class PACTTrainer(SFTTrainer):
             return None
         lm = causal_lm_of(self.ref_model if self.ref_model is not None else self.model)
         name = str(getattr(lm.config, "_name_or_path", "") or type(lm).__name__)
-        fingerprint = cache_fingerprint(name, self.safety.ids, dataset_digest(self.train_views))
+        try:  # keyed by the weights' content, as the driver's cache: new weights at the same path rebuild it
+            model_key = weights_digest(name)
+        except ModelLoadError:  # not a path or hub name (a model built in memory): its name only
+            model_key = f"name:{name}"
+        fingerprint = cache_fingerprint(model_key, self.safety.ids, dataset_digest(self.train_views))
         cache = ReferenceCache(self.args.ref_cache, [v.num_answer for v in self.train_views], len(self.safety.ids),
                                fingerprint)
         status = cache.status()

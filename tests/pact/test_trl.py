@@ -156,6 +156,25 @@ def test_reference_cache_gives_the_online_losses_and_refuses_other_data(setup, d
                                                                       f"ref_cache={cache}"])
 
 
+def test_reference_cache_is_refused_for_new_weights_at_the_same_path(setup, tmp_path):
+    """The cache is keyed by the weights' content (as the driver's), not by the model's path."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    model_dir, cache = tmp_path / "model", tmp_path / "refcache"
+    shutil.copytree(setup["model"], model_dir)
+    keys = ["method=pact", "max_steps=1", f"ref_cache={cache}"]
+    trainer_for(model_dir, setup["tokens"], tmp_path / "a", keys).train()
+    assert trainer_for(model_dir, setup["tokens"], tmp_path / "b", keys).cache.status() == "valid"  # same weights
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        model.model.norm.weight.mul_(1.5)  # other weights, saved where the old ones were
+    model.save_pretrained(model_dir)
+    with pytest.raises(ValueError, match="was built for other data, safety tokens or model"):
+        trainer_for(model_dir, setup["tokens"], tmp_path / "c", keys)
+
+
 def test_warm_up_and_linear_decay_step_with_the_drivers_learning_rates(setup, tmp_path):
     """warmup_steps 2 + linear: step 1 at lr 0 (as transformers), then 1/2, 1 and the decay, in both."""
     keys = ("method=pact", *STEPS, "warmup_steps=2", "lr_scheduler=linear")
