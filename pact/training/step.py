@@ -39,3 +39,35 @@ def micro_batch_loss(cfg, engine, method: Method, reference, batch, metrics: Ste
         result = method.loss(batch, policy, ref)
         metrics.add_confidence_from_head(batch, policy, result.ce_rows)
         yield result
+
+
+def step_loss_weight(normalization: str, rows: int, step_rows: int, accumulation: int) -> float:
+    """The factor of one micro-batch's mean loss in its step's loss.
+
+    Args:
+        normalization: ``"tokens"``: the step's loss is the mean over the labelled
+            rows of all its micro-batches, on every rank, as one bigger batch
+            (``Σ_rows ℓ_row / step_rows``; TRL's ``num_items_in_batch``), so the
+            factor is ``rows / step_rows``. ``"micro_batch"``: the mean of the
+            micro-batch means, ``1 / (accumulation · ranks)``; here
+            ``1 / accumulation`` (the ranks' average is the data-parallel one).
+        rows: labelled rows of this micro-batch; step_rows: of the whole step, all
+            ranks together; accumulation: micro-batches per rank and step.
+
+    Every term of a method's loss is a mean over the micro-batch's rows (SPEC §3:
+    CE, λ·KL with each row's gate inside it), so with ``"tokens"`` each row
+    weighs ``1 / step_rows`` in CE and KL alike, wherever it sits. A
+    per-micro-batch term (AsFT's penalty) gets the same factors, which add up to
+    one per step in both modes.
+    """
+    if normalization == "micro_batch":
+        return 1.0 / accumulation
+    return rows / step_rows if step_rows else 0.0
+
+
+def backward_scale(normalization: str, rows: int, step_rows: int, accumulation: int, world: int) -> float:
+    """Factor on a micro-batch's mean loss before DeepSpeed's ``engine.backward``, which divides by the
+    accumulation steps and averages the gradients over the ``world`` ranks: the step then gets the gradient
+    of ``Σ step_loss_weight · loss`` over all micro-batches and ranks."""
+    weight = step_loss_weight(normalization, rows, step_rows, accumulation)
+    return weight * accumulation * (world if normalization == "tokens" else 1)

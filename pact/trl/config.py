@@ -10,7 +10,7 @@ from trl import SFTConfig
 from pact_kernels.config import PRESETS, VARIANT_ALIASES, VARIANTS, PACTConfig
 
 from ..methods.constrained_sft import check_csft_keys
-from ..training.config import CSFT_KEYS, LOSS_KEYS, TrainConfig
+from ..training.config import CSFT_KEYS, LOSS_KEYS, LOSS_NORMALIZATIONS, TrainConfig
 
 #: The objectives PACTTrainer trains with (the driver's classes); safe_lora and asft need the base model's
 #: weights and run through `pact train`.
@@ -70,6 +70,11 @@ class PACTTrainerConfig(SFTConfig):
             answer rows and `pact_kernels.pact_loss`. The same choice and default as the driver's `fused_linear`.
         pact_backend (`str`, *optional*, defaults to `"auto"`):
             The `pact_kernels` backend of the loss (`auto`, `torch`, `triton`, `cuda`, `naive`).
+        loss_normalization (`str`, *optional*, defaults to `"tokens"`):
+            How a step's loss averages its micro-batches: `"tokens"`, the mean over the labelled rows of the
+            whole step (all micro-batches and processes), as `SFTTrainer` does with `num_items_in_batch`, so
+            gradient accumulation is a bigger batch; `"micro_batch"`, the mean of the micro-batch means (the
+            driver's option of the same name, for the baselines' public recipes).
 
     Defaults that differ from `SFTConfig` (the paper's §4.1 and the driver's `TrainConfig`): `learning_rate`
     3e-5, `num_train_epochs` 3, `per_device_train_batch_size` 2, `max_length` 512, `lr_scheduler_type`
@@ -101,6 +106,8 @@ class PACTTrainerConfig(SFTConfig):
     ref_cache: str | None = field(default=None, metadata={"help": "Directory of the precomputed reference."})
     fused_linear: bool = field(default=True, metadata={"help": "Fused linear loss (no [rows, V] logits)."})
     pact_backend: str = field(default="auto", metadata={"help": "pact_kernels backend."})
+    loss_normalization: str = field(default="tokens", metadata={"help": "tokens | micro_batch: the mean over the "
+                                                                "step's labelled rows, or of micro-batch means."})
 
     # SFTConfig / TrainingArguments defaults replaced by the paper's (§4.1) and the driver's
     learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate (paper §4.1: 3e-5)."})
@@ -132,6 +139,9 @@ class PACTTrainerConfig(SFTConfig):
             if unused:
                 raise ValueError(f"PACTTrainerConfig: method={self.method!r} does not use {', '.join(unused)}; "
                                  "leave them unset or use method='pact'")
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"PACTTrainerConfig: loss_normalization={self.loss_normalization!r}; use tokens (the "
+                             "mean over the step's labelled rows) or micro_batch (the mean of the micro-batch means)")
         if self.preset not in PRESETS:
             raise ValueError(f"PACTTrainerConfig: preset={self.preset!r}; use one of {', '.join(PRESETS)}")
         if self.variant not in VARIANTS + tuple(VARIANT_ALIASES):

@@ -32,7 +32,7 @@ from ..reference import (OnlineReference, ReferenceCache, cache_fingerprint, cau
 from ..safety_tokens import SafetyTokens
 from ..training.data import StepSampler, dataset_digest
 from ..training.metrics import KINDS, POSITIONS, StepMetrics
-from ..training.step import micro_batch_loss
+from ..training.step import micro_batch_loss, step_loss_weight
 from .config import PACTTrainerConfig
 from .data import VIEW_COLUMNS, ViewCollator, build_views, views_dataset
 
@@ -123,8 +123,8 @@ class PACTTrainer(SFTTrainer):
                 journal = {arXiv preprint arXiv:2603.07445},
             }"""),
     }
-    # compute_loss returns the micro-batch's mean loss: the Trainer divides it by the accumulation steps
-    loss_is_scaled_for_ga = False
+    # compute_loss weighs each micro-batch's mean loss by its share of the step (``loss_normalization``)
+    loss_is_scaled_for_ga = True
 
     def __init__(self, model, args: PACTTrainerConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, ref_model=None, peft_config=None, **kwargs):
@@ -158,7 +158,7 @@ class PACTTrainer(SFTTrainer):
         super().__init__(model, args=args, data_collator=self.collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config,
                          **kwargs)
-        self.model_accepts_loss_kwargs = False  # no token counting: the loss is a per-micro-batch mean
+        self.model_accepts_loss_kwargs = False  # the model gets no num_items_in_batch: compute_loss uses it
         owner = self.model if is_peft_model(self.model) else None
         rows = patch_row_forward(causal_lm_of(self.model), owner)
         self.ref_model = None
@@ -253,13 +253,33 @@ class PACTTrainer(SFTTrainer):
         training = self.model.training
         batch = PACTBatch(**inputs)
         mode = "train" if training else "eval"
-        metrics = self._metrics_pact.setdefault(mode, StepMetrics(self.safety.ids_tensor(), self.accelerator.device))
+        metrics = self._metrics_pact.setdefault(mode, StepMetrics(self.safety.ids_tensor(), self.accelerator.device,
+                                                                  self.args.loss_normalization))
         with contextlib.ExitStack() as local:
             stack = self._loss_context if self._loss_context is not None else local
             result = stack.enter_context(micro_batch_loss(self.args, RowCaller(model), self.method,
                                                           self._reference(model, training), batch, metrics))
         metrics.add_loss(result.loss, result, batch)
-        return (result.loss, None) if return_outputs else result.loss
+        loss = result.loss
+        if training and num_items_in_batch is not None:  # a training step: the micro-batch's share of the step
+            loss = loss * self._step_share(batch.labels.numel(), num_items_in_batch)
+        return (loss, None) if return_outputs else loss
+
+    def _get_num_items_in_batch(self, batch_samples: list, device) -> torch.Tensor:
+        """The labelled rows of the step's micro-batches (every row of a PACT batch is labelled), summed over
+        the processes when ``average_tokens_across_devices`` (TRL's default), as ``SFTTrainer`` counts them."""
+        rows = torch.tensor(sum(int(b["labels"].numel()) for b in batch_samples), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            rows = self.accelerator.gather(rows).sum()
+        return rows
+
+    def _step_share(self, rows: int, step_rows) -> float:
+        """Factor of a micro-batch's mean loss in the backward (see :func:`pact.training.step.step_loss_weight`);
+        the data-parallel gradient average over the processes is undone when the rows were summed over them."""
+        accumulation = self.current_gradient_accumulation_steps
+        weight = step_loss_weight(self.args.loss_normalization, rows, int(step_rows), accumulation)
+        spread = self.args.loss_normalization == "tokens" and self.args.average_tokens_across_devices
+        return weight * (self.accelerator.num_processes if spread else 1)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

@@ -56,7 +56,8 @@ def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True,
         max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_betas[0],
         adam_beta2=cfg.adam_betas[1], lr_scheduler_type=hf_scheduler_type(cfg.lr_scheduler, cfg.warmup_steps),
         warmup_steps=cfg.warmup_steps, max_length=cfg.max_length, seed=cfg.seed,
-        ref_cache=cfg.ref_cache, fused_linear=cfg.fused_linear, bf16=False, gradient_checkpointing=False,
+        ref_cache=cfg.ref_cache, fused_linear=cfg.fused_linear, loss_normalization=cfg.loss_normalization,
+        bf16=False, gradient_checkpointing=False,
         logging_steps=1, report_to=[], save_strategy="no", deepspeed=deepspeed, disable_tqdm=True,
         accelerator_config={"use_configured_state": True} if deepspeed else None)
     args = PACTTrainerConfig(**{**fields, **trainer_args})
