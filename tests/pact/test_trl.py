@@ -67,8 +67,9 @@ def test_step_losses_equal_the_driver(trained, driver, method):
                     assert abs(mine[f"{kind}/safety_prob_t{t}"] - p) < 1e-6
 
 
-def oracle_losses(model_dir, samples, cfg, tokens) -> list[float]:
-    """Each micro-batch's loss from views built here by hand (the tiny ChatML template), float64 naive oracle.
+def oracle_losses(model_dir, samples, cfg, tokens) -> list[tuple[float, int]]:
+    """Each micro-batch's loss and labelled rows, from views built here by hand (the tiny ChatML template),
+    float64 naive oracle.
 
     At step 1 the LoRA update is zero, so policy and reference are the saved model.
     """
@@ -92,7 +93,7 @@ def oracle_losses(model_dir, samples, cfg, tokens) -> list[float]:
             labels.append(torch.tensor(answer)), pos.append(torch.arange(n))
         res = naive_pact_loss(torch.cat(z), torch.cat(labels), torch.cat(r_full), torch.cat(r_post), ids,
                               tokens.weights_tensor(dtype=torch.float64), torch.cat(pos), cfg.loss_config())
-        out.append(res.loss.item())
+        out.append((res.loss.item(), sum(len(a) for a in labels)))
     return out
 
 
@@ -113,13 +114,15 @@ def test_first_step_equals_the_naive_oracle_and_evaluate_uses_the_same_loss(setu
     oracle = oracle_losses(setup["model"], [[samples[i] for i in mb] for mb in micro], cfg,
                            SafetyTokens.load(setup["tokens"]))
     first = losses(trainer.state.log_history)[0]["loss"]
-    assert abs(first - sum(oracle) / 2) < 1e-5, (first, oracle)
+    step = sum(loss * rows for loss, rows in oracle) / sum(rows for _, rows in oracle)  # the step's row mean
+    assert abs(first - step) < 1e-5, (first, oracle)
+    assert abs(first - sum(loss for loss, _ in oracle) / 2) > 1e-4  # not the mean of the micro-batch means
     # evaluate() on the first micro-batch with a fresh (untrained) trainer gives the same oracle loss
     fresh = trainer_for(setup["model"], setup["tokens"], tmp_path, ["method=pact"])
     first_mb = [samples[i] for i in micro[0]]
     evaluation = fresh.evaluate(Dataset.from_dict({"prompt": [s.prompt for s in first_mb],
                                                    "completion": [s.response for s in first_mb]}))
-    assert abs(evaluation["eval_loss"] - oracle[0]) < 1e-5 and "eval_kl" in evaluation
+    assert abs(evaluation["eval_loss"] - oracle[0][0]) < 1e-5 and "eval_kl" in evaluation
     fresh.create_model_card()
     card = (tmp_path / "README.md").read_text()
     assert "- pact" in card and "2603.07445" in card
