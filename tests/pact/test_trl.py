@@ -384,3 +384,26 @@ def test_readme_use_with_trl_example_runs(tmp_path, monkeypatch):
     exec(compile(code, "README.md", "exec"), namespace)
     assert namespace["result"].global_step == 4 and namespace["result"].training_loss > 0
     assert (tmp_path / "runs" / "trl" / "tokens.json").is_file()
+
+
+# -- TRL's mixed precision: a bf16 model with bf16=True (accelerate's native AMP on the CPU) ------------------
+
+BF16_STEPS = ("max_steps=3", "gradient_accumulation_steps=2")
+
+
+@pytest.mark.parametrize("method, fused", [("pact", "true"), ("pact", "false"), ("sft", "true"), ("sft", "false")])
+def test_bf16_model_with_bf16_true_trains_and_matches_float32(setup, trained, tmp_path, method, fused):
+    """accelerate wraps forward in autocast and returns float32 hidden rows while the head stays bf16; the step
+    losses stay within bf16 tolerance (4e-3 relative; bf16's epsilon is 7.8e-3) of the float32 run's."""
+    keys = [f"method={method}", f"fused_linear={fused}", *BF16_STEPS]
+    runs = {}
+    for name, extra in (("fp32", {}), ("bf16", dict(bf16=True, use_cpu=True, dtype="bfloat16"))):
+        trainer = trainer_for(setup["model"], setup["tokens"], tmp_path / name, keys, **extra)
+        trainer.train()
+        runs[name] = losses(trainer.state.log_history)
+    assert next(trainer.model.parameters()).dtype == torch.bfloat16 and trainer.args.bf16
+    assert len(runs["bf16"]) == len(runs["fp32"]) == 3
+    for mine, theirs in zip(runs["bf16"], runs["fp32"]):
+        for key in ("loss", "ce") + (("kl",) if method == "pact" else ()):
+            assert mine[key] == pytest.approx(theirs[key], rel=4e-3), (mine["step"], key)
+            assert mine[key] != theirs[key]  # the bf16 run did compute in bf16

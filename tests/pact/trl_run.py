@@ -27,11 +27,13 @@ def driver_samples(cfg):
     return [sources[kind][int(i)] for kind, i in (o.split(":") for o in record["order"])]
 
 
-def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True, callbacks=None, **trainer_args):
+def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True, callbacks=None, dtype="float32",
+                **trainer_args):
     """A PACTTrainer configured as the driver is by configs/tiny.yaml + ``overrides``.
 
-    ``lora=False``: full fine-tuning, the reference a second (frozen) model. ``trainer_args``: more
-    ``PACTTrainerConfig`` fields (they replace this function's choices, e.g. ``save_strategy``).
+    ``lora=False``: full fine-tuning, the reference a second (frozen) model. ``dtype``: the models' weights
+    (``bfloat16`` with ``bf16=True``: TRL's mixed precision). ``trainer_args``: more ``PACTTrainerConfig``
+    fields (they replace this function's choices, e.g. ``save_strategy``).
     """
     from datasets import Dataset
     from peft import LoraConfig
@@ -61,10 +63,11 @@ def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True,
         logging_steps=1, report_to=[], save_strategy="no", deepspeed=deepspeed, disable_tqdm=True,
         accelerator_config={"use_configured_state": True} if deepspeed else None)
     args = PACTTrainerConfig(**{**fields, **trainer_args})
-    model = load_model(str(model_dir))
+    model = load_model(str(model_dir), dtype=dtype)
     if not lora:
         return PACTTrainer(model.requires_grad_(True), args=args, train_dataset=dataset, callbacks=callbacks,
-                           processing_class=load_tokenizer(str(model_dir)), ref_model=load_model(str(model_dir)))
+                           processing_class=load_tokenizer(str(model_dir)),
+                           ref_model=load_model(str(model_dir), dtype=dtype))
     return PACTTrainer(model, args=args, train_dataset=dataset, processing_class=load_tokenizer(str(model_dir)),
                        callbacks=callbacks,
                        peft_config=LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
