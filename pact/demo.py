@@ -342,7 +342,9 @@ def stage_attack(out: Path, s: DemoSettings, data: dict, msafe: Path, tokens: Pa
             "lora_r=8", "lora_alpha=16", "lora_dropout=0.0", "lora_target_modules=[q_proj,v_proj]",
             f"learning_rate={s.attack_lr}", f"epochs={s.attack_epochs}", f"micro_batch_size={s.attack_batch}",
             f"save_every={SAVE_EVERY}",
-            f"max_length={s.max_length}", f"seed={s.seed + seed_index}", f"loss.lambda_kl={s.lambda_kl}"]
+            f"max_length={s.max_length}", f"seed={s.seed + seed_index}"]
+    if method == "pact":  # the baselines read no λ (a key the method ignores is refused)
+        over.append(f"loss.lambda_kl={s.lambda_kl}")
     # SFT gets the safety tokens too: its loss ignores them, its log then records their
     # confidence at the first answer positions (the SFT line of Fig. 3/7)
     over.append(f"safety_tokens={tokens}")
