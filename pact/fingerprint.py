@@ -9,6 +9,10 @@ one it was trained on:
   ``*.bin``, ``*.pt``, ``*.gguf``) and ``config.json`` of a local model, by
   content; a hub name is resolved to its cached snapshot when there is one,
   else keyed by its name.
+* :func:`vocab_digest` / :func:`tokenizer_digest`: SHA-256 of a tokenizer's
+  vocabulary (``get_vocab()``), and of the vocabulary plus its special
+  tokens and chat template (what turns a sample into ids).
+* :func:`json_digest`: SHA-256 of a JSON-able value in canonical form.
 * :func:`write_base_record` / :func:`check_adapter_base`: ``pact_base.json``
   beside an exported adapter (base model, architecture, weights digest), and
   the check that ``pact eval --adapter`` makes with it.
@@ -57,6 +61,25 @@ def weights_digest(name: str, gguf_file: str | None = None) -> str:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def json_digest(value) -> str:
+    """SHA-256 of ``value`` as canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def vocab_digest(tokenizer) -> str:
+    """SHA-256 of the tokenizer's vocabulary: every (token, id) of ``get_vocab()``, added tokens included."""
+    return json_digest(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """SHA-256 of what turns text into ids: the vocabulary, the special tokens and the chat template."""
+    specials = {k: str(v) for k, v in (getattr(tokenizer, "special_tokens_map", None) or {}).items()}
+    return json_digest({"vocab": vocab_digest(tokenizer), "special_tokens": specials,
+                        "chat_template": getattr(tokenizer, "chat_template", None),
+                        "bos": getattr(tokenizer, "bos_token_id", None), "eos": getattr(tokenizer, "eos_token_id", None),
+                        "pad": getattr(tokenizer, "pad_token_id", None)})
 
 
 def architecture(config) -> dict:

@@ -112,7 +112,8 @@ class TrainConfig:
     ref_cache: str | None = None       # directory for the reference's K-token logits
     resume: bool = False
     overwrite: bool = False            # a new run may delete the run already in output_dir
-    resume_changes: bool = False       # --resume may continue with keys that differ from run.json
+    resume_changes: bool = False       # --resume may continue with keys (and inputs) that differ from run.json
+    collective_timeout: int = 300      # seconds a rank waits for the others in a collective before it stops
 
     # ------------------------------------------------------------------
     @property
@@ -288,7 +289,7 @@ RANGES = {
     "max_grad_norm": (0, None, False, False), "warmup_steps": (0, None, False, False),
     "max_steps": (1, None, False, False), "stop_after_steps": (1, None, False, False),
     "seed": (0, None, False, False), "save_every": (0, None, False, False),
-    "keep_checkpoints": (0, None, False, False),
+    "keep_checkpoints": (0, None, False, False), "collective_timeout": (1, None, False, False),
 }
 
 
