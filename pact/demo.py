@@ -220,7 +220,8 @@ def _train_subprocess(overrides: list[str], out_dir: Path) -> None:
         cmd = [launcher, *where, "--master_port", str(_free_port()), str(script)]
     else:
         cmd = [sys.executable, str(script)]
-    cmd += overrides + [f"output_dir={out_dir}", "resume=true"]
+    # continue a run this demo started (a run.json is there); a new one otherwise (--resume needs a run)
+    cmd += overrides + [f"output_dir={out_dir}"] + (["resume=true"] if (Path(out_dir) / "run.json").is_file() else [])
     log("$ " + " ".join(cmd))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     r = subprocess.run(cmd, env=env)
