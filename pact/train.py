@@ -28,7 +28,7 @@ from pact.atomic_files import write_text_atomic
 from pact.data.collator import PACTCollator
 from pact.data.sources import PromptSourceError
 from pact.data.views import ViewBuilder
-from pact.fingerprint import ARCHITECTURE_KEYS, tokenizer_digest, weights_digest, write_base_record
+from pact.fingerprint import ARCHITECTURE_KEYS, tokenization_digest, weights_digest, write_base_record
 from pact.locks import DirectoryLockedError
 from pact.methods import build_method
 from pact.models import ModelLoadError, load_model, load_tokenizer, resolve_model_ref
@@ -264,7 +264,7 @@ def train(cfg: TrainConfig) -> dict:
     check_deepspeed_config(ds_config)
     check_optimizer_keys(cfg)
     identity = agreed(rank, lambda: run_identity(
-        cfg, tokens=tokens, tokenizer_sha256=tokenizer_digest(tokenizer), data_sha256=dataset_digest(views),
+        cfg, tokens=tokens, tokenizer_sha256=tokenization_digest(tokenizer), data_sha256=dataset_digest(views),
         model_sha256=weights_digest(cfg.model, cfg.gguf_file),
         base_model_sha256=weights_digest(cfg.base_model, cfg.base_gguf_file) if cfg.base_model else None,
         world_size=world))

@@ -25,7 +25,7 @@ from trl import SFTTrainer
 from ..data.collator import PACTBatch
 from ..data.views import ViewBuilder
 from ..methods import build_method
-from ..fingerprint import tokenizer_digest, weights_digest
+from ..fingerprint import tokenization_digest, weights_digest
 from ..models import ModelLoadError, vocab_size_of
 from ..reference import (OnlineReference, ReferenceCache, cache_fingerprint, causal_lm_of, fill_reference_cache,
                          patch_row_forward)
@@ -222,7 +222,7 @@ class PACTTrainer(SFTTrainer):
         if getattr(self, "_identity", None) is None:
             tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
             self._identity = trainer_identity(
-                self.args, tokens=self.safety, tokenizer_sha256=tokenizer_digest(tokenizer),
+                self.args, tokens=self.safety, tokenizer_sha256=tokenization_digest(tokenizer),
                 data_sha256=dataset_digest(self.train_views), model_sha256=self._model_key(),
                 world_size=self.accelerator.num_processes)
         return self._identity
