@@ -75,6 +75,12 @@ class PACTTrainerConfig(SFTConfig):
             whole step (all micro-batches and processes), as `SFTTrainer` does with `num_items_in_batch`, so
             gradient accumulation is a bigger batch; `"micro_batch"`, the mean of the micro-batch means (the
             driver's option of the same name, for the baselines' public recipes).
+        resume_changes (`bool`, *optional*, defaults to `False`):
+            `train(resume_from_checkpoint=...)` compares what defines the run (digests of the safety tokens, the
+            tokenizer, the training data and the model weights; the PACT and optimisation keys; the number of
+            processes and the global batch) with the checkpoint's `pact_identity.json` and refuses a difference,
+            naming each; `True` continues with the new ones (a new number of processes still needs the same
+            global batch).
 
     Defaults that differ from `SFTConfig` (the paper's §4.1 and the driver's `TrainConfig`): `learning_rate`
     3e-5, `num_train_epochs` 3, `per_device_train_batch_size` 2, `max_length` 512, `lr_scheduler_type`
@@ -108,6 +114,9 @@ class PACTTrainerConfig(SFTConfig):
     pact_backend: str = field(default="auto", metadata={"help": "pact_kernels backend."})
     loss_normalization: str = field(default="tokens", metadata={"help": "tokens | micro_batch: the mean over the "
                                                                 "step's labelled rows, or of micro-batch means."})
+    resume_changes: bool = field(default=False, metadata={
+        "help": "Resume although the safety tokens, tokenizer, data, model, PACT/optimisation keys or ranks differ "
+                "from the checkpoint's (pact_identity.json); otherwise such a resume is refused, naming each."})
 
     # SFTConfig / TrainingArguments defaults replaced by the paper's (§4.1) and the driver's
     learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate (paper §4.1: 3e-5)."})
