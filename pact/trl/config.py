@@ -82,12 +82,15 @@ class PACTTrainerConfig(SFTConfig):
             naming each; `True` continues with the new ones (a new number of processes still needs the same
             global batch).
 
-    Defaults that differ from `SFTConfig` (the paper's §4.1 and the driver's `TrainConfig`): `learning_rate`
-    3e-5, `num_train_epochs` 3, `per_device_train_batch_size` 2, `max_length` 512, `lr_scheduler_type`
-    `"constant"` (with a warm-up it becomes `"constant_with_warmup"`, the driver's `constant`, and a warning
-    says so; every schedule then has the driver's learning rates, `pact.training.schedule`). The loss is
-    always on the completion (the last assistant turn): `completion_only_loss` must not be `False`;
-    `packing` and `padding_free` are refused (each sample keeps its two views).
+    Every `SFTConfig` key keeps `SFTConfig`'s default (learning rate, schedule, batch, `max_length`, `bf16`),
+    so swapping `SFTConfig` for this config changes the loss only. `PACTTrainerConfig.paper(...)` gives the
+    paper's optimisation instead (§4.1 and the driver's `TrainConfig`: `learning_rate` 3e-5,
+    `num_train_epochs` 3, `per_device_train_batch_size` 2, `max_length` 512, `lr_scheduler_type`
+    `"constant"`). A `"constant"` schedule with a warm-up becomes `"constant_with_warmup"` (the driver's
+    `constant`) with a warning; every schedule has the driver's learning rates (`pact.training.schedule`).
+    The loss is on the completion (each assistant answer): `completion_only_loss` must not be `False`;
+    `packing` and `padding_free` are refused (each sample keeps its two views), and so is
+    `dataset_kwargs={"skip_prepare_dataset": True}` (PACTTrainer builds the two views itself).
     """
 
     safety_tokens: str | None = field(default=None, metadata={"help": "tokens.json of `pact identify` (required)."})
@@ -118,12 +121,15 @@ class PACTTrainerConfig(SFTConfig):
         "help": "Resume although the safety tokens, tokenizer, data, model, PACT/optimisation keys or ranks differ "
                 "from the checkpoint's (pact_identity.json); otherwise such a resume is refused, naming each."})
 
-    # SFTConfig / TrainingArguments defaults replaced by the paper's (§4.1) and the driver's
-    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate (paper §4.1: 3e-5)."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs (paper §4.1: 3)."})
-    per_device_train_batch_size: int = field(default=2, metadata={"help": "Micro-batch (paper §4.1: 2)."})
-    max_length: int | None = field(default=512, metadata={"help": "Longest full view in tokens (authors: 512)."})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "LR schedule (driver default: constant)."})
+    #: The paper's optimisation (§4.1) and the driver's defaults, for :meth:`paper`.
+    PAPER_DEFAULTS = {"learning_rate": 3e-5, "num_train_epochs": 3.0, "per_device_train_batch_size": 2,
+                      "max_length": 512, "lr_scheduler_type": "constant"}
+
+    @classmethod
+    def paper(cls, **kwargs) -> "PACTTrainerConfig":
+        """The config with the paper's optimisation (:attr:`PAPER_DEFAULTS`: lr 3e-5, 3 epochs, micro-batch 2,
+        ``max_length`` 512, constant schedule) where ``kwargs`` does not set them; the rest as ``cls(**kwargs)``."""
+        return cls(**{**cls.PAPER_DEFAULTS, **kwargs})
 
     def __post_init__(self):
         super().__post_init__()
@@ -165,6 +171,10 @@ class PACTTrainerConfig(SFTConfig):
         if self.completion_only_loss is False:
             raise ValueError("PACTTrainerConfig: completion_only_loss=False; PACT's loss is on the completion "
                              "(its two views share only the answer tokens): leave it unset")
+        if (self.dataset_kwargs or {}).get("skip_prepare_dataset"):
+            raise ValueError("PACTTrainerConfig: dataset_kwargs={'skip_prepare_dataset': True}; PACTTrainer builds "
+                             "each sample's two views from a TRL-format dataset itself: leave skip_prepare_dataset "
+                             "unset")
         if self.packing or self.padding_free:
             raise ValueError("PACTTrainerConfig: packing / padding_free merge samples; PACT needs each sample's "
                              "two views: set packing=False, padding_free=False")
