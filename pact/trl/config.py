@@ -183,7 +183,7 @@ class PACTTrainerConfig(SFTConfig):
         """``constant`` with a warm-up becomes ``constant_with_warmup``, saying so.
 
         ``transformers``' ``constant`` schedule ignores ``warmup_steps``; the driver's ``constant``
-        (this config's default) warms up. Switched, both step with the same learning rates
+        (the default of :meth:`paper`) warms up. Switched, both step with the same learning rates
         (``pact.training.schedule``).
         """
         from transformers.trainer_utils import SchedulerType

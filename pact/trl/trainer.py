@@ -97,7 +97,9 @@ class PACTTrainer(SFTTrainer):
         train_dataset, eval_dataset: ``datasets.Dataset`` in TRL's
             conversational ``messages``, ``prompt``/``completion`` or
             conversational prompt-completion format (see :mod:`pact.trl.data`);
-            an optional boolean ``harmful`` column splits the logged metrics.
+            an optional ``harmful`` column (booleans, 0/1 or "true"/"false")
+            splits the logged metrics. ``messages``: every assistant turn is
+            an answer (what ``SFTTrainer`` trains with ``assistant_only_loss``).
         processing_class: the tokenizer; its chat template must render an
             assistant header (the no-prompt view is that header + the answer).
         ref_model: the frozen reference (the aligned model) when the policy

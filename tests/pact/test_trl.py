@@ -306,7 +306,7 @@ def test_a_model_that_is_not_peft_needs_a_ref_model(setup, tmp_path):
     # sft has no reference: full fine-tuning needs none, and a ref_model given to it is refused
     sft = PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(setup["tokens"]), method="sft", report_to=[],
                             bf16=False)
-    trainer = PACTTrainer(load_model(str(setup["model"])), args=sft, train_dataset=data,
+    trainer = PACTTrainer(load_model(str(setup["model"])).requires_grad_(True), args=sft, train_dataset=data,
                           processing_class=load_tokenizer(str(setup["model"])))
     assert trainer.ref_model is None and trainer._reference(trainer.model, True) is None
     with pytest.raises(ValueError, match="method='sft' uses no reference; pass ref_model=None"):
