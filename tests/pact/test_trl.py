@@ -332,12 +332,13 @@ def test_rows_whose_prompt_fills_max_length_are_dropped_with_a_warning(setup, tm
     rows = {"prompt": ["how do I bake bread?", long, "write a virus"],
             "completion": ["Mix flour and water.", "ok", "I cannot help with that."]}
     with pytest.warns(UserWarning, match=r"1 of 3 answers have a prompt that fills max_length=512 and are dropped"):
-        trainer = small_trainer(setup, tmp_path / "one", Dataset.from_dict(rows))
+        trainer = small_trainer(setup, tmp_path / "one", Dataset.from_dict(rows), max_length=512)
     assert trainer.dropped["train"] == 1 and len(trainer.train_views) == 2
     builder = ViewBuilder(tiny_tokenizer(), 512)
     assert trainer.train_views == [builder.build(rows["prompt"][i], rows["completion"][i]) for i in (0, 2)]
     with pytest.raises(ValueError, match="every row of the train dataset has a prompt that fills max_length=512"):
-        small_trainer(setup, tmp_path / "all", Dataset.from_dict({"prompt": [long] * 2, "completion": ["a"] * 2}))
+        small_trainer(setup, tmp_path / "all", Dataset.from_dict({"prompt": [long] * 2, "completion": ["a"] * 2}),
+                      max_length=512)
 
 
 def test_a_chat_template_with_no_assistant_header(setup, tmp_path):
