@@ -29,7 +29,7 @@ from pact.data.sources import PromptSourceError
 from pact.data.views import ViewBuilder
 from pact.fingerprint import ARCHITECTURE_KEYS, weights_digest, write_base_record
 from pact.methods import build_method
-from pact.models import ModelLoadError, load_model, load_tokenizer, resolve_model_ref
+from pact.models import ModelLoadError, load_model, load_model_config, load_tokenizer, resolve_model_ref
 from pact.reference import OnlineReference, ReferenceCache, RowModel, cache_fingerprint, fill_reference_cache
 from pact.safety_tokens import SafetyTokens
 from pact.training.checkpoint import (CheckpointError, export_final, latest_checkpoint, load_checkpoint,
@@ -58,29 +58,25 @@ def parse_args(argv=None):
     return parser.parse_intermixed_args(argv)
 
 
-def model_config(key: str, name: str, gguf_file: str | None):
+def model_config(key: str, name: str, gguf_file: str | None, trust_remote_code: bool = False):
     """The ``transformers`` config of the run's model ``key`` (``model``, ``base_model``), without its weights."""
-    from transformers import AutoConfig
-
     try:
-        ref = resolve_model_ref(name, gguf_file)
-        kw = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
-        return AutoConfig.from_pretrained(ref.path, **kw)
+        return load_model_config(resolve_model_ref(name, gguf_file), trust_remote_code=trust_remote_code)
     except Exception as e:
         raise ConfigError(f"cannot read the config of {key}={name!r}: {e}") from e
 
 
 def model_vocab_size(cfg: TrainConfig) -> int:
     """The model's output vocabulary from its config alone (no weights loaded)."""
-    return int(model_config("model", cfg.model, cfg.gguf_file).vocab_size)
+    return int(model_config("model", cfg.model, cfg.gguf_file, cfg.trust_remote_code).vocab_size)
 
 
 def check_base_model(cfg: TrainConfig) -> None:
     """``base_model`` (safe_lora, asft) has ``model``'s architecture, from the two configs alone (no weights)."""
     if cfg.method not in ("safe_lora", "asft"):
         return
-    configs = [model_config("model", cfg.model, cfg.gguf_file),
-               model_config("base_model", cfg.base_model, cfg.base_gguf_file)]
+    configs = [model_config("model", cfg.model, cfg.gguf_file, cfg.trust_remote_code),
+               model_config("base_model", cfg.base_model, cfg.base_gguf_file, cfg.trust_remote_code)]
     differ = [(k, getattr(configs[0], k, None), getattr(configs[1], k, None)) for k in ARCHITECTURE_KEYS
               if getattr(configs[0], k, None) != getattr(configs[1], k, None)]
     if differ:
@@ -118,7 +114,7 @@ def init_distributed():
 
 def build_model(cfg: TrainConfig, safety_ids: torch.Tensor | None) -> RowModel:
     """The trainable model: the causal LM with a LoRA adapter (default) or all weights trainable."""
-    model = load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype)
+    model = load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     model.train()
     torch.manual_seed(cfg.seed)  # identical LoRA initialisation on every rank
     if cfg.lora:
@@ -144,7 +140,8 @@ def build_reference(cfg, method, engine, ds_config, tokens, views, collator, ran
     if cfg.lora:
         online = OnlineReference(engine)
     else:
-        ref_model = RowModel(load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype))
+        ref_model = RowModel(load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype,
+                                        trust_remote_code=cfg.trust_remote_code))
         if tokens is not None:
             ref_model.set_safety_ids(tokens.ids_tensor())
         stage = ds_config["zero_optimization"]["stage"]
@@ -183,7 +180,7 @@ def train(cfg: TrainConfig) -> dict:
     check_base_model(cfg)
     rank, world, device = init_distributed()
     run_dir = Path(cfg.output_dir)
-    tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
+    tokenizer = load_tokenizer(cfg.model, cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
     views, mixture_record, notes = load_views(cfg, ViewBuilder(tokenizer, cfg.max_length, cfg.post_bos))
     for note in notes if rank == 0 else []:
         print(f"pact train: {note}", file=sys.stderr)
@@ -270,7 +267,8 @@ def train(cfg: TrainConfig) -> dict:
     if step == total_steps:
         final = export_final(engine, run_dir, rank)
         if rank == 0 and cfg.lora:  # which base model the adapter belongs to (checked by pact eval --adapter)
-            write_base_record(final, cfg.model, cfg.gguf_file, model_config("model", cfg.model, cfg.gguf_file))
+            write_base_record(final, cfg.model, cfg.gguf_file,
+                              model_config("model", cfg.model, cfg.gguf_file, cfg.trust_remote_code))
         method.finish(run_dir, rank)  # e.g. SafeLoRA projects the exported adapter
     if sample_log is not None:
         sample_log.close()

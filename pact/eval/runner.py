@@ -253,13 +253,13 @@ def make_generator(model, tokenizer, max_new_tokens: int, batch_size: int) -> Ca
 
 
 def load_policy(model: str, *, gguf_file: str | None = None, adapter: str | None = None, dtype: str = "float32",
-                device: str = "cpu"):
+                device: str = "cpu", trust_remote_code: bool = False):
     """The model to evaluate (hub name / path / GGUF / ``pkg:``), with a PEFT adapter merged in when given."""
     from ..models import ModelLoadError, load_model, load_tokenizer, resolve_model_ref
 
     ref = resolve_model_ref(model, gguf_file)
-    tok = load_tokenizer(ref)
-    m = load_model(ref, dtype=dtype, device=device)
+    tok = load_tokenizer(ref, trust_remote_code=trust_remote_code)
+    m = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     if adapter:
         if not Path(adapter).exists():
             raise FileNotFoundError(f"adapter directory not found: {adapter}")
@@ -285,8 +285,8 @@ def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path,
              device: str | None = None, batch_size: int = 8, max_new_tokens: int = 1024, limit: int | None = None,
              sizes: dict[str, int] | None = None, files: dict[str, str] | None = None, method: str | None = None,
              task: str | None = None, judge_options: dict | None = None, overwrite: bool = False,
-             progress: bool = True, model_obj=None, tokenizer_obj=None, log: Callable[[str], None] | None = None
-             ) -> dict:
+             progress: bool = True, model_obj=None, tokenizer_obj=None, log: Callable[[str], None] | None = None,
+             trust_remote_code: bool = False) -> dict:
     """Evaluate a model on ``suites``; writes ``out_dir`` (module doc) and returns the metrics dict.
 
     ``model_obj``/``tokenizer_obj``: an already loaded model (tests, notebooks);
@@ -313,7 +313,7 @@ def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path,
             if state["model"] is None:
                 log(f"[eval] loading {model}" + (f" + adapter {adapter}" if adapter else ""))
                 state["model"], state["tok"] = load_policy(model, gguf_file=gguf_file, adapter=adapter, dtype=dtype,
-                                                           device=device)
+                                                           device=device, trust_remote_code=trust_remote_code)
             state["gen"] = make_generator(state["model"], state["tok"], max_new_tokens, batch_size)
         return state["gen"](prompts)
 
