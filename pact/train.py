@@ -17,6 +17,7 @@ if __name__ == "__main__":  # run as a script: keep pact/ itself off the import 
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
@@ -162,13 +163,6 @@ def build_reference(cfg, method, engine, ds_config, tokens, views, collator, ran
     return cache
 
 
-def all_finite(loss: torch.Tensor) -> bool:
-    """True when the loss is finite on every rank."""
-    bad = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=loss.device)
-    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-    return bad.item() == 0.0
-
-
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) one training run; returns the final trainer state."""
     import deepspeed
@@ -214,6 +208,7 @@ def train(cfg: TrainConfig) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     engine, _, _, _ = deepspeed.initialize(model=row_model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
+    method.place(device)  # the safety ids and weights move to the model's device once
     reference = build_reference(cfg, method, engine, ds_config, tokens, views, collator, rank, world, device)
 
     step = 0
@@ -226,7 +221,7 @@ def train(cfg: TrainConfig) -> dict:
     for note in resume_notes if rank == 0 else []:
         print(f"pact train: {note}", file=sys.stderr)
     logger = TrainLogger(run_dir, rank == 0, resume_step=step)
-    safety_ids = tokens.ids_tensor() if tokens else None
+    safety_ids = tokens.ids_tensor().to(device) if tokens else None
     progress = tqdm(total=total_steps, initial=step, desc=f"train {method.name}", disable=rank != 0)
     sample_log = (run_dir / f"samples-rank{rank}.jsonl").open("a") if cfg.record_samples else None
     engine.train()
@@ -239,10 +234,6 @@ def train(cfg: TrainConfig) -> dict:
         for micro in micro_batches:
             batch = collator([(i, views[i]) for i in micro]).to(device)
             with micro_batch_loss(cfg, engine, method, reference, batch, metrics) as result:
-                if not all_finite(result.loss):
-                    last = latest_checkpoint(run_dir)
-                    raise NonFiniteLossError(f"non-finite loss at step {step + 1} (epoch {epoch}); stopped. Last "
-                                             f"checkpoint kept: {last or 'none'}. Lower learning_rate or check the data.")
                 engine.backward(result.loss)
                 fault_point("step")
             engine.step()
@@ -252,6 +243,10 @@ def train(cfg: TrainConfig) -> dict:
         step += 1
         record = dict(step=step, epoch=epoch, lr=lr, **metrics.reduce(),
                       seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - started_cpu)
+        if not math.isfinite(record["loss"]):  # summed over micro-batches and ranks: no sync before backward
+            raise NonFiniteLossError(f"non-finite loss at step {step} (epoch {epoch}); stopped before logging or "
+                                     f"saving it. Last checkpoint kept: {latest_checkpoint(run_dir) or 'none'}. "
+                                     "Lower learning_rate or check the data.")
         if step % cfg.log_every == 0 or step == total_steps:
             logger.log(record)
         fault_point("logged")
