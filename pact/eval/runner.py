@@ -4,7 +4,8 @@ Layout of ``results/NAME`` (``-o``)::
 
     metrics.json                  the run's numbers and settings (written atomically)
     <suite>/generations.jsonl     one line per prompt: suite, index, prompt, response, ...
-    <suite>/verdicts.jsonl        harmful suites: + unsafe, judge, judge_output;
+    <suite>/verdicts.jsonl        harmful suites: + unsafe, judge, judge_output (+ degenerate with the
+                                  keyword judge);
                                   over-refusal suites: + refused too (= not unsafe)
     <suite>/scored.jsonl          task suites: + label, prediction, correct
 
@@ -121,7 +122,8 @@ def generate_resumable(path: str | Path, items: Sequence[EvalItem], generate: Ca
 
 def judge_records(records: Sequence[dict], judge: Judge, *, out_path: str | Path | None = None,
                   batch_size: int = 16, progress: bool = True, desc: str = "judge") -> list[dict]:
-    """Add ``unsafe``, ``judge`` and ``judge_output`` to each record (each needs ``prompt`` and ``response``).
+    """Add ``unsafe``, ``judge`` and ``judge_output`` to each record (each needs ``prompt`` and ``response``),
+    and ``degenerate`` when the judge assesses it (the keyword judge).
 
     With ``out_path`` the verdicts are appended there batch by batch, and
     verdicts already in it for the same (prompt, response) by the same judge
@@ -142,6 +144,8 @@ def judge_records(records: Sequence[dict], judge: Judge, *, out_path: str | Path
         hit = cache.get((r["prompt"], r["response"]))
         if hit is not None:
             result[i] = {**r, "unsafe": hit["unsafe"], "judge": label, "judge_output": hit.get("judge_output", "")}
+            if isinstance(hit.get("degenerate"), bool):
+                result[i]["degenerate"] = hit["degenerate"]
         else:
             todo.append(i)
     if todo:
@@ -154,6 +158,8 @@ def judge_records(records: Sequence[dict], judge: Judge, *, out_path: str | Path
                 verdicts = judge.judge([records[i]["prompt"] for i in idx], [records[i]["response"] for i in idx])
                 for i, v in zip(idx, verdicts):
                     result[i] = {**records[i], "unsafe": bool(v.unsafe), "judge": label, "judge_output": v.raw}
+                    if v.degenerate is not None:
+                        result[i]["degenerate"] = bool(v.degenerate)
                     if app:
                         app.write(result[i])
                 if app:
@@ -177,9 +183,9 @@ def refusal_judge(judge: Judge) -> Judge:
 
 def refusal_records(records: Sequence[dict], judge: Judge, *, out_path: str | Path | None = None,
                     progress: bool = True, desc: str = "judge refusals") -> list[dict]:
-    """:func:`judge_records` on answers to benign prompts, plus ``refused`` (the judge does not count the
-    answer as complying: with the keyword judge, a refusal phrase occurs in it)."""
-    judged = [{**r, "refused": not r["unsafe"]}
+    """:func:`judge_records` on answers to benign prompts, plus ``refused`` (the judge counts the answer
+    neither as complying nor as degenerate: with the keyword judge, a refusal phrase occurs in it)."""
+    judged = [{**r, "refused": not r["unsafe"] and not r.get("degenerate", False)}
               for r in judge_records(records, judge, out_path=out_path, progress=progress, desc=desc)]
     if out_path is not None:
         write_jsonl_atomic(out_path, judged)
@@ -216,7 +222,8 @@ def describe_result(r: dict) -> str:
                         "overrefusal": ("refusal_rate", "refused", "over-refusal")}[r["kind"]]
     lo, hi = r.get(key + "_lo"), r.get(key + "_hi")
     ci = f" [{lo:.1f}–{hi:.1f}]" if lo is not None and hi is not None else ""
-    return f"{what} {r[key]:.1f}%{ci} ({r[count]}/{r['n']})"
+    deg = f", degenerate {r['degenerate']}/{r['n']}" if isinstance(r.get("degenerate"), int) else ""
+    return f"{what} {r[key]:.1f}%{ci} ({r[count]}/{r['n']}{deg})"
 
 
 def find_run_config(adapter: str | Path | None) -> dict | None:
