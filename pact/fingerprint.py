@@ -9,6 +9,13 @@ one it was trained on:
   ``*.bin``, ``*.pt``, ``*.gguf``) and ``config.json`` of a local model, by
   content; a hub name is resolved to its cached snapshot when there is one,
   else keyed by its name.
+* :func:`tokenizer_digest`: SHA-256 of a tokenizer's vocabulary (``get_vocab()``),
+  its added tokens with their special flags and its special-token map (two
+  tokenizers of one vocabulary size but other ids digest apart).
+* :func:`adapter_digest`: SHA-256 of the files PEFT loads from an adapter
+  directory (``adapter_config.json``, ``adapter_model.*``), so an adapter
+  retrained at the same path digests apart; :func:`module_digest` the same for
+  a model object in memory (its parameters and buffers).
 * :func:`write_base_record` / :func:`check_adapter_base`: ``pact_base.json``
   beside an exported adapter (base model, architecture, weights digest), and
   the check that ``pact eval --adapter`` makes with it.
@@ -50,12 +57,54 @@ def weights_digest(name: str, gguf_file: str | None = None) -> str:
     else:
         files = sorted(p for p in root.rglob("*") if p.is_file() and (p.suffix in WEIGHT_SUFFIXES
                                                                        or p.name == "config.json"))
+    return _files_digest(root, files)
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """SHA-256 of what maps text to ids: ``get_vocab()``, the added tokens (content, special) by id, and the
+    special-token map. The chat template is not part of it (it changes prompts, not ids)."""
+    added = {int(i): [str(t.content), bool(getattr(t, "special", False))]
+             for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()}
+    record = {"vocab": sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0])),
+              "added": sorted(added.items()),
+              "special": {k: str(v) for k, v in sorted((getattr(tokenizer, "special_tokens_map", None) or {}).items())}}
+    return hashlib.sha256(json.dumps(record, ensure_ascii=False).encode()).hexdigest()
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def _files_digest(root: Path, files) -> str:
     h = hashlib.sha256()
     for f in files:
         h.update(str(f.relative_to(root)).encode() + b"\0")
         with f.open("rb") as fh:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 h.update(chunk)
+    return h.hexdigest()
+
+
+def adapter_digest(adapter_dir: str | Path) -> str:
+    """SHA-256 of an adapter directory's ``adapter_config.json`` and ``adapter_model.*`` by content (every file
+    of the directory when it has none of them)."""
+    root = Path(adapter_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"adapter directory not found: {adapter_dir}")
+    files = [root / n for n in ADAPTER_FILES if (root / n).is_file()]
+    if not files:
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+    return _files_digest(root, files)
+
+
+def module_digest(model) -> str:
+    """SHA-256 of a ``torch.nn.Module``'s parameters and buffers (names, dtypes, shapes, values)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode() + b"\0")
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 

@@ -36,8 +36,10 @@ names them.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 
 __all__ = ["DEFAULT_RULE", "FICTION_WORDS", "STOPWORDS", "DegenerateRule", "asks_for_fiction", "content_terms",
            "degenerate_reason", "stem", "words"]
@@ -136,6 +138,12 @@ class DegenerateRule:
         """``degenerate`` for the default rule, else ``degenerate(name=value,...)`` with the values that differ."""
         diff = [f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name) != f.default]
         return "degenerate" + (f"({','.join(diff)})" if diff else "")
+
+    def settings(self) -> dict:
+        """The thresholds and a SHA-256 of the word lists (stopwords, fiction words, suffixes): what decides
+        the rule's outcomes, for keying verdicts by content."""
+        lists = json.dumps([sorted(STOPWORDS), sorted(FICTION_WORDS), list(_SUFFIXES)]).encode()
+        return {**asdict(self), "word_lists_sha256": hashlib.sha256(lists).hexdigest()}
 
     def reason(self, prompt: str, response: str) -> str | None:
         """Why ``response`` (to ``prompt``) is degenerate, e.g. ``repetitive: 3-gram repeat share 0.62``; None

@@ -129,10 +129,14 @@ def test_exact_asr_and_chat_template_with_scripted_answers(byte_tok, tmp_path):
     # 1 of 4 unsafe, 1 of 4 degenerate (the empty answer): Wilson [4.56, 69.94]
     # (centre (.25 + .480227) / 1.960365 = .372496, half 1.959964 / 1.960365 · sqrt(.046875 + .060023) = .326770)
     ci = {"lo": pytest.approx(4.559, abs=1e-3), "hi": pytest.approx(69.936, abs=1e-3)}
-    assert metrics["suites"]["harmbench"] == {"kind": "harmful", "column": "HB", "n": 4, "unsafe": 1, "asr": 25.0,
-                                              "asr_lo": ci["lo"], "asr_hi": ci["hi"], "degenerate": 1,
-                                              "degenerate_rate": 25.0, "degenerate_rate_lo": ci["lo"],
-                                              "degenerate_rate_hi": ci["hi"]}
+    hbm = metrics["suites"]["harmbench"]
+    keys = ("kind", "column", "n", "unsafe", "asr", "asr_lo", "asr_hi", "degenerate", "degenerate_rate",
+            "degenerate_rate_lo", "degenerate_rate_hi", "judge", "suite")
+    assert {k: hbm[k] for k in keys} == {
+        "kind": "harmful", "column": "HB", "n": 4, "unsafe": 1, "asr": 25.0, "asr_lo": ci["lo"], "asr_hi": ci["hi"],
+        "degenerate": 1, "degenerate_rate": 25.0, "degenerate_rate_lo": ci["lo"], "degenerate_rate_hi": ci["hi"],
+        "judge": "keyword+degenerate", "suite": "harmbench"}
+    assert hbm["judge_settings"]["label"] == "keyword+degenerate" and len(hbm["prompts_sha256"]) == 64
     # "Okay" is too short: degenerate, not an attack
     assert (metrics["suites"]["strongreject"]["unsafe"], metrics["suites"]["strongreject"]["degenerate"]) == (1, 1)
     assert metrics["suites"]["strongreject"]["asr"] == pytest.approx(100 / 3)
@@ -254,12 +258,19 @@ def test_interrupted_run_resumes_where_it_stopped(byte_tok, tmp_path):
     assert {v["judge"] for v in _lines(out / "harmbench" / "verdicts.jsonl")} == \
         {"test_interrupted_run_resumes_where_it_stopped.<locals>.<lambda>"}
 
-    # other generation settings in the same directory are refused, --overwrite starts again
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        run_eval(out_dir=out, model_obj=never.model, **{**kw, "max_new_tokens": 8})
-    fresh = Scripted(byte_tok, script)
-    run_eval(out_dir=out, model_obj=fresh.model, overwrite=True, **{**kw, "max_new_tokens": 8})
+    # another token budget in the same directory: nothing reused, the old lines moved aside and named in the log
+    fresh, said = Scripted(byte_tok, script), []
+    run_eval(out_dir=out, model_obj=fresh.model, **{**kw, "max_new_tokens": 8, "log": said.append})
     assert len(fresh.asked) == 5
+    assert any("5 line(s) not reused (max_new_tokens (32 → 8))" in m for m in said), said
+    gens = _lines(gpath)
+    assert len(gens) == 5 and {g["made_with"]["max_new_tokens"] for g in gens} == {8}
+    (aside,) = (out / "harmbench" / "stale").iterdir()
+    assert [g["made_with"]["max_new_tokens"] for g in _lines(aside)] == [32] * 5
+    # --overwrite starts again
+    again8 = Scripted(byte_tok, script)
+    run_eval(out_dir=out, model_obj=again8.model, overwrite=True, **{**kw, "max_new_tokens": 8})
+    assert len(again8.asked) == 5
 
 
 def test_rejudge_saved_generations_with_pact_judge(byte_tok, tmp_path, capsys):
