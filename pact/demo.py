@@ -376,7 +376,7 @@ def stage_eval(out: Path, s: DemoSettings, data: dict, name: str, model: str, ad
 
     log(f"evaluate {name}: loading {model}" + (f" + {adapter}" if adapter else ""))
     m, tok = load_policy(model, adapter=adapter, device=_device())
-    judge = KeywordJudge()
+    judge = KeywordJudge(degenerate=None)  # the GCG rule alone (label "keyword"): the README table's judge
     suites = {}
     jobs = [("harmbench", "HB", data["held"]["harmbench"], s.harmful_new_tokens),
             ("strongreject", "SR", data["held"]["strongreject"], s.harmful_new_tokens),

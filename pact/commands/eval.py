@@ -21,7 +21,9 @@ def _kv(items: list[str] | None, what: str, cast=str) -> dict:
 
 def add_judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge", default="keyword",
-                   help="keyword (GCG refusal phrases; a coarse proxy, the default), llama-guard "
+                   help="keyword (GCG refusal phrases, then the degenerate rule: refusal / compliance / degenerate; "
+                        "a coarse proxy, the default; docs/judge.md), keyword-gcg (the refusal phrases alone), "
+                        "llama-guard "
                         "(meta-llama/Llama-Guard-3-8B, the paper's judge), llama-guard:NAME_OR_PATH, or "
                         "module:function / file.py:function returning True when the answer is unsafe")
     p.add_argument("--judge-model", default=None, metavar="MODEL",
