@@ -42,6 +42,7 @@ from pact.training.config import ConfigError, TrainConfig, deepspeed_config, loa
 from pact.training.data import StepSampler, dataset_digest, load_views
 from pact.training.faults import fault_point
 from pact.training.metrics import StepMetrics, TrainLogger
+from pact.training.precision import undo_state_allocation_step
 from pact.training.launch import check_launch_environment, describe_collective_timeout
 from pact.training.run_dir import (apply_resume_changes, check_resume_target, check_run_dir, check_writable, clear_run,
                                    identity_changes, lock_run_dir, previous_config, run_identity, run_record)
@@ -273,6 +274,7 @@ def train(cfg: TrainConfig) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     engine, _, _, _ = deepspeed.initialize(model=row_model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
+    undo_state_allocation_step(engine)  # bf16 without ZeRO: Adam's steps counted as float32 counts them
     method.place(device)  # the safety ids and weights move to the model's device once
     reference = build_reference(cfg, method, engine, ds_config, tokens, views, collator, rank, world, device)
 
