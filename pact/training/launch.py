@@ -47,5 +47,5 @@ def describe_collective_timeout(error: BaseException, timeout_s: int) -> str | N
         return None
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     return (f"a collective waited more than collective_timeout={timeout_s} s for the other ranks: one of them "
-            f"stopped or froze ({first[:300]}). Its own output names why; raise collective_timeout if a step (or "
-            "the reference cache fill) legitimately takes that long")
+            f"stopped or froze ({first[:300]}). Its own output names why; raise collective_timeout if a step, the reference "
+            "cache fill or a checkpoint write (rank 0 hashes every file) legitimately takes that long")
