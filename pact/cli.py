@@ -40,9 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides += extra  # key=value overrides after a flag: pact train --config C --resume lr=1
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if not getattr(args, "func", None):
+    if not getattr(args, "func", None):  # a bare `pact`: the list of commands
         parser.print_help()
-        return 2
+        return 0
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -9,6 +9,9 @@ one it was trained on:
   ``*.bin``, ``*.pt``, ``*.gguf``) and ``config.json`` of a local model, by
   content; a hub name is resolved to its cached snapshot when there is one,
   else keyed by its name.
+* :func:`tokenizer_digest`: SHA-256 of a tokenizer's vocabulary (``get_vocab()``),
+  its added tokens with their special flags and its special-token map (two
+  tokenizers of one vocabulary size but other ids digest apart).
 * :func:`write_base_record` / :func:`check_adapter_base`: ``pact_base.json``
   beside an exported adapter (base model, architecture, weights digest), and
   the check that ``pact eval --adapter`` makes with it.
@@ -57,6 +60,17 @@ def weights_digest(name: str, gguf_file: str | None = None) -> str:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 h.update(chunk)
     return h.hexdigest()
+
+
+def tokenizer_digest(tokenizer) -> str:
+    """SHA-256 of what maps text to ids: ``get_vocab()``, the added tokens (content, special) by id, and the
+    special-token map. The chat template is not part of it (it changes prompts, not ids)."""
+    added = {int(i): [str(t.content), bool(getattr(t, "special", False))]
+             for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()}
+    record = {"vocab": sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0])),
+              "added": sorted(added.items()),
+              "special": {k: str(v) for k, v in sorted((getattr(tokenizer, "special_tokens_map", None) or {}).items())}}
+    return hashlib.sha256(json.dumps(record, ensure_ascii=False).encode()).hexdigest()
 
 
 def architecture(config) -> dict:

@@ -40,7 +40,7 @@ def judge_options(args: argparse.Namespace) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("eval", help=HELP, description=HELP + ". Per suite, results/NAME/SUITE/ holds "
+    p = sub.add_parser("eval", help=HELP.replace("%", "%%"), description=HELP + ". Per suite, results/NAME/SUITE/ holds "
                        "generations.jsonl, verdicts.jsonl (harmful) or scored.jsonl (tasks); an interrupted run "
                        "resumes when run again with the same -o.")
     add_model_args(p, "--model", "the model to evaluate")

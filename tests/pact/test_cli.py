@@ -1,4 +1,5 @@
-"""``pact identify`` / ``pact intervene`` end to end: tiny local models, and SmolLM2 (GGUF) vs a tiny base."""
+"""The ``pact`` front door (bare, ``--help``, every subcommand's ``--help``); ``pact identify`` / ``pact intervene``
+end to end: tiny local models, and SmolLM2 (GGUF) vs a tiny base."""
 from __future__ import annotations
 
 import json
@@ -10,8 +11,49 @@ import pytest
 import torch
 
 from conftest import PROMPTS
-from pact.cli import main
+from pact.cli import COMMANDS, build_parser, main
 from pact.safety_tokens import SafetyTokens
+
+
+def _subcommands() -> dict:
+    """``{name: parser}`` of every registered subcommand (``intervention_report`` registers ``intervention-report``)."""
+    parser = build_parser()
+    return next(a for a in parser._actions if a.dest == "command").choices
+
+
+def test_every_module_in_commands_registers_one_subcommand():
+    names = _subcommands()
+    assert len(names) == len(COMMANDS) == 8
+    assert sorted(n.replace("-", "_") for n in names) == sorted(COMMANDS)
+
+
+def test_bare_pact_and_pact_help_exit_0_listing_every_command(capsys):
+    assert main([]) == 0
+    bare = capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert text == bare and text.startswith("usage: pact")
+    for name, sub in _subcommands().items():
+        assert name in text
+    assert "95% Wilson interval" in text  # the eval line, its percent sign printed once
+
+
+@pytest.mark.parametrize("name", sorted(n.replace("_", "-") for n in COMMANDS))
+def test_every_subcommand_help_exits_0_with_its_text(name, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([name, "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: pact {name}") and "options:" in out
+    assert _subcommands()[name].description.split(".")[0][:40] in " ".join(out.split())
+
+
+def test_console_entry_point_help_in_a_fresh_process():
+    r = subprocess.run([sys.executable, "-m", "pact", "--help"], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0 and "usage: pact" in r.stdout and "intervention-report" in r.stdout, r.stderr
 
 
 @pytest.fixture(scope="module")
