@@ -43,8 +43,13 @@ def run(args: argparse.Namespace) -> int:
         print(render_plan(plan))
         return 0
     from ..experiment.run import run_experiment
+    from ..locks import DirectoryLockedError
 
-    rep = run_experiment(grid, plan.out, cells=args.cells, plan=plan)["report"]
+    try:
+        rep = run_experiment(grid, plan.out, cells=args.cells, plan=plan)["report"]
+    except DirectoryLockedError as e:
+        print(f"pact experiment: error: {e}", file=sys.stderr)
+        return 2
     for name, t in rep["tables"].items():
         print(f"{name}:\n{t['markdown']}")
     for f in rep["files"]:

@@ -362,10 +362,17 @@ def run_experiment(grid: Grid, out: str | Path | None = None, *, cells: list[str
     """Run (or resume) ``grid`` in ``out``: align, identify, data, the untrained models' evaluations, then each
     cell's training and evaluation, then the report. ``cells``: name patterns (fnmatch) to run only those cells
     (the report takes every finished cell). Returns ``{"plan", "initial", "cells", "report", "runner"}``."""
+    from ..locks import DirectoryLock
+
     plan = plan or make_plan(grid, out)
+    with DirectoryLock(plan.out, f"the experiment directory {plan.out}",
+                       "wait for that run to finish (a rerun resumes it), or pass another --out"):
+        return _run(grid, plan, cells, log_name, report)
+
+
+def _run(grid: Grid, plan: Plan, cells: list[str] | None, log_name: str | None, report: bool) -> dict:
     runner = Runner(plan, log_name)
     out = plan.out
-    out.mkdir(parents=True, exist_ok=True)
     todo = [c for c in plan.cells if not cells or any(fnmatch.fnmatch(c.name, p) for p in cells)]
     if cells and not todo:
         raise ValueError(f"--cells {cells} matches none of the cells: {', '.join(c.name for c in plan.cells)}")

@@ -84,6 +84,23 @@ def test_demo_yaml_is_the_demo_grid():
     assert shipped == grid_to_dict(demo_grid(DemoSettings()))
 
 
+def test_a_second_run_in_the_same_directory_is_refused_before_any_work(tmp_path, capsys):
+    from pact.cli import main
+    from pact.locks import DirectoryLock
+
+    gfile = tmp_path / "g.yaml"
+    gfile.write_text(yaml.safe_dump(_minimal(safety_tokens={"file": str(tmp_path / "missing.json")})))
+    out = tmp_path / "out"
+    with DirectoryLock(out, "test holder"):
+        assert main(["experiment", str(gfile), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the experiment directory" in err and f"pid {os.getpid()}" in err and "another --out" in err
+    assert sorted(p.name for p in out.iterdir()) == [".pact.lock"]  # nothing written
+    # without the other writer the same run starts, and stops at the first missing input, naming it
+    assert main(["experiment", str(gfile), "--out", str(out)]) == 2
+    assert "safety_tokens.file" in capsys.readouterr().err
+
+
 #: grid file -> cells its plan lists (organism-full: SFT and PACT x 3 seeds, 3 baselines, 4 more rungs, 3 more
 #: lambdas; the paper's Table 2: 5 methods x 3 tasks; Table 4: 5 methods x 3 p)
 PLAN_CELLS = {"demo.yaml": 2, "organism-full.yaml": 16, "paper-table2-qwen2.5-7b.yaml": 15,
