@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.plan:
         print(render_plan(plan))
         return 0
-    from ..experiment.run import run_experiment
+    from ..experiment.run import CellFailedError, run_experiment
     from ..locks import DirectoryLockedError
 
     try:
@@ -50,6 +50,9 @@ def run(args: argparse.Namespace) -> int:
     except DirectoryLockedError as e:
         print(f"pact experiment: error: {e}", file=sys.stderr)
         return 2
+    except CellFailedError as e:
+        print(f"pact experiment: {e}; a rerun resumes (finished stages are kept)", file=sys.stderr)
+        return 1
     for name, t in rep["tables"].items():
         print(f"{name}:\n{t['markdown']}")
     for f in rep["files"]:

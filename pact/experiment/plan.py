@@ -76,7 +76,12 @@ class Plan:
     duplicates: dict[str, str] = field(default_factory=dict)   # dropped name -> the cell of the same config
 
     def tokens_for(self, cell: Cell) -> str:
-        return self.tokens_file if cell.k is None else str(Path(self.tokens_file).with_name(f"tokens-K{cell.k}.json"))
+        """The tokens file a cell reads: the full set, or its top K (written by the runner under OUT/2-identify)."""
+        return self.tokens_file if cell.k is None else top_k_file(self.out, cell.k)
+
+
+def top_k_file(out: Path, k: int) -> str:
+    return str(Path(out) / "2-identify" / f"tokens-K{k}.json")
 
 
 def _fmt(v) -> str:
@@ -220,7 +225,7 @@ def _make_cell(grid, out, where, method, recipe, lam, n_, k, seed, common, block
         if grid.models.base_gguf_file:
             over.append(f"base_gguf_file={grid.models.base_gguf_file}")
     if method not in BASELINE_METHODS or grid.train.safety_tokens_for_baselines:
-        over.append(f"safety_tokens={tokens if k is None else Path(tokens).with_name(f'tokens-K{k}.json')}")
+        over.append(f"safety_tokens={tokens if k is None else top_k_file(out, k)}")
     swept = {}
     if lam is not None:
         over.append(_kv("loss.lambda_kl", lam))

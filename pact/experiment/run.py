@@ -74,6 +74,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+class CellFailedError(RuntimeError):
+    """A training subprocess failed; the message names the command (its own error is printed above it)."""
+
+
 class Runner:
     """One run of a plan: the stages in order, each skipped when its key is unchanged."""
 
@@ -155,7 +159,7 @@ class Runner:
         self.log("$ " + " ".join(cmd))
         r = subprocess.run(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         if r.returncode != 0:
-            raise RuntimeError(f"training failed (exit {r.returncode}): {' '.join(cmd)}")
+            raise CellFailedError(f"training failed (exit {r.returncode}; its error is above): {' '.join(cmd)}")
 
     # -- stages -----------------------------------------------------------
     def organism_data(self) -> dict | None:

