@@ -277,9 +277,20 @@ class Runner:
         self.log(f"attack {cell.method}: {r['num_samples']} samples (p = {r['harmful_fraction']}) on M_safe, "
                  f"seed {cell.seed}" + (f" [{cell.name}]" if cell.name != cell.method else ""))
         self.train(cell.overrides, d / "run", cell.config)
+        if not cell.lora:
+            self.add_tokenizer(d / "run" / "final")
         self.mark(d, key, {"run": str(d / "run"), "cell": cell.name, "seconds": round(time.time() - t0, 1)})
         self.trained.append(cell.name)
         return key
+
+    def add_tokenizer(self, final: Path) -> None:
+        """A full fine-tune exports the model's weights only: its tokenizer (the aligned model's) goes beside them,
+        so that ``pact eval --model final`` loads it as a model of its own."""
+        if (final / "tokenizer_config.json").is_file():
+            return
+        from ..models import load_tokenizer
+
+        load_tokenizer(self.plan.aligned, self.plan.grid.models.gguf_file).save_pretrained(str(final))
 
     def eval_key(self, model_key: str, tasks: list[str] | None) -> str:
         g = self.plan.grid
