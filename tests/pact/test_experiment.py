@@ -343,3 +343,22 @@ def test_tiny_grid_end_to_end_with_rerun_and_changed_inputs(tmp_path):
     assert r3.stderr.count("its inputs or config changed") == 4  # the two trainings and their two evaluations
     assert "attack sft: cached" in r3.stderr and "attack sft-seed1: cached" in r3.stderr
     print(f"tiny grid: first run {first:.0f} s")
+
+
+def test_a_full_fine_tune_gets_the_aligned_tokenizer_so_pact_eval_loads_it(tmp_path):
+    from pact.eval.runner import load_policy
+    from pact.experiment.run import Runner
+    from pact.tiny import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok.save_pretrained(tmp_path / "aligned")
+    tiny_model(tok).save_pretrained(tmp_path / "aligned")
+    final = tmp_path / "final"
+    tiny_model(tok, seed=1).save_pretrained(final)  # what export_final writes for lora: false: weights, no tokenizer
+    with pytest.raises(Exception):
+        load_policy(str(final))
+    g = grid_from_dict(_minimal(models={"aligned": str(tmp_path / "aligned"), "base": "b"}))
+    Runner(make_plan(g, tmp_path / "out")).add_tokenizer(final)
+    model, tok2 = load_policy(str(final))
+    assert tok2.get_vocab() == tok.get_vocab() and tok2.chat_template == tok.chat_template
+    assert model.config.vocab_size == len(tok)
