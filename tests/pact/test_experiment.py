@@ -304,10 +304,19 @@ def test_tiny_grid_end_to_end_with_rerun_and_changed_inputs(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
     cmd = [sys.executable, "-m", "pact", "experiment", str(gfile), "--out", str(out)]
     t0 = time.time()
+    # a part: the SFT cells only; the report has their rows and names the cells not run yet
+    r0 = subprocess.run(cmd + ["--cells", "sft*"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+    assert r0.returncode == 0, r0.stderr[-4000:]
+    assert sorted(_trained(r0.stderr)) == ["sft", "sft-seed1"]
+    rep0 = json.loads((out / "5-report" / "report.json").read_text())
+    assert rep0["tables"]["table2"]["rows"] == ["M_base", "M_safe", "SFT"] and rep0["missing"] == ["pact", "pact-seed1"]
+    # the rest: the SFT cells are found finished
     r1 = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
     assert r1.returncode == 0, r1.stderr[-4000:]
-    assert sorted(_trained(r1.stderr)) == ["pact", "pact-seed1", "sft", "sft-seed1"]
+    assert sorted(_trained(r1.stderr)) == ["pact", "pact-seed1"]
+    assert "attack sft: cached" in r1.stderr and "attack sft-seed1: cached" in r1.stderr
     rep = json.loads((out / "5-report" / "report.json").read_text())
+    assert rep["missing"] == []
     t2 = rep["tables"]["table2"]
     assert t2["rows"] == ["M_base", "M_safe", "SFT", "PACT"] and t2["seeds"] == [1, 1, 2, 2]
     assert rep["columns"] == ["GSM8K Acc↑", "OR↓", "HB↓", "SR↓", "ASR avg↓"]
