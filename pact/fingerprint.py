@@ -12,6 +12,14 @@ one it was trained on:
 * :func:`tokenizer_digest`: SHA-256 of a tokenizer's vocabulary (``get_vocab()``),
   its added tokens with their special flags and its special-token map (two
   tokenizers of one vocabulary size but other ids digest apart).
+* :func:`adapter_digest`: SHA-256 of the files PEFT loads from an adapter
+  directory (``adapter_config.json``, ``adapter_model.*``), so an adapter
+  retrained at the same path digests apart; :func:`module_digest` the same for
+  a model object in memory (its parameters and buffers).
+* :func:`vocab_digest`: SHA-256 of ``get_vocab()`` alone (what a safety-token
+  file's ids mean); :func:`tokenization_digest`: :func:`tokenizer_digest` plus
+  the chat template and the BOS/EOS/pad ids (what turns a sample into ids).
+* :func:`json_digest`: SHA-256 of a JSON-able value in canonical form.
 * :func:`write_base_record` / :func:`check_adapter_base`: ``pact_base.json``
   beside an exported adapter (base model, architecture, weights digest), and
   the check that ``pact eval --adapter`` makes with it.
@@ -53,13 +61,7 @@ def weights_digest(name: str, gguf_file: str | None = None) -> str:
     else:
         files = sorted(p for p in root.rglob("*") if p.is_file() and (p.suffix in WEIGHT_SUFFIXES
                                                                        or p.name == "config.json"))
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(root)).encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    return _files_digest(root, files)
 
 
 def tokenizer_digest(tokenizer) -> str:
@@ -71,6 +73,61 @@ def tokenizer_digest(tokenizer) -> str:
               "added": sorted(added.items()),
               "special": {k: str(v) for k, v in sorted((getattr(tokenizer, "special_tokens_map", None) or {}).items())}}
     return hashlib.sha256(json.dumps(record, ensure_ascii=False).encode()).hexdigest()
+
+
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
+
+
+def _files_digest(root: Path, files) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def adapter_digest(adapter_dir: str | Path) -> str:
+    """SHA-256 of an adapter directory's ``adapter_config.json`` and ``adapter_model.*`` by content (every file
+    of the directory when it has none of them)."""
+    root = Path(adapter_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(f"adapter directory not found: {adapter_dir}")
+    files = [root / n for n in ADAPTER_FILES if (root / n).is_file()]
+    if not files:
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+    return _files_digest(root, files)
+
+
+def module_digest(model) -> str:
+    """SHA-256 of a ``torch.nn.Module``'s parameters and buffers (names, dtypes, shapes, values)."""
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode() + b"\0")
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def json_digest(value) -> str:
+    """SHA-256 of ``value`` as canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def vocab_digest(tokenizer) -> str:
+    """SHA-256 of the tokenizer's vocabulary: every (token, id) of ``get_vocab()``, added tokens included."""
+    return json_digest(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
+
+
+def tokenization_digest(tokenizer) -> str:
+    """SHA-256 of what turns a training sample into ids: :func:`tokenizer_digest`, the chat template, BOS/EOS/pad."""
+    return json_digest({"tokenizer": tokenizer_digest(tokenizer),
+                        "chat_template": getattr(tokenizer, "chat_template", None),
+                        "bos": getattr(tokenizer, "bos_token_id", None), "eos": getattr(tokenizer, "eos_token_id", None),
+                        "pad": getattr(tokenizer, "pad_token_id", None)})
 
 
 def architecture(config) -> dict:

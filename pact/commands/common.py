@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 
 from ..data.sources import PromptSourceError
+from ..locks import DirectoryLockedError
 from ..models import ModelLoadError
 
 __all__ = ["USER_ERRORS", "add_model_args", "add_prompt_args", "add_runtime_args"]
 
 #: Errors that the CLI reports as one line (exit code 2) rather than a traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (PromptSourceError, ModelLoadError, FileNotFoundError, ValueError)
+USER_ERRORS: tuple[type[BaseException], ...] = (PromptSourceError, ModelLoadError, FileNotFoundError, ValueError,
+                                                DirectoryLockedError)
 
 
 def add_model_args(p: argparse.ArgumentParser, flag: str, help: str, gguf_flag: str = "--gguf-file") -> None:

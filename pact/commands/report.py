@@ -16,6 +16,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--smooth", type=int, default=None, metavar="STEPS",
                    help="moving-average window of the curves (default: steps/50)")
     p.add_argument("--no-plots", action="store_true", help="the table only")
+    p.add_argument("--allow-mixed", action="store_true",
+                   help="put rows measured with different judges, --max-new-tokens or suites in one table; a "
+                        "footnote under it names the differences (without it, pact report refuses them)")
     p.set_defaults(func=run)
     return p
 
@@ -24,7 +27,8 @@ def run(args: argparse.Namespace) -> int:
     from ..eval.report import report
 
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
-    res = report(args.runs, args.output, labels=labels, smooth_steps=args.smooth, plots=not args.no_plots)
+    res = report(args.runs, args.output, labels=labels, smooth_steps=args.smooth, plots=not args.no_plots,
+                 allow_mixed=args.allow_mixed)
     if res["markdown"]:
         print(res["markdown"], end="")
     for f in res["files"]:

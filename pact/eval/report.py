@@ -14,7 +14,15 @@ ASR on StrongREJECT, JailbreakBench, HarmBench, OR the over-refusal rate on
 benign prompts that look sensitive). Every cell is the rate with its 95 %
 Wilson interval, ``5.0 [1.4–16.5]``; the number of items per column is
 stated under the table (or in each cell as ``(k/n)`` where rows differ), and
-``table.csv`` holds rate, interval, hits and items in separate columns. The task of a
+``table.csv`` holds rate, interval, hits and items in separate columns.
+
+Rows are compared only when they were measured alike: the same judge with
+the same settings, the same token budget (``max_new_tokens``) and, per
+column, the same suite over the same prompts (``prompts_sha256`` of
+``pact eval``; the suite and n for older metrics). Otherwise ``pact report``
+refuses, naming each difference and the rows on each side, unless
+``allow_mixed`` (``--allow-mixed``), which writes the table with a footnote
+naming the differences. The task of a
 row is the run's ``task`` (``--task`` of ``pact eval`` or the adapter's
 ``run.json``); a run without one (the initial model) fills every task group
 it has an accuracy for, as the paper's "Initial" row does. Written as
@@ -32,13 +40,16 @@ Plots (matplotlib PNG), from the per-step training logs:
   is the first logged step (the initial model).
 * ``fig6_loss_benign_harmful.png`` (Fig. 6): CE (solid, left axis) and the KL
   term (dashed, right axis) on benign and on harmful samples.
-* ``fig5_sweep.png`` (Fig. 5): Acc and ASR against λ (``lambda_kl``), N
-  (``decay_start``) and K (``k``), from evaluated runs whose other two values
-  are the most common ones; a panel needs at least two values.
+* ``fig5_sweep.png`` (Fig. 5): PACT's Acc and ASR against λ (``lambda_kl``),
+  N (``decay_start``) and K (``k``), from evaluated runs of the method
+  ``pact`` (by their ``run.json``; other methods and ablation rungs are not
+  plotted) whose other two values are the most common ones; a panel needs at
+  least two values.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -50,7 +61,8 @@ from typing import Any, Sequence
 from .io import read_jsonl, write_text_atomic
 from .metrics import RATE_CSV_PARTS, Rate, rate_csv_fields
 
-__all__ = ["Run", "load_runs", "make_plots", "render_table", "report", "table_rows"]
+__all__ = ["MixedSettingsError", "Run", "check_comparable", "load_runs", "make_plots", "render_table", "report",
+           "table_rows"]
 
 METHOD_NAMES = {
     "initial": "Initial", "sft": "SFT", "constrained_sft": "Constrained SFT", "safelora": "Safe LoRA",
@@ -65,6 +77,8 @@ TASK_ORDER = ["gsm8k", "sst2", "agnews", "bbq"]
 COLUMNS = ("Acc", "SR", "JB", "HB", "OR")
 ARROWS = {"Acc": "↑", "SR": "↓", "JB": "↓", "HB": "↓", "OR": "↓"}
 SWEEP_PARAMS = (("lambda_kl", "λ (lambda_kl)"), ("decay_start", "N (decay_start)"), ("k", "K (safety tokens)"))
+#: The method whose sensitivity Fig. 5 shows; runs of other methods are not plotted there.
+SWEEP_METHOD = "pact"
 
 
 @dataclass
@@ -162,8 +176,15 @@ def _cells(m: dict) -> tuple[list[str], dict[str, dict[str, Rate | None]]]:
 
 def table_rows(runs: Sequence[Run]) -> tuple[list[str], list[tuple[str, dict[str, dict[str, Rate | None]]]]]:
     """(task order, [(row label, {task: {column: rate}})]) for the evaluated runs, in the paper's method order."""
+    tasks, rows, _ = _table(runs)
+    return tasks, rows
+
+
+def _table(runs: Sequence[Run]):
+    """:func:`table_rows` plus ``{row label: [(task, metrics.json dict)]}``: which evals fill each row."""
     rows: dict[str, dict[str, dict]] = {}
     origin: dict[str, str] = {}
+    sources: dict[str, list[tuple[str, dict]]] = {}
     all_tasks: list[str] = []
     for r in runs:
         for m in r.evals:
@@ -177,14 +198,91 @@ def table_rows(runs: Sequence[Run]) -> tuple[list[str], list[tuple[str, dict[str
                     label2 = f"{label} ({r.path.name})"
                     rows.setdefault(label2, {})[t] = cells[t]
                     origin.setdefault(label2, str(r.path))
+                    sources.setdefault(label2, []).append((t, m))
                 else:
                     row[t] = cells[t]
                     origin.setdefault(label, str(r.path))
+                    sources.setdefault(label, []).append((t, m))
     order = {name: i for i, name in enumerate(METHOD_ORDER)}
     labels = sorted(rows, key=lambda lab: (order.get(lab.split(" (")[0].split(" [")[0], len(order)), list(rows).index(lab)))
     tasks = sorted(all_tasks, key=lambda t: (TASK_ORDER.index(t) if t in TASK_ORDER else len(TASK_ORDER),
                                              all_tasks.index(t)))
-    return tasks, [(lab, rows[lab]) for lab in labels]
+    return tasks, [(lab, rows[lab]) for lab in labels], sources
+
+
+class MixedSettingsError(ValueError):
+    """Rows of one table were measured with different judges, token budgets or suites."""
+
+
+def _short(digest: str | None) -> str:
+    return (digest or "")[:8]
+
+
+def _judge_value(m: dict, suite: dict) -> str | None:
+    """The judge that decided a column's verdicts: its label, plus a settings digest when it has settings."""
+    settings = suite.get("judge_settings") or (m.get("judge_settings") if suite.get("kind") == "harmful" else None)
+    label = suite.get("judge") or (m.get("judge") if suite.get("kind") == "harmful" else None)
+    if settings:
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        return f"{settings.get('label', label)} [settings {_short(digest)}]"
+    return label
+
+
+def _measured_with(task: str, m: dict) -> dict[str, str]:
+    """What a row's numbers depend on beyond the model: {dimension: value} of one metrics.json in task group
+    ``task`` (the judge of each judged column, the token budget, each column's suite and prompts)."""
+    out: dict[str, str] = {}
+    suites = m.get("suites", {})
+    if m.get("max_new_tokens") is not None:
+        out["max_new_tokens"] = str(m["max_new_tokens"])
+    for name, v in suites.items():
+        col = v.get("column")
+        if col not in COLUMNS or (v.get("kind") == "task" and name != task):
+            continue
+        where = f"{_task_prefix(task)}{col}" if col == "Acc" else col
+        digest = v.get("prompts_sha256")
+        out[f"suite {where}"] = f"{v.get('suite', name)} n={v.get('n')}" + (f" [prompts {_short(digest)}]"
+                                                                             if digest else "")
+        judge = _judge_value(m, v) if v.get("kind") in ("harmful", "overrefusal") else None
+        if judge:
+            out[f"judge {where}"] = judge
+    return out
+
+
+def _differences(sources: dict[str, list[tuple[str, dict]]]) -> list[str]:
+    """One sentence per dimension on which the rows differ: ``judge HB: keyword (SFT, PACT); llama-guard:x
+    (Initial)``. A dimension compares the rows that have it; a suite column compares prompts digests when
+    every row has one, else the suite and n."""
+    seen: dict[str, list[tuple[str, str]]] = {}
+    for label, evals in sources.items():
+        for task, m in evals:
+            for dim, value in _measured_with(task, m).items():
+                seen.setdefault(dim, []).append((value, label))
+    out = []
+    for dim, pairs in seen.items():
+        if dim.startswith("suite ") and any(" [prompts " not in v for v, _ in pairs):
+            pairs = [(v.split(" [prompts ")[0], lab) for v, lab in pairs]
+        by_value: dict[str, list[str]] = {}
+        for v, lab in pairs:
+            rows = by_value.setdefault(v, [])
+            if lab not in rows:
+                rows.append(lab)
+        if len(by_value) > 1:
+            out.append(f"{dim}: " + "; ".join(f"{v} ({', '.join(rows)})" for v, rows in by_value.items()))
+    return out
+
+
+def check_comparable(runs: Sequence[Run], allow_mixed: bool = False) -> list[str]:
+    """The differences between the table's rows (:func:`_differences`); raises :class:`MixedSettingsError`
+    naming them unless ``allow_mixed``, which returns them for the footnote."""
+    _, _, sources = _table(runs)
+    diffs = _differences(sources)
+    if diffs and not allow_mixed:
+        raise MixedSettingsError(
+            "the rows were not measured alike, so one table would compare unlike numbers: " + " | ".join(diffs)
+            + ". Evaluate them with the same judge, --max-new-tokens and suites, or pass --allow-mixed to put "
+            "them in one table with these differences in a footnote")
+    return diffs
 
 
 def _task_prefix(task: str) -> str:
@@ -192,14 +290,16 @@ def _task_prefix(task: str) -> str:
     return "" if task == "-" else f"{TASK_NAMES.get(task, task)} "
 
 
-def render_table(runs: Sequence[Run]) -> tuple[str, str]:
+def render_table(runs: Sequence[Run], footnotes: Sequence[str] = ()) -> tuple[str, str]:
     """(markdown, CSV) of the results table.
 
     A markdown cell is ``rate [lo–hi]`` (percent, 95 % Wilson interval, one
     decimal); the items behind a column (n) go in the line under the table
     when every row of the column has the same n, else into each of its cells
     as ``(k/n)``. The CSV has, per column, the rate, ``ci_lo``, ``ci_hi``,
-    ``k`` (hits) and ``n`` (items) apart.
+    ``k`` (hits) and ``n`` (items) apart. ``footnotes``: differences between
+    the rows' settings (:func:`check_comparable` with ``allow_mixed``), listed
+    under the table.
     """
     tasks, rows = table_rows(runs)
     if not rows:
@@ -227,7 +327,11 @@ def render_table(runs: Sequence[Run]) -> tuple[str, str]:
     note = "\nCells: rate in % [95 % Wilson interval]"
     if uniform:
         note += "; items per cell (n): " + ", ".join(uniform)
-    return "\n".join(md) + "\n" + note + ".\n", buf.getvalue()
+    note += "."
+    if footnotes:
+        note += "\nMixed settings (--allow-mixed), not comparable across these rows: " + "; ".join(
+            f"({i}) {d}" for i, d in enumerate(footnotes, 1)) + "."
+    return "\n".join(md) + "\n" + note + "\n", buf.getvalue()
 
 
 # ---------------------------------------------------------------------------
@@ -412,15 +516,19 @@ def make_plots(runs: Sequence[Run], out_dir: str | Path, smooth_steps: int | Non
                 ax2.set_ylabel("Acc (%)")
                 ax2.legend(loc="upper right", fontsize=8)
             ax.legend(loc="upper left", fontsize=8)
-        fig.suptitle("Hyper-parameter sensitivity (Fig. 5)")
+        fig.suptitle("PACT hyper-parameter sensitivity (Fig. 5)")
         save(fig, "fig5_sweep.png")
     return written
 
 
 def _run_point(r: Run) -> tuple[dict, dict] | None:
-    """(config, {column: value in percent}) of an evaluated training run."""
+    """(config, {column: value in percent}) of an evaluated training run; None when the eval's method is not the
+    training run's (an eval labelled by hand as another method)."""
     cfg = r.config or next((m.get("run_config") for m in r.evals if m.get("run_config")), None)
     if not cfg or not r.evals:
+        return None
+    labelled = r.evals[0].get("method")
+    if labelled and str(labelled).lower() != str(cfg.get("method")).lower():
         return None
     m = r.evals[0]
     tasks, cells = _cells(m)
@@ -430,7 +538,7 @@ def _run_point(r: Run) -> tuple[dict, dict] | None:
 def sweep_points(runs: Sequence[Run]) -> list[tuple[str, str, list[tuple[float, dict]]]]:
     """Per swept parameter: [(value, {Acc, SR, JB, HB})], sorted by value (Fig. 5)."""
     pts = [p for p in (_run_point(r) for r in runs) if p is not None]
-    pts = [(c, v) for c, v in pts if str(c.get("method", "pact")).lower() not in ("sft", "initial")]
+    pts = [(c, v) for c, v in pts if str(c.get("method")).lower() == SWEEP_METHOD]
     out = []
     for param, title in SWEEP_PARAMS:
         others = [q for q, _ in SWEEP_PARAMS if q != param]
@@ -445,12 +553,17 @@ def sweep_points(runs: Sequence[Run]) -> list[tuple[str, str, list[tuple[float, 
 
 
 def report(paths: Sequence[str | Path], out_dir: str | Path, *, labels: Sequence[str] | None = None,
-           smooth_steps: int | None = None, plots: bool = True) -> dict[str, Any]:
-    """``pact report``: write ``table.md``, ``table.csv`` and the figures into ``out_dir``."""
+           smooth_steps: int | None = None, plots: bool = True, allow_mixed: bool = False) -> dict[str, Any]:
+    """``pact report``: write ``table.md``, ``table.csv`` and the figures into ``out_dir``.
+
+    Raises :class:`MixedSettingsError` (before writing anything) when the rows
+    were measured differently, unless ``allow_mixed`` (module doc).
+    """
     runs = load_runs(paths, labels)
+    diffs = check_comparable(runs, allow_mixed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    md, csv_text = render_table(runs)
+    md, csv_text = render_table(runs, diffs)
     files: list[Path] = []
     if md:
         write_text_atomic(out / "table.md", md)

@@ -99,11 +99,12 @@ def write_manifest(directory: Path) -> None:
     write_text_atomic(directory / MANIFEST, json.dumps({"files": files}, indent=1))
 
 
-def verify_checkpoint(path: Path, hashes: bool = True) -> str | None:
+def verify_checkpoint(path: Path, hashes: bool = True, step_key: str = "step") -> str | None:
     """None when the checkpoint at ``path`` is intact, else a sentence saying what is damaged.
 
     Intact: its manifest lists every file with the size (and, ``hashes``, the
-    SHA-256) it was written with, and ``trainer_state.json`` parses.
+    SHA-256) it was written with, and ``trainer_state.json`` parses with its
+    ``step_key`` (``global_step`` in a Trainer's checkpoint).
     """
     path = Path(path)
     if not path.is_dir():
@@ -122,7 +123,7 @@ def verify_checkpoint(path: Path, hashes: bool = True) -> str | None:
         if hashes and _sha256(f) != meta["sha256"]:
             return f"{path.name}/{rel} is altered (SHA-256 differs from the one written)"
     try:
-        json.loads((path / "trainer_state.json").read_text())["step"]
+        json.loads((path / "trainer_state.json").read_text())[step_key]
     except (OSError, ValueError, KeyError, TypeError):
         return f"{path.name}/trainer_state.json is unreadable"
     return None

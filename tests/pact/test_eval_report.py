@@ -332,3 +332,73 @@ def test_intervention_report_on_real_intervene_output(tmp_path, tiny_dir, tok, s
     expect = 100 * sum("sorry" not in g["response"].split() for g in gens) / len(gens)
     assert cells["boost/safety"]["asr"] == pytest.approx(expect)
     assert math.isfinite(cells["none/safety"]["asr"])
+
+
+def _keyed(name, method, suites, *, judge="keyword", budget=1024, prompts="a" * 64, run_config=None):
+    """metrics.json as pact eval writes it now: judge settings, token budget and each suite's prompts digest."""
+    m = _metrics(name, method, "gsm8k", suites, run_config)
+    m["max_new_tokens"] = budget
+    m["judge"] = judge
+    m["judge_settings"] = {"label": judge, "kind": "KeywordJudge" if judge == "keyword" else "LlamaGuardJudge"}
+    for sname, v in m["suites"].items():
+        v.update(suite=sname, prompts_sha256=prompts if sname == "harmbench" else "b" * 64)
+        if v["kind"] != "task":
+            v.update(judge=judge, judge_settings=m["judge_settings"])
+    return m
+
+
+def test_report_refuses_rows_with_different_judges_unless_allow_mixed(tmp_path, capsys):
+    sft = _write(tmp_path / "sft", _keyed("sft", "sft", {"gsm8k": 80.0, "harmbench": 90.0}))
+    pact = _write(tmp_path / "pact", _keyed("pact", "pact", {"gsm8k": 80.0, "harmbench": 20.0},
+                                            judge="llama-guard:meta-llama/Llama-Guard-3-8B"))
+    out = tmp_path / "rep"
+    assert main(["report", str(sft), str(pact), "-o", str(out), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "the rows were not measured alike" in err and "judge HB: keyword [settings " in err
+    assert "(SFT); llama-guard:meta-llama/Llama-Guard-3-8B [settings " in err and "(PACT)" in err
+    assert "--allow-mixed" in err and not out.exists()  # nothing written
+    assert main(["report", str(sft), str(pact), "-o", str(out), "--no-plots", "--allow-mixed"]) == 0
+    md = (out / "table.md").read_text()
+    assert "| SFT | " in md and "| PACT | " in md
+    note = md.splitlines()[-1]
+    assert note.startswith("Mixed settings (--allow-mixed), not comparable across these rows: (1) judge HB: keyword")
+    assert "llama-guard:meta-llama/Llama-Guard-3-8B" in note and "max_new_tokens" not in note
+
+
+def test_report_refuses_different_token_budgets_and_suites(tmp_path):
+    from pact.eval.report import MixedSettingsError, check_comparable
+
+    a = _write(tmp_path / "a", _keyed("a", "sft", {"gsm8k": 80.0, "harmbench": 90.0}, budget=1024))
+    b = _write(tmp_path / "b", _keyed("b", "pact", {"gsm8k": 80.0, "harmbench": 20.0}, budget=256))
+    with pytest.raises(MixedSettingsError, match=r"max_new_tokens: 1024 \(SFT\); 256 \(PACT\)"):
+        check_comparable(load_runs([a, b]))
+    # the same budget but HarmBench over other prompts (another subset of the suite)
+    c = _write(tmp_path / "c", _keyed("c", "pact", {"gsm8k": 80.0, "harmbench": 20.0}, prompts="c" * 64))
+    with pytest.raises(MixedSettingsError) as e:
+        check_comparable(load_runs([a, c]))
+    assert "suite HB: harmbench n=200 [prompts aaaaaaaa] (SFT); harmbench n=200 [prompts cccccccc] (PACT)" in str(e.value)
+    assert "max_new_tokens:" not in str(e.value) and "judge HB" not in str(e.value)
+    # measured alike: no difference, and render_table adds no footnote
+    d = _write(tmp_path / "d", _keyed("d", "pact", {"gsm8k": 70.0, "harmbench": 30.0}))
+    assert check_comparable(load_runs([a, d])) == []
+    assert "Mixed settings" not in render_table(load_runs([a, d]))[0]
+    diffs = check_comparable(load_runs([a, b, c]), allow_mixed=True)
+    assert len(diffs) == 2 and "Mixed settings" in render_table(load_runs([a, b, c]), diffs)[0]
+
+
+def test_sweep_plots_only_runs_of_pact(tmp_path):
+    base = {"method": "pact", "task": "agnews", "lambda_kl": 3.0, "k": 50, "decay_start": 8, "model": "m"}
+    runs = []
+    for lam, hb in ((1.0, 40.0), (3.0, 20.0)):
+        cfg = {**base, "lambda_kl": lam}
+        runs.append(_write(tmp_path / f"pact{lam}", _metrics(f"p{lam}", "pact", "agnews",
+                                                             {"agnews": 90.0, "harmbench": hb}, cfg), cfg))
+    # a constrained_sft run, an ablation rung and an eval relabelled by hand, each with a lambda_kl in its config
+    for name, cfg_method, eval_method, lam in (("csft", "constrained_sft", None, 5.0),
+                                               ("fullvocab", "full_vocab", None, 7.0),
+                                               ("relabelled", "sft", "pact", 9.0)):
+        cfg = {**base, "method": cfg_method, "lambda_kl": lam}
+        runs.append(_write(tmp_path / name, _metrics(name, eval_method, "agnews", {"agnews": 50.0, "harmbench": 1.0},
+                                                     cfg), cfg))
+    sweep = {p: pts for p, _, pts in sweep_points(load_runs(runs))}
+    assert [(x, v["HB"]) for x, v in sweep["lambda_kl"]] == [(1.0, 40.0), (3.0, 20.0)]

@@ -124,9 +124,11 @@ def test_exact_asr_and_chat_template_with_scripted_answers(byte_tok, tmp_path):
                        suites=parse_suite_list("harmbench,strongreject"), out_dir=tmp_path / "r", sizes={"harmbench": 4,
                        "strongreject": 3}, max_new_tokens=64, batch_size=3, progress=False, log=lambda _: None)
     # 2 of 4: Wilson [15.00, 85.00] (centre .5, half 1.959964 / 1.960365 · sqrt(.0625 + .060023) = .349957)
-    assert metrics["suites"]["harmbench"] == {"kind": "harmful", "column": "HB", "n": 4, "unsafe": 2, "asr": 50.0,
-                                              "asr_lo": pytest.approx(15.004, abs=1e-3),
-                                              "asr_hi": pytest.approx(84.996, abs=1e-3)}
+    hbm = metrics["suites"]["harmbench"]
+    assert {k: hbm[k] for k in ("kind", "column", "n", "unsafe", "asr", "asr_lo", "asr_hi", "judge", "suite")} == {
+        "kind": "harmful", "column": "HB", "n": 4, "unsafe": 2, "asr": 50.0, "asr_lo": pytest.approx(15.004, abs=1e-3),
+        "asr_hi": pytest.approx(84.996, abs=1e-3), "judge": "keyword", "suite": "harmbench"}
+    assert hbm["judge_settings"]["label"] == "keyword" and len(hbm["prompts_sha256"]) == 64
     assert metrics["suites"]["strongreject"]["unsafe"] == 2
     assert metrics["suites"]["strongreject"]["asr"] == pytest.approx(200 / 3)
     # one user turn with the model's chat template and its generation prompt, no system turn of ours
@@ -241,12 +243,19 @@ def test_interrupted_run_resumes_where_it_stopped(byte_tok, tmp_path):
     assert {v["judge"] for v in _lines(out / "harmbench" / "verdicts.jsonl")} == \
         {"test_interrupted_run_resumes_where_it_stopped.<locals>.<lambda>"}
 
-    # other generation settings in the same directory are refused, --overwrite starts again
-    with pytest.raises(ValueError, match="max_new_tokens"):
-        run_eval(out_dir=out, model_obj=never.model, **{**kw, "max_new_tokens": 8})
-    fresh = Scripted(byte_tok, script)
-    run_eval(out_dir=out, model_obj=fresh.model, overwrite=True, **{**kw, "max_new_tokens": 8})
+    # another token budget in the same directory: nothing reused, the old lines moved aside and named in the log
+    fresh, said = Scripted(byte_tok, script), []
+    run_eval(out_dir=out, model_obj=fresh.model, **{**kw, "max_new_tokens": 8, "log": said.append})
     assert len(fresh.asked) == 5
+    assert any("5 line(s) not reused (max_new_tokens (32 → 8))" in m for m in said), said
+    gens = _lines(gpath)
+    assert len(gens) == 5 and {g["made_with"]["max_new_tokens"] for g in gens} == {8}
+    (aside,) = (out / "harmbench" / "stale").iterdir()
+    assert [g["made_with"]["max_new_tokens"] for g in _lines(aside)] == [32] * 5
+    # --overwrite starts again
+    again8 = Scripted(byte_tok, script)
+    run_eval(out_dir=out, model_obj=again8.model, overwrite=True, **{**kw, "max_new_tokens": 8})
+    assert len(again8.asked) == 5
 
 
 def test_rejudge_saved_generations_with_pact_judge(byte_tok, tmp_path, capsys):
