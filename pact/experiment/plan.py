@@ -60,7 +60,7 @@ class Cell:
     def train_args(self, out: Path) -> list[str]:
         """The arguments of ``pact/train.py`` (config file, overlays, key=value), output_dir included."""
         return (["--config", self.config] if self.config else []) + self.overrides + [
-            f"output_dir={out / self.run_dir / 'run'}", "resume=true"]
+            f"output_dir={out / self.run_dir / 'run'}"]
 
 
 @dataclass
@@ -211,10 +211,18 @@ def make_plan(grid: Grid, out: str | Path | None = None, check_files: bool = Fal
 
 def _make_cell(grid, out, where, method, recipe, lam, n_, k, seed, common, block_over, aligned, base, tokens,
                load_config, ConfigError) -> Cell:
-    over = list(common)
+    baseline = method in BASELINE_METHODS
+    # the baselines read no loss keys (a key the method does not read is refused): PACT's are left out for them
+    over = [o for o in common if not (baseline and o.startswith("loss."))]
+    if baseline and grid.train.config:
+        from ..training.config import read_yaml_mapping
+
+        raw = read_yaml_mapping(grid.train.config, f"train.config not found: {grid.train.config}")
+        over += (["loss={}"] if raw.get("loss") else []) + (["preset=paper"] if raw.get("preset", "paper") != "paper"
+                                                           else [])
     if recipe is not None:
         over.append(f"@{recipe}")
-    over += block_over
+    over += [o for o in block_over if not (baseline and o.startswith("loss."))]
     over += [f"model={aligned}", f"method={method}"]
     if grid.models.gguf_file:
         over.append(f"gguf_file={grid.models.gguf_file}")
@@ -245,7 +253,8 @@ def _make_cell(grid, out, where, method, recipe, lam, n_, k, seed, common, block
     loss = cfg.loss_config()
     # the effective values, typed as PACTConfig's fields (3 and 3.0 are one λ): equal losses compare equal
     types = {f.name: str(f.type) for f in dataclasses.fields(loss)}
-    resolved["loss"] = {k_: float(getattr(loss, k_)) if types[k_] == "float" else getattr(loss, k_) for k_ in LOSS_KEYS}
+    resolved["loss"] = {} if baseline else {k_: float(getattr(loss, k_)) if types[k_] == "float" else getattr(loss, k_)
+                                            for k_ in LOSS_KEYS}
     name = method + ("-recipe" if recipe is not None else "")
     if lam is not None:
         name += f"-lambda{_fmt(lam)}"

@@ -155,7 +155,9 @@ class Runner:
             cmd = [launcher, *where, str(script)]
         else:
             cmd = [sys.executable, str(script)]
-        cmd += (["--config", config] if config else []) + overrides + [f"output_dir={run_dir}", "resume=true"]
+        # continue a run this runner started (its run.json is there); a new one otherwise (resume needs a run)
+        cmd += (["--config", config] if config else []) + overrides + [f"output_dir={run_dir}"] + (
+            ["resume=true"] if (Path(run_dir) / "run.json").is_file() else [])
         self.log("$ " + " ".join(cmd))
         r = subprocess.run(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
         if r.returncode != 0:
