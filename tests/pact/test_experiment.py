@@ -390,3 +390,32 @@ def test_a_full_fine_tune_gets_the_aligned_tokenizer_so_pact_eval_loads_it(tmp_p
     model, tok2 = load_policy(str(final))
     assert tok2.get_vocab() == tok.get_vocab() and tok2.chat_template == tok.chat_template
     assert model.config.vocab_size == len(tok)
+
+
+def test_table2_has_a_column_group_per_task(tmp_path, monkeypatch):
+    from pact.experiment.report import write_report
+
+    monkeypatch.chdir(REPO)
+    plan = make_plan(load_grid(REPO / "configs/experiments/paper-table2-qwen2.5-7b.yaml"), tmp_path)
+
+    def metrics(task, acc, sr, jb, hb):
+        def harm(k):
+            return {"kind": "harmful", "n": 100, "unsafe": k, "asr": float(k)}
+        return {"suites": {task: {"kind": "task", "n": 200, "correct": acc, "accuracy": 100.0 * acc / 200},
+                           "strongreject": harm(sr), "jailbreakbench": harm(jb), "harmbench": harm(hb)}}
+    initial = {"m_base": {"suites": {**metrics("gsm8k", 10, 50, 50, 50)["suites"],
+                                     **{t: metrics(t, 20, 0, 0, 0)["suites"][t] for t in ("sst2", "agnews")}}},
+               "m_safe": {"suites": {**metrics("gsm8k", 100, 2, 3, 7)["suites"],
+                                     **{t: metrics(t, 170, 0, 0, 0)["suites"][t] for t in ("sst2", "agnews")}}}}
+    results = {"sft-gsm8k": metrics("gsm8k", 160, 70, 50, 94), "pact-gsm8k": metrics("gsm8k", 158, 9, 11, 29),
+               "sft-agnews": metrics("agnews", 180, 83, 52, 95)}
+    rep = write_report(plan, initial, results)
+    md = (tmp_path / "5-report" / "table2.md").read_text()
+    head = next(ln for ln in md.splitlines() if ln.startswith("| Model"))
+    assert head.split(" | ")[1:6] == ["GSM8K Acc↑", "GSM8K SR↓", "GSM8K JB↓", "GSM8K HB↓", "GSM8K ASR avg↓"]
+    assert "SST2 Acc↑" in head and "AGNEWS HB↓" in head and head.count("|") == 1 + 3 * 5 + 1
+    sft = next(ln for ln in md.splitlines() if ln.startswith("| SFT |")).split(" | ")
+    assert sft[1].startswith("80.0 [") and sft[5].startswith("71.3 [")  # (70 + 50 + 94) / 300 pooled
+    assert sft[6] == "–" and sft[11].startswith("90.0 [")  # SST-2 not run; AG News accuracy 180/200
+    assert rep["tables"]["table2"]["rows"] == ["M_base", "M_safe", "SFT", "PACT"]
+    assert "safe_lora-recipe-gsm8k" in md  # named among the cells not run yet
