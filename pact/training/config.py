@@ -45,6 +45,7 @@ class TrainConfig:
     model: str = ""                    # hub name, local dir, .gguf file or pkg:<package>
     gguf_file: str | None = None
     dtype: str = "float32"             # float32 | bfloat16 (also sets DeepSpeed's bf16 section)
+    trust_remote_code: bool = False    # run Python code shipped with the model (transformers' custom classes)
     # method
     method: str = "pact"               # pact | full_vocab (= full_vocab_kl) | safety_tokens | safety_weights |
     #                                    response_only_ref | sft | constrained_sft | safe_lora | asft
