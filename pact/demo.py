@@ -120,7 +120,7 @@ def demo_grid(s: DemoSettings, seeds: int = 1):
         # SFT gets the safety tokens too: its loss ignores them, its log then records their
         # confidence at the first answer positions (the SFT line of Fig. 3/7)
         train=TrainSection(set=train, safety_tokens_for_baselines=True),
-        eval=EvalSection(suites=[TASK, "overrefusal", "strongreject", "harmbench"], judge="keyword",
+        eval=EvalSection(suites=[TASK, "overrefusal", "strongreject", "harmbench"], judge="keyword-gcg",
                          max_new_tokens=s.harmful_new_tokens, task_new_tokens=s.task_new_tokens,
                          batch_size=s.batch_size),
         cells=[CellBlock(methods=["sft", "pact"], seeds=[s.seed + i for i in range(seeds)])])
