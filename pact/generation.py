@@ -30,14 +30,15 @@ def encode_chat_prompt(tokenizer, prompt: str) -> list[int]:
     """Ids of ``prompt`` as one user turn plus the assistant header (no system turn added by us).
 
     The template's own text decides BOS and any default system prompt; no
-    further special tokens are added.
+    further special tokens are added. A special token's string inside
+    ``prompt`` is encoded as text (:func:`pact.data.chat.encode_chat`).
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the tokenizer has no chat template; use --base-format plain for a base model, "
                          "and an aligned (chat) model as --safe")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    from .data.chat import encode_chat
+
+    return encode_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
 
 def encode_plain_prompt(tokenizer, prompt: str, template: str = PLAIN_TEMPLATE, bos: bool = True) -> list[int]:
