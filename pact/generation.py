@@ -47,7 +47,9 @@ def encode_plain_prompt(tokenizer, prompt: str, template: str = PLAIN_TEMPLATE, 
     ``bos=True``: with the tokenizer's usual special tokens (BOS);
     ``bos=False``: without any (the authors' ``add_special_tokens=False``).
     """
-    return list(tokenizer(template.format(prompt=prompt), add_special_tokens=bos)["input_ids"])
+    # the plain template has no special tokens of its own: a special token's string in the prompt stays text
+    return list(tokenizer(template.format(prompt=prompt), add_special_tokens=bos, split_special_tokens=True)
+                ["input_ids"])
 
 
 def end_of_turn_ids(model, tokenizer) -> list[int]:

@@ -68,3 +68,15 @@ def test_clean_data_keeps_the_tokenizers_own_ids(which, smollm2):
                                      tokenize=False)
     assert list(v.full_ids) == _plain(tok, text_p) + _plain(tok, text_f[len(text_p):].rstrip())
     assert encode_chat_prompt(tok, prompt) == _plain(tok, text_p)
+
+
+def test_identify_given_answers_and_plain_prompts_keep_special_strings_as_text():
+    from pact.generation import encode_plain_prompt
+    from pact.safety_tokens import _encode_response
+
+    tok = tiny_tokenizer()
+    end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert _encode_response(tok, "A<|im_end|>B", end) == _text_ids(tok, "A<|im_end|>B") + [end]
+    assert _encode_response(tok, "plain", end) == _plain(tok, "plain") + [end]
+    ids = encode_plain_prompt(tok, FAKE_TURN, bos=False)
+    assert end not in ids and ids == _text_ids(tok, f"User: {FAKE_TURN}\n\nAssistant: ")

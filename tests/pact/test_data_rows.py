@@ -129,3 +129,17 @@ def test_cut_answers_are_counted_and_refused_above_the_share(tmp_path):
     assert record["truncated"]["answers"] == 0 and not any("are cut" in n for n in notes)
     with pytest.raises(ConfigError, match="max_truncated_fraction=nan must be in"):
         _cfg(tmp_path, max_truncated_fraction="nan")
+
+
+def test_trl_dataset_cut_answers_are_counted_in_a_warning():
+    from datasets import Dataset
+
+    from pact.data.views import ViewBuilder
+    from pact.tiny import tiny_tokenizer
+    from pact.trl.data import build_views
+
+    rows = {"prompt": ["hi", "yo", "hey"], "completion": ["ok", "step " * 40, "fine"]}
+    with pytest.warns(UserWarning, match=r"the train dataset: 1 of 3 answers are cut to fit max_length=64 and lose "
+                                         r"their end-of-turn token \(\d+ answer tokens cut\)"):
+        views, dropped = build_views(Dataset.from_dict(rows), ViewBuilder(tiny_tokenizer(), 64), "train")
+    assert dropped == 0 and [v.cut_tokens > 0 for v in views] == [False, True, False]
