@@ -143,3 +143,12 @@ def test_trl_dataset_cut_answers_are_counted_in_a_warning():
                                          r"their end-of-turn token \(\d+ answer tokens cut\)"):
         views, dropped = build_views(Dataset.from_dict(rows), ViewBuilder(tiny_tokenizer(), 64), "train")
     assert dropped == 0 and [v.cut_tokens > 0 for v in views] == [False, True, False]
+
+
+def test_non_utf8_answers_file_of_pact_judge_names_the_file(tmp_path, capsys):
+    from pact.cli import main
+
+    f = tmp_path / "gens.jsonl"
+    f.write_bytes('{"prompt": "caf\u00e9", "response": "no"}\n'.encode("latin-1"))
+    assert main(["judge", "-i", str(f), "-o", str(tmp_path / "v.jsonl"), "--no-progress"]) == 2
+    assert f"{f}: not UTF-8 text (byte 0xe9 at offset 15)" in capsys.readouterr().err
