@@ -18,6 +18,7 @@ from .config import PACTConfig
 from .formulas import dispersion, position_decay
 from .naive_backend import on_safety_set
 from .output import PACTLossOutput
+from .precision import accumulate_dtype, held_gradient_dtype
 
 # Elements of one float32 block: 2**20 floats = 4 MiB per temporary.
 BLOCK_ELEMENTS = 1 << 20
@@ -108,11 +109,13 @@ def forward_with_grad(
 
     Shapes as in :func:`pact_kernels.pact_loss`. Returns
     ``(loss, ce, kl, gate, num_rows, grad, ce_rows, kl_rows)``; ``grad`` has the
-    logits' shape and dtype and is the logits tensor itself when ``inplace_grad``;
+    logits' shape, the dtype :func:`pact_kernels.precision.held_gradient_dtype`
+    gives (float32 for float16 logits) and is the logits tensor itself when
+    ``inplace_grad`` and that dtype is the logits';
     ``ce_rows``/``kl_rows`` are float32 ``[rows]``, 0 on ignored rows.
     """
     rows, vocab = logits.shape
-    compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    compute = accumulate_dtype(logits.dtype)
     device = logits.device
     ids = safety_ids.long()
     temp = cfg.kl_temperature
@@ -129,7 +132,8 @@ def forward_with_grad(
         r_full_s = on_safety_set(ref_full.detach(), ids, vocab)
         r_post_s = on_safety_set(ref_post.detach(), ids, vocab) if cfg.uses_gate else None
 
-    grad = logits.detach() if inplace_grad else torch.empty_like(logits)
+    grad_dtype = held_gradient_dtype(logits.dtype)
+    grad = logits.detach() if inplace_grad and grad_dtype == logits.dtype else torch.empty_like(logits, dtype=grad_dtype)
     ce_rows = torch.empty(rows, dtype=compute, device=device)
     kl_rows = torch.empty(rows, dtype=compute, device=device)
     gate = torch.zeros(rows, dtype=compute, device=device)

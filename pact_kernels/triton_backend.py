@@ -22,6 +22,7 @@ import torch
 import triton
 
 from .config import PACTConfig
+from .precision import held_gradient_dtype
 from .triton_kernels import pact_full_vocab_kernel, pact_safety_set_kernel
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -108,8 +109,9 @@ def forward_with_grad(
         ``(loss, ce, kl, gate, num_rows, grad, ce_rows, kl_rows)``: float32
         scalars ``loss``, ``ce``, ``kl``; ``gate`` float32 ``[rows]`` (0 on
         unlabelled rows and ungated variants); ``num_rows`` int64 scalar;
-        ``grad`` ``[rows, V]`` in the logits' dtype (the logits tensor itself
-        with ``inplace_grad``); ``ce_rows``, ``kl_rows`` float32 ``[rows]``
+        ``grad`` ``[rows, V]`` in :func:`pact_kernels.precision.held_gradient_dtype`
+        of the logits' dtype (float32 for float16; the logits tensor itself with
+        ``inplace_grad`` otherwise); ``ce_rows``, ``kl_rows`` float32 ``[rows]``
         per-row terms (0 on unlabelled rows).
     """
     del chunk_rows
@@ -117,13 +119,14 @@ def forward_with_grad(
     rows, vocab = logits.shape
     device = logits.device
     z = logits.detach()
-    if inplace_grad:
+    grad_dtype = held_gradient_dtype(z.dtype)
+    if inplace_grad and grad_dtype == z.dtype:
         if z.shape[1] * abs(z.stride(1)) >= 2**31:
             raise ValueError("inplace_grad=True needs logits whose rows are contiguous enough for int32 column offsets")
         grad = z
     else:
         z = _column_strided(z)
-        grad = torch.empty_like(z, memory_format=torch.contiguous_format)
+        grad = torch.empty_like(z, dtype=grad_dtype, memory_format=torch.contiguous_format)
 
     labels64 = labels.to(torch.int64).contiguous()
     labelled = labels64 != cfg.ignore_index

@@ -149,7 +149,7 @@ def check_inputs(
 
 
 def _check_linear(name: str, t, shape: tuple, like: torch.Tensor, fix: str) -> None:
-    """``t`` is a tensor of ``shape`` on ``like``'s device with ``like``'s dtype."""
+    """``t`` is a floating tensor of ``shape`` on ``like``'s device."""
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != len(shape) or any(want is not None and got != want for got, want in zip(t.shape, shape)):
@@ -157,9 +157,9 @@ def _check_linear(name: str, t, shape: tuple, like: torch.Tensor, fix: str) -> N
         raise ValueError(f"{name} has shape {list(t.shape)}; expected {want} ({fix})")
     if t.device != like.device:
         raise ValueError(f"{name} is on {t.device} but hidden is on {like.device}; move it with .to(hidden.device)")
-    if t.dtype != like.dtype:
-        raise TypeError(f"{name} has dtype {t.dtype} but hidden has {like.dtype}; cast one of them "
-                        f"(e.g. {name}.to(hidden.dtype)) so the head runs in one dtype")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} has dtype {t.dtype}; use float32, bfloat16, float16 or float64 "
+                        "(the head computes in one dtype, pact_kernels.precision)")
 
 
 def check_linear_inputs(hidden, weight, bias, softcap, labels, ref_full, ref_post, ref_hidden, ref_weight, ref_bias,

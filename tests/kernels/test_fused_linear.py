@@ -247,7 +247,7 @@ def call(**changes):
 @pytest.mark.parametrize("changes,error,match", [
     (dict(weight=torch.randn(40, 9, dtype=torch.float64)), ValueError, r"weight has shape \[40, 9\] but hidden has width H = 16"),
     (dict(weight=torch.randn(16, 40, dtype=torch.float64)), ValueError, "not its transpose"),
-    (dict(weight=torch.randn(40, 16)), TypeError, "weight has dtype torch.float32 but hidden has torch.float64"),
+    (dict(weight=torch.randint(0, 3, (40, 16))), TypeError, "weight has dtype torch.int64; use float32"),
     (dict(weight=torch.randn(40, 16, dtype=torch.float64, device="meta")), ValueError, "weight is on meta"),
     (dict(bias=torch.randn(41, dtype=torch.float64)), ValueError, r"bias has shape \[41\]"),
     (dict(labels=torch.tensor([1, 2, 40, 3, -100, 5])), ValueError, r"labels has values outside \[0, 40\)"),
