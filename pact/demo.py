@@ -220,7 +220,8 @@ def _train_subprocess(overrides: list[str], out_dir: Path) -> None:
         cmd = [launcher, *where, "--master_port", str(_free_port()), str(script)]
     else:
         cmd = [sys.executable, str(script)]
-    cmd += overrides + [f"output_dir={out_dir}", "resume=true"]
+    # continue a run this demo started (a run.json is there); a new one otherwise (--resume needs a run)
+    cmd += overrides + [f"output_dir={out_dir}"] + (["resume=true"] if (Path(out_dir) / "run.json").is_file() else [])
     log("$ " + " ".join(cmd))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     r = subprocess.run(cmd, env=env)
@@ -342,7 +343,9 @@ def stage_attack(out: Path, s: DemoSettings, data: dict, msafe: Path, tokens: Pa
             "lora_r=8", "lora_alpha=16", "lora_dropout=0.0", "lora_target_modules=[q_proj,v_proj]",
             f"learning_rate={s.attack_lr}", f"epochs={s.attack_epochs}", f"micro_batch_size={s.attack_batch}",
             f"save_every={SAVE_EVERY}",
-            f"max_length={s.max_length}", f"seed={s.seed + seed_index}", f"loss.lambda_kl={s.lambda_kl}"]
+            f"max_length={s.max_length}", f"seed={s.seed + seed_index}"]
+    if method == "pact":  # the baselines read no λ (a key the method ignores is refused)
+        over.append(f"loss.lambda_kl={s.lambda_kl}")
     # SFT gets the safety tokens too: its loss ignores them, its log then records their
     # confidence at the first answer positions (the SFT line of Fig. 3/7)
     over.append(f"safety_tokens={tokens}")
@@ -373,7 +376,7 @@ def stage_eval(out: Path, s: DemoSettings, data: dict, name: str, model: str, ad
 
     log(f"evaluate {name}: loading {model}" + (f" + {adapter}" if adapter else ""))
     m, tok = load_policy(model, adapter=adapter, device=_device())
-    judge = KeywordJudge()
+    judge = KeywordJudge(degenerate=None)  # the GCG rule alone (label "keyword"): the README table's judge
     suites = {}
     jobs = [("harmbench", "HB", data["held"]["harmbench"], s.harmful_new_tokens),
             ("strongreject", "SR", data["held"]["strongreject"], s.harmful_new_tokens),
