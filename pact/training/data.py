@@ -117,7 +117,7 @@ def count_cut_answers(views: list[TwoViews], max_length: int, max_fraction: floa
     longest = max(v.num_answer + v.cut_tokens for v in cut)
     said = (f"{len(cut)} of {len(views)} answers ({100 * share:.1f} %; harmful {sum(v.harmful for v in cut)}) are "
             f"cut to fit max_length={max_length} and lose their end-of-turn token ({sum(v.cut_tokens for v in cut)} "
-            f"answer tokens cut; the longest full sample answer has {longest} tokens)")
+            f"answer tokens cut; the longest of them has {longest} tokens in full)")
     if share > max_fraction:
         raise ConfigError(f"{said}: more than max_truncated_fraction={max_fraction}; raise max_length, or "
                           f"max_truncated_fraction to train on the cut answers")

@@ -127,7 +127,9 @@ def test_cut_answers_are_counted_and_refused_above_the_share(tmp_path):
     cfg = _cfg(tmp_path, max_length=400)
     views, record, notes = load_views(cfg, ViewBuilder(tok, cfg.max_length, cfg.post_bos))
     assert record["truncated"]["answers"] == 0 and not any("are cut" in n for n in notes)
-    with pytest.raises(ConfigError, match="max_truncated_fraction=nan must be in"):
+    with pytest.raises(ConfigError, match=r"max_truncated_fraction=1.5 must be in \[0, 1\]"):
+        _cfg(tmp_path, max_truncated_fraction=1.5)
+    with pytest.raises(ConfigError, match="max_truncated_fraction=nan"):
         _cfg(tmp_path, max_truncated_fraction="nan")
 
 
