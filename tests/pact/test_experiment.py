@@ -355,7 +355,7 @@ def test_tiny_grid_end_to_end_with_rerun_and_changed_inputs(tmp_path):
     first = time.time() - t0
 
     # a rerun trains and evaluates nothing
-    r2 = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    r2 = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
     assert r2.returncode == 0, r2.stderr[-4000:]
     assert _trained(r2.stderr) == [] and "[eval]" not in r2.stderr
     assert r2.stderr.count(": cached") == 2 + 4 + 4  # two untrained evaluations, four trainings, four evaluations
