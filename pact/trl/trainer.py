@@ -137,7 +137,8 @@ class PACTTrainer(SFTTrainer):
             if kwargs.get(name) is not None:
                 raise ValueError(f"{name}: PACTTrainer builds both views of each sample itself; pass a dataset in "
                                  "a TRL format instead")
-        vocab = _vocab_size(model)
+        trust = bool((getattr(args, "model_init_kwargs", None) or {}).get("trust_remote_code", False))
+        vocab = _vocab_size(model, trust)
         self.safety = SafetyTokens.load(args.safety_tokens, vocab_size=vocab,  # SafetyTokensError before any work
                                         tokenizer=getattr(processing_class, "tokenizer", processing_class))
         self.method = build_method(args, self.safety, backend=args.pact_backend)  # the driver's objectives
@@ -150,8 +151,8 @@ class PACTTrainer(SFTTrainer):
         if not peft_policy and ref_model is None and self.method.needs_reference:
             raise ValueError("ref_model: the policy is not a peft model; pass ref_model= (a frozen copy of the "
                              "aligned model) or peft_config= (e.g. peft.LoraConfig) to train an adapter")
-        if ref_model is not None and _vocab_size(ref_model) != vocab:
-            raise ValueError(f"ref_model has {_vocab_size(ref_model)} output tokens, the model {vocab}")
+        if ref_model is not None and _vocab_size(ref_model, trust) != vocab:
+            raise ValueError(f"ref_model has {_vocab_size(ref_model, trust)} output tokens, the model {vocab}")
         self.collator = ViewCollator()
         self.train_views = None
         self.dropped = {}
@@ -343,10 +344,11 @@ def flat_record(record: dict) -> dict[str, float]:
     return out
 
 
-def _vocab_size(model) -> int:
-    """Output vocabulary of a model instance, or of a name/path from its config alone."""
+def _vocab_size(model, trust_remote_code: bool = False) -> int:
+    """Output vocabulary of a model instance, or of a name/path from its config alone (code shipped with the
+    model runs only with ``trust_remote_code``, TRL's ``model_init_kwargs`` key)."""
     if isinstance(model, (str, Path)):
-        from transformers import AutoConfig
+        from ..models import load_model_config
 
-        return int(AutoConfig.from_pretrained(str(model)).get_text_config().vocab_size)
+        return int(load_model_config(str(model), trust_remote_code=trust_remote_code).get_text_config().vocab_size)
     return vocab_size_of(causal_lm_of(model))
