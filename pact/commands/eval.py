@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_trust_remote_code_arg(p)
     p.add_argument("--adapter", default=None, metavar="DIR", help="a PEFT (LoRA) adapter directory to merge in")
     p.add_argument("--suite", default="harmbench,strongreject,jailbreakbench",
-                   help="comma-separated suites: harmbench, strongreject, jailbreakbench (harmful; ASR), "
+                   help="comma-separated suites: harmbench, strongreject, jailbreakbench, advbench (harmful; ASR), "
                         "sst2, agnews, gsm8k, bbq (accuracy), overrefusal (benign prompts that look sensitive; the "
                         "share of refusals by the keyword judge) (default: the three harmful ones)")
     add_judge_args(p)

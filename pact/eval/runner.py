@@ -403,13 +403,14 @@ def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path,
                          dtype=dtype, device=device, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
                          sizes=sizes, files=files, method=method, task=task, judge_options=judge_options,
                          overwrite=overwrite, progress=progress, model_obj=model_obj, tokenizer_obj=tokenizer_obj,
-                         log=log or (lambda m: print(m, file=sys.stderr)))
+                         log=log or (lambda m: print(m, file=sys.stderr)), trust_remote_code=trust_remote_code)
 
 
-def _generation_key(model, gguf_file, adapter, dtype, max_new_tokens, model_obj, tokenizer_obj) -> dict:
+def _generation_key(model, gguf_file, adapter, dtype, max_new_tokens, model_obj, tokenizer_obj,
+                    trust_remote_code: bool = False) -> dict:
     """:func:`generation_key` of this run: digests of the weights (or the given model's values), the adapter's
     files and the tokenizer (loaded here when not given), the dtype and the decoding settings."""
-    from ..fingerprint import adapter_digest, module_digest, tokenizer_digest, weights_digest
+    from ..fingerprint import adapter_digest, module_digest, tokenization_digest, weights_digest
 
     if model_obj is not None:
         weights = module_digest(model_obj)
@@ -419,11 +420,11 @@ def _generation_key(model, gguf_file, adapter, dtype, max_new_tokens, model_obj,
         from ..models import load_tokenizer, resolve_model_ref
 
         weights = weights_digest(model, gguf_file)
-        tok = tokenizer_obj or load_tokenizer(resolve_model_ref(model, gguf_file))
+        tok = tokenizer_obj or load_tokenizer(resolve_model_ref(model, gguf_file), trust_remote_code=trust_remote_code)
     if adapter and not Path(adapter).exists():
         raise FileNotFoundError(f"adapter directory not found: {adapter}")
     return generation_key(weights=weights, adapter=adapter_digest(adapter) if adapter else None,
-                          tokenizer=tokenizer_digest(tok), chat_template=getattr(tok, "chat_template", None),
+                          tokenizer=tokenization_digest(tok), chat_template=getattr(tok, "chat_template", None),
                           dtype=str(dtype), max_new_tokens=max_new_tokens)
 
 
@@ -432,8 +433,8 @@ def _evaluate(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path
              device: str | None = None, batch_size: int = 8, max_new_tokens: int = 1024, limit: int | None = None,
              sizes: dict[str, int] | None = None, files: dict[str, str] | None = None, method: str | None = None,
              task: str | None = None, judge_options: dict | None = None, overwrite: bool = False,
-             progress: bool = True, model_obj=None, tokenizer_obj=None, log: Callable[[str], None] | None = None
-             ) -> dict:
+             progress: bool = True, model_obj=None, tokenizer_obj=None, log: Callable[[str], None] | None = None,
+             trust_remote_code: bool = False) -> dict:
     """:func:`run_eval` under the directory's lock."""
     import torch
 
@@ -460,7 +461,7 @@ def _evaluate(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path
     suite_items = {s.name: load_suite(s, size=sizes.get(s.name, limit), file=files.get(s.name)) for s in suites}
 
     # 1. what makes the answers, by content (the tokenizer only: the model is loaded when something is missing)
-    key = _generation_key(model, gguf_file, adapter, dtype, max_new_tokens, model_obj, tokenizer_obj)
+    key = _generation_key(model, gguf_file, adapter, dtype, max_new_tokens, model_obj, tokenizer_obj, trust_remote_code)
 
     # 2. generations, suite by suite
     gens: dict[str, list[dict]] = {}

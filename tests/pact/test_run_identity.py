@@ -147,6 +147,17 @@ def test_a_stray_distributed_environment_is_refused_not_waited_on(tmp_path, monk
     assert "env -u RANK -u WORLD_SIZE" in err and not (tmp_path / "run").exists()
 
 
+def test_a_lost_or_late_rank_is_a_sentence():
+    from pact.training.launch import describe_collective_failure
+
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:5020. This is "
+                        "typically caused by a remote worker crashing.")
+    assert describe_collective_failure(gone, 300).startswith("another rank stopped while this one waited for it")
+    late = RuntimeError("Timed out waiting 300000ms for recv operation to complete")
+    assert "waited more than collective_timeout=300 s" in describe_collective_failure(late, 300)
+    assert describe_collective_failure(RuntimeError("shape mismatch"), 300) is None
+
+
 # ---------------------------------------------------------------- write failures name their cause
 @pytest.mark.parametrize("code, cause", [
     (28, "is full"), (30, "is on a read-only file system"), (13, "is read-only for this user (permission denied)"),
