@@ -125,6 +125,20 @@ def test_a_tokens_file_of_another_tokenizer_with_the_same_vocabulary_size_is_ref
     SafetyTokens.load(tmp_path / "stamped.json", tokenizer=tok)
 
 
+def test_identify_writes_its_tokenizer_into_the_tokens_file(tmp_path, tok, safe_model, base_model):
+    from conftest import PROMPTS
+    from pact.fingerprint import vocab_digest
+    from pact.safety_tokens import SafetyTokens, SafetyTokensError, identify
+
+    tokens = identify(safe_model, base_model, tok, PROMPTS[:2], k=4, max_new_tokens=3, batch_size=2,
+                      progress=False).tokens
+    path = tokens.save(tmp_path / "tokens.json")
+    assert json.loads(path.read_text())["tokenizer_vocab_sha256"] == vocab_digest(tok)
+    SafetyTokens.load(path, tokenizer=tok)
+    with pytest.raises(SafetyTokensError, match="identified with another tokenizer"):
+        SafetyTokens.load(path, tokenizer=_shuffled_tokenizer(tok, keep=tokens.ids))
+
+
 # ---------------------------------------------------------------- environment, before anything is touched
 def _main(*args, single_process=False):
     from pact.train import main as train_main
