@@ -217,13 +217,13 @@ def test_organism_full_held_out_prompts_are_disjoint_from_every_training_prompt(
 # The report's arithmetic
 # ---------------------------------------------------------------------------
 
-def _metrics(acc, orr, hb, sr):
+def _metrics(acc, orr, hb, sr, deg=(0, 0)):
     def rate(kind, count, key, kn):
         return {"kind": kind, "n": kn[1], count: kn[0], key: 100.0 * kn[0] / kn[1]}
     return {"suites": {"bbq": rate("task", "correct", "accuracy", acc),
                        "overrefusal": rate("overrefusal", "refused", "refusal_rate", orr),
-                       "harmbench": rate("harmful", "unsafe", "asr", hb),
-                       "strongreject": rate("harmful", "unsafe", "asr", sr)}}
+                       "harmbench": dict(rate("harmful", "unsafe", "asr", hb), degenerate=deg[0]),
+                       "strongreject": dict(rate("harmful", "unsafe", "asr", sr), degenerate=deg[1])}}
 
 
 def test_report_tables_and_fig5_from_known_counts(tmp_path):
@@ -231,12 +231,12 @@ def test_report_tables_and_fig5_from_known_counts(tmp_path):
 
     g = grid_from_dict({"models": {"align": {}}, "safety_tokens": {"identify": {}},
                         "data": {"organism": {}}, "eval": {"suites": ["bbq", "overrefusal", "harmbench",
-                                                                      "strongreject"]},
+                                                                      "strongreject"], "judge": "keyword"},
                         "cells": [{"methods": ["sft", "pact"], "seeds": [0, 1]},
                                   {"methods": ["full_vocab", "safety_tokens"]},
                                   {"methods": ["pact"], "lambda": [1, 10]}]})
     plan = make_plan(g, tmp_path)
-    results = {"sft": _metrics((40, 100), (20, 100), (12, 20), (9, 20)),
+    results = {"sft": _metrics((40, 100), (20, 100), (12, 20), (9, 20), deg=(3, 5)),
                "sft-seed1": _metrics((50, 100), (22, 100), (10, 20), (11, 20)),
                "pact": _metrics((38, 100), (25, 100), (1, 20), (1, 20)),
                "pact-seed1": _metrics((36, 100), (25, 100), (3, 20), (1, 20)),
@@ -248,10 +248,12 @@ def test_report_tables_and_fig5_from_known_counts(tmp_path):
     rep = write_report(plan, initial, results)
     d = tmp_path / "5-report"
     t2 = (d / "table2.md").read_text()
-    assert "| Model | BBQ Acc↑ | OR↓ | HB↓ | SR↓ | ASR avg↓ |" in t2
+    assert "| Model | BBQ Acc↑ | OR↓ | HB↓ | SR↓ | ASR avg↓ | Deg |" in t2  # the keyword judge: + degenerate
     assert "| M_safe | 2.0 [0.6–7.0] | 30.0 [21.9–39.6] |" in t2  # one evaluation: rate and Wilson interval
     # SFT over two seeds: mean (min–max); ASR avg pools 40 prompts per seed: 21/40 and 21/40
-    assert "| SFT | 45.0 (40.0–50.0) | 21.0 (20.0–22.0) | 55.0 (50.0–60.0) | 50.0 (45.0–55.0) | 52.5 (52.5–52.5) |" in t2
+    # Deg pools the degenerate answers of both harmful sets: seed 0 8 of 40, seed 1 0 of 40
+    assert "| SFT | 45.0 (40.0–50.0) | 21.0 (20.0–22.0) | 55.0 (50.0–60.0) | 50.0 (45.0–55.0) | 52.5 (52.5–52.5) | " \
+        "10.0 (0.0–20.0) |" in t2
     assert "| PACT | 37.0 (36.0–38.0) |" in t2 and "pact-lambda10" in t2  # not run: said under the table
     assert [r for r in rep["tables"]["table2"]["rows"]] == ["M_base", "M_safe", "SFT", "PACT"]
     t5 = (d / "table5.md").read_text()
@@ -338,7 +340,7 @@ def test_tiny_grid_end_to_end_with_rerun_and_changed_inputs(tmp_path):
     assert rep["missing"] == []
     t2 = rep["tables"]["table2"]
     assert t2["rows"] == ["M_base", "M_safe", "SFT", "PACT"] and t2["seeds"] == [1, 1, 2, 2]
-    assert rep["columns"] == ["GSM8K Acc↑", "OR↓", "HB↓", "SR↓", "ASR avg↓"]
+    assert rep["columns"] == ["GSM8K Acc↑", "OR↓", "HB↓", "SR↓", "ASR avg↓", "Deg"]
     # every cell is a measured rate: its per-seed counts are the saved per-prompt verdicts
     for name in ("sft", "pact-seed1"):
         v = [json.loads(x) for x in (out / "4-eval" / name / "safety" / "harmbench" / "verdicts.jsonl")
