@@ -40,6 +40,9 @@ def _minimal(**over) -> dict:
     (_minimal(eval={"suites": ["harmbench"], "sizes": {"agnews": 5}}), r"eval: sizes / files name 'agnews'"),
     (_minimal(eval={"suites": ["hrambench"]}), r"eval.suites: unknown suite 'hrambench'"),
     (_minimal(cells=[{"methods": ["pact"], "seeds": 1.5}]), r"cells\[0\]\.seeds\[0\]=1.5 must be a whole number"),
+    (_minimal(data={"task": "mmlu", "harmful_source": "x"}), r"data.task='mmlu' is unknown; use one of"),
+    ({"models": {"align": {}}, "safety_tokens": {"identify": {}}, "data": {"organism": {}},
+      "eval": {"suites": ["harmbench", "jailbreakbench"]}}, r"eval.suites \['jailbreakbench'\]: the organism evaluates"),
 ])
 def test_grid_errors_name_the_key_and_the_fix(raw, message):
     with pytest.raises(GridError, match=message):
