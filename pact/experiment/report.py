@@ -151,7 +151,9 @@ def _label(cell, clashes: set[str]) -> str:
 
 
 def _is_default(cell, plan) -> bool:
-    """λ and N at the common config's, every safety token."""
+    """λ and N at the common config's, every safety token (a baseline reads none of them: always)."""
+    if cell.method in BASELINE_METHODS:
+        return True
     d = plan_defaults(plan)
     return cell.k is None and cell.lambda_kl == d["lambda_kl"] and cell.decay_start == d["decay_start"]
 

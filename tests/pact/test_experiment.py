@@ -258,6 +258,11 @@ def test_report_tables_and_fig5_from_known_counts(tmp_path):
     assert "| SFT | 45.0 (40.0–50.0) | 21.0 (20.0–22.0) | 55.0 (50.0–60.0) | 50.0 (45.0–55.0) | 52.5 (52.5–52.5) | " \
         "10.0 (0.0–20.0) |" in t2
     assert "| PACT | 37.0 (36.0–38.0) |" in t2 and "pact-lambda10" in t2  # not run: said under the table
+    # a grid whose lambda is not the preset's: the baselines (no lambda) still have their Table 2 row
+    g1 = grid_from_dict(dict(grid_to_dict(g), train={"set": {"loss": {"lambda_kl": 1.0}}}, cells=[
+        {"methods": ["sft", "pact"]}]))
+    rep1 = write_report(make_plan(g1, tmp_path / "l1"), initial, {"sft": results["sft"], "pact": results["pact"]})
+    assert rep1["tables"]["table2"]["rows"] == ["M_base", "M_safe", "SFT", "PACT"]
     assert [r for r in rep["tables"]["table2"]["rows"]] == ["M_base", "M_safe", "SFT", "PACT"]
     t5 = (d / "table5.md").read_text()
     assert [ln.split("|")[1].strip() for ln in t5.splitlines() if ln.startswith("| ") and "---" not in ln][1:] == \
