@@ -31,6 +31,7 @@ from ..reference import (OnlineReference, ReferenceCache, cache_fingerprint, cau
                          patch_row_forward)
 from ..safety_tokens import SafetyTokens
 from ..training.checkpoint import verify_checkpoint
+from ..training.safe_load import weights_only_loading
 from ..training.data import StepSampler, dataset_digest
 from ..training.metrics import KINDS, POSITIONS, StepMetrics
 from ..training.step import micro_batch_loss
@@ -242,6 +243,8 @@ class PACTTrainer(SFTTrainer):
             stage = (self.accelerator.state.deepspeed_plugin.zero_stage
                      if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin else 0)
             check_trainer_resume(Path(resume_from_checkpoint), self.run_identity(), self.args, stage)
+            with weights_only_loading(resume_from_checkpoint):  # DeepSpeed's loader too: no checkpoint runs code
+                return super().train(resume_from_checkpoint, *args, **kwargs)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
