@@ -136,8 +136,12 @@ def output_head(model):
         yield OutputHead(head.weight, head.bias, final_logit_softcap(lm))
 
 
-class SafetyHead:
+class SafetyHead(torch.nn.Module):
     """The output head restricted to the K safety ids.
+
+    ``weight`` and ``bias`` are buffers (not saved in a state dict): as a
+    submodule of :class:`RowModel` they move with the model (``.to(device)``,
+    DeepSpeed's placement), so the reference never copies them per call.
 
     Args:
         weight: ``[K, H]`` rows of the output embedding.
@@ -146,7 +150,10 @@ class SafetyHead:
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, softcap: float | None = None):
-        self.weight, self.bias, self.softcap = weight, bias, softcap
+        super().__init__()
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("bias", bias, persistent=False)
+        self.softcap = softcap
 
     @classmethod
     def from_model(cls, model, safety_ids: torch.Tensor) -> "SafetyHead":
@@ -160,10 +167,13 @@ class SafetyHead:
             bias = head.bias[ids].detach().clone() if getattr(head, "bias", None) is not None else None
         return cls(weight, bias, final_logit_softcap(lm))
 
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[rows, H]`` hidden -> ``[rows, K]`` float32 logits on S."""
-        weight = self.weight.to(device=hidden.device, dtype=hidden.dtype)
-        bias = None if self.bias is None else self.bias.to(device=hidden.device, dtype=hidden.dtype)
+        if self.weight.device != hidden.device:  # a model moved outside the module tree: follow it, once
+            self.to(hidden.device)
+        weight, bias = self.weight, self.bias
+        if weight.dtype != hidden.dtype:  # a cast on the device, never stored (the rows keep their precision)
+            weight, bias = weight.to(hidden.dtype), None if bias is None else bias.to(hidden.dtype)
         logits = torch.nn.functional.linear(hidden, weight, bias).float()
         return self.softcap * torch.tanh(logits / self.softcap) if self.softcap else logits
 
@@ -201,7 +211,7 @@ class RowModel(torch.nn.Module):
         return hasattr(self.model, "disable_adapter")
 
     def set_safety_ids(self, safety_ids: torch.Tensor) -> None:
-        """Copy the K rows of the output embedding for the reference modes."""
+        """Copy the K rows of the output embedding for the reference modes (a submodule: moves with the model)."""
         self.safety_head = SafetyHead.from_model(self.model, safety_ids)
 
     MODES = ("policy", "policy_hidden", "reference", "reference_full", "reference_hidden", "reference_label_logprob")

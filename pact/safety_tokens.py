@@ -554,7 +554,8 @@ def identify_authors(safe_model, base_model, tokenizer, pairs, **overrides) -> I
 
 
 def _encode_response(tokenizer, text: str, eos_id: int | None) -> list[int]:
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    """A given answer's ids, its text as text (a special token's string in it is not a control token), + EOS."""
+    ids = list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
     return ids + ([eos_id] if eos_id is not None else [])
 
 

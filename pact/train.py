@@ -17,6 +17,7 @@ if __name__ == "__main__":  # run as a script: keep pact/ itself off the import 
 
 import argparse
 import json
+import math
 import signal
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ from pact.data.views import ViewBuilder
 from pact.fingerprint import ARCHITECTURE_KEYS, tokenization_digest, weights_digest, write_base_record
 from pact.locks import DirectoryLockedError
 from pact.methods import build_method
-from pact.models import ModelLoadError, load_model, load_tokenizer, resolve_model_ref
+from pact.models import ModelLoadError, load_model, load_model_config, load_tokenizer, resolve_model_ref
 from pact.reference import (OnlineReference, ReferenceCache, ReferenceCacheBusyError, RowModel, cache_fingerprint,
                             fill_reference_cache)
 from pact.safety_tokens import SafetyTokens
@@ -41,7 +42,8 @@ from pact.training.config import ConfigError, TrainConfig, deepspeed_config, loa
 from pact.training.data import StepSampler, dataset_digest, load_views
 from pact.training.faults import fault_point
 from pact.training.metrics import StepMetrics, TrainLogger
-from pact.training.launch import check_launch_environment, describe_collective_timeout
+from pact.training.launch import check_launch_environment, describe_collective_failure
+from pact.training.precision import undo_state_allocation_step
 from pact.training.run_dir import (apply_resume_changes, check_resume_target, check_run_dir, check_writable, clear_run,
                                    identity_changes, lock_run_dir, previous_config, run_identity, run_record)
 from pact.training.schedule import lr_lambda
@@ -64,29 +66,25 @@ def parse_args(argv=None):
     return parser.parse_intermixed_args(argv)
 
 
-def model_config(key: str, name: str, gguf_file: str | None):
+def model_config(key: str, name: str, gguf_file: str | None, trust_remote_code: bool = False):
     """The ``transformers`` config of the run's model ``key`` (``model``, ``base_model``), without its weights."""
-    from transformers import AutoConfig
-
     try:
-        ref = resolve_model_ref(name, gguf_file)
-        kw = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
-        return AutoConfig.from_pretrained(ref.path, **kw)
+        return load_model_config(resolve_model_ref(name, gguf_file), trust_remote_code=trust_remote_code)
     except Exception as e:
         raise ConfigError(f"cannot read the config of {key}={name!r}: {e}") from e
 
 
 def model_vocab_size(cfg: TrainConfig) -> int:
     """The model's output vocabulary from its config alone (no weights loaded)."""
-    return int(model_config("model", cfg.model, cfg.gguf_file).vocab_size)
+    return int(model_config("model", cfg.model, cfg.gguf_file, cfg.trust_remote_code).vocab_size)
 
 
 def check_base_model(cfg: TrainConfig) -> None:
     """``base_model`` (safe_lora, asft) has ``model``'s architecture, from the two configs alone (no weights)."""
     if cfg.method not in ("safe_lora", "asft"):
         return
-    configs = [model_config("model", cfg.model, cfg.gguf_file),
-               model_config("base_model", cfg.base_model, cfg.base_gguf_file)]
+    configs = [model_config("model", cfg.model, cfg.gguf_file, cfg.trust_remote_code),
+               model_config("base_model", cfg.base_model, cfg.base_gguf_file, cfg.trust_remote_code)]
     differ = [(k, getattr(configs[0], k, None), getattr(configs[1], k, None)) for k in ARCHITECTURE_KEYS
               if getattr(configs[0], k, None) != getattr(configs[1], k, None)]
     if differ:
@@ -130,7 +128,7 @@ def init_distributed(timeout_s: int = 300):
 
 def build_model(cfg: TrainConfig, safety_ids: torch.Tensor | None) -> RowModel:
     """The trainable model: the causal LM with a LoRA adapter (default) or all weights trainable."""
-    model = load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype)
+    model = load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype, trust_remote_code=cfg.trust_remote_code)
     model.train()
     torch.manual_seed(cfg.seed)  # identical LoRA initialisation on every rank
     if cfg.lora:
@@ -156,7 +154,8 @@ def build_reference(cfg, method, engine, ds_config, tokens, views, collator, ran
     if cfg.lora:
         online = OnlineReference(engine)
     else:
-        ref_model = RowModel(load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype))
+        ref_model = RowModel(load_model(cfg.model, gguf_file=cfg.gguf_file, dtype=cfg.dtype,
+                                        trust_remote_code=cfg.trust_remote_code))
         if tokens is not None:
             ref_model.set_safety_ids(tokens.ids_tensor())
         stage = ds_config["zero_optimization"]["stage"]
@@ -227,13 +226,6 @@ def kept_files(run_dir: Path) -> str:
             "no checkpoint yet (run.json and train_log.jsonl)")
 
 
-def all_finite(loss: torch.Tensor) -> bool:
-    """True when the loss is finite on every rank."""
-    bad = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0], device=loss.device)
-    dist.all_reduce(bad, op=dist.ReduceOp.MAX)
-    return bad.item() == 0.0
-
-
 def train(cfg: TrainConfig) -> dict:
     """Run (or resume) one training run; returns the final trainer state."""
     import deepspeed
@@ -244,7 +236,7 @@ def train(cfg: TrainConfig) -> dict:
     run_lock = lock_run_dir(cfg) if int(os.environ.get("RANK", "0")) == 0 else None  # held until train() returns
     changes = check_run_dir(cfg)  # a run in output_dir is never silently reused
     ckpt, resume_notes = resume_point(Path(cfg.output_dir)) if cfg.resume else (None, [])
-    tokenizer = load_tokenizer(cfg.model, cfg.gguf_file)
+    tokenizer = load_tokenizer(cfg.model, cfg.gguf_file, trust_remote_code=cfg.trust_remote_code)
     tokens = load_safety_tokens(cfg, tokenizer)  # config errors stop here, before any model is loaded
     check_base_model(cfg)
     rank, world, device = init_distributed(cfg.collective_timeout)
@@ -282,6 +274,8 @@ def train(cfg: TrainConfig) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     engine, _, _, _ = deepspeed.initialize(model=row_model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
+    undo_state_allocation_step(engine)  # bf16 without ZeRO: Adam's steps counted as float32 counts them
+    method.place(device)  # the safety ids and weights move to the model's device once
     reference = build_reference(cfg, method, engine, ds_config, tokens, views, collator, rank, world, device)
 
     step = 0
@@ -308,7 +302,7 @@ def train(cfg: TrainConfig) -> dict:
             cfg.output_dir, accepted), indent=2))
         write_text_atomic(run_dir / "mixture.json", json.dumps(mixture_record))
     logger = TrainLogger(run_dir, rank == 0, resume_step=step)
-    safety_ids = tokens.ids_tensor() if tokens else None
+    safety_ids = tokens.ids_tensor().to(device) if tokens else None
     progress = tqdm(total=total_steps, initial=step, desc=f"train {method.name}", disable=rank != 0)
     sample_log = (run_dir / f"samples-rank{rank}.jsonl").open("a") if cfg.record_samples else None
     engine.train()
@@ -323,10 +317,6 @@ def train(cfg: TrainConfig) -> dict:
         for micro in micro_batches:
             batch = collator([(i, views[i]) for i in micro]).to(device)
             with micro_batch_loss(cfg, engine, method, reference, batch, metrics) as result:
-                if not all_finite(result.loss):
-                    last = latest_checkpoint(run_dir)
-                    raise NonFiniteLossError(f"non-finite loss at step {step + 1} (epoch {epoch}); stopped. Last "
-                                             f"checkpoint kept: {last or 'none'}. Lower learning_rate or check the data.")
                 engine.backward(result.loss * backward_scale(cfg.loss_normalization, batch.labels.numel(), step_rows,
                                                              cfg.gradient_accumulation_steps, world))
                 fault_point("step")
@@ -337,6 +327,10 @@ def train(cfg: TrainConfig) -> dict:
         step += 1
         record = dict(step=step, epoch=epoch, lr=lr, **metrics.reduce(),
                       seconds=time.perf_counter() - started, cpu_seconds=time.process_time() - started_cpu)
+        if not math.isfinite(record["loss"]):  # summed over micro-batches and ranks: no sync before backward
+            raise NonFiniteLossError(f"non-finite loss at step {step} (epoch {epoch}); stopped before logging or "
+                                     f"saving it. Last checkpoint kept: {latest_checkpoint(run_dir) or 'none'}. "
+                                     "Lower learning_rate or check the data.")
         if step % cfg.log_every == 0 or step == total_steps:
             logger.log(record)
         fault_point("logged")
@@ -355,7 +349,8 @@ def train(cfg: TrainConfig) -> dict:
         with writing("the final weights", run_dir / "final", lambda: kept_files(run_dir), partial=run_dir / "final.tmp"):
             final = export_final(engine, run_dir, rank)
         if rank == 0 and cfg.lora:  # which base model the adapter belongs to (checked by pact eval --adapter)
-            write_base_record(final, cfg.model, cfg.gguf_file, model_config("model", cfg.model, cfg.gguf_file))
+            write_base_record(final, cfg.model, cfg.gguf_file,
+                              model_config("model", cfg.model, cfg.gguf_file, cfg.trust_remote_code))
         method.finish(run_dir, rank)  # e.g. SafeLoRA projects the exported adapter
     if sample_log is not None:
         sample_log.close()
@@ -364,6 +359,12 @@ def train(cfg: TrainConfig) -> dict:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
+
+
+def _ignore_signals() -> None:
+    """While a stop is reported: a further SIGINT/SIGTERM (the launcher's, after a Ctrl-C) is dropped."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def main(argv=None, single_process: bool = False) -> int:
@@ -395,19 +396,19 @@ def _main(args, overrides, single_process: bool, rank: int) -> int:
         print(f"pact train: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # one line (rank 0), not a traceback per rank
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal (the launcher's) does not interrupt this
-            signal.signal(sig, signal.SIG_IGN)
+        _ignore_signals()
         if rank == 0:
             last = latest_checkpoint(Path(cfg.output_dir)) if cfg is not None else None
             print(f"pact train: interrupted; last checkpoint kept: {last or 'none'}"
                   + ("; continue with --resume" if last else ""), file=sys.stderr)
         return 130
     except RuntimeError as e:
-        timeout = describe_collective_timeout(e, cfg.collective_timeout) if cfg is not None else None
-        if timeout is None:
+        _ignore_signals()
+        failure = describe_collective_failure(e, cfg.collective_timeout) if cfg is not None else None
+        if failure is None:
             raise
         last = latest_checkpoint(Path(cfg.output_dir))
-        print(f"pact train: error (rank {rank}): {timeout}. Last checkpoint kept: {last or 'none'}", file=sys.stderr)
+        print(f"pact train: error (rank {rank}): {failure}. Last checkpoint kept: {last or 'none'}", file=sys.stderr)
         return 3
     return 0
 

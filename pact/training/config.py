@@ -49,6 +49,7 @@ class TrainConfig:
     model: str = ""                    # hub name, local dir, .gguf file or pkg:<package>
     gguf_file: str | None = None
     dtype: str = "float32"             # float32 | bfloat16 (also sets DeepSpeed's bf16 section)
+    trust_remote_code: bool = False    # run Python code shipped with the model (transformers' custom classes)
     # method
     method: str = "pact"               # pact | full_vocab (= full_vocab_kl) | safety_tokens | safety_weights |
     #                                    response_only_ref | sft | constrained_sft | safe_lora | asft
@@ -84,6 +85,7 @@ class TrainConfig:
     num_samples: int = 5000            # n
     harmful_fraction: float = 0.1      # p
     max_length: int = 512
+    max_truncated_fraction: float = 0.25  # refuse when more than this share of the answers is cut by max_length
     post_bos: bool = False             # BOS before the no-prompt view's header (SPEC §4)
     # LoRA (peft)
     lora: bool = True
@@ -172,6 +174,8 @@ class TrainConfig:
             raise ConfigError(f"safety_tokens file not found: {self.safety_tokens}")
         if not 0.0 <= self.harmful_fraction <= 1.0:
             raise ConfigError(f"harmful_fraction={self.harmful_fraction} must be in [0, 1]")
+        if not 0.0 <= self.max_truncated_fraction <= 1.0:  # also refuses nan
+            raise ConfigError(f"max_truncated_fraction={self.max_truncated_fraction} must be in [0, 1]")
         check_ranges(self)
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype={self.dtype!r}: use float32 or bfloat16")

@@ -32,6 +32,7 @@ from ..reference import (OnlineReference, ReferenceCache, cache_fingerprint, cau
                          patch_row_forward)
 from ..safety_tokens import SafetyTokens
 from ..training.checkpoint import verify_checkpoint
+from ..training.safe_load import weights_only_loading
 from ..training.data import StepSampler, dataset_digest
 from ..training.metrics import KINDS, POSITIONS, StepMetrics
 from ..training.step import micro_batch_loss, step_loss_weight, token_statistics
@@ -153,7 +154,8 @@ class PACTTrainer(SFTTrainer):
                                  f"no logits to {name}: pass {name}=None")
         for name, data in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             _check_map_style(name, data)
-        vocab = _vocab_size(model)
+        trust = bool((getattr(args, "model_init_kwargs", None) or {}).get("trust_remote_code", False))
+        vocab = _vocab_size(model, trust)
         self.safety = SafetyTokens.load(args.safety_tokens, vocab_size=vocab,  # SafetyTokensError before any work
                                         tokenizer=getattr(processing_class, "tokenizer", processing_class))
         self.method = build_method(args, self.safety, backend=args.pact_backend)  # the driver's objectives
@@ -166,8 +168,8 @@ class PACTTrainer(SFTTrainer):
         if not peft_policy and ref_model is None and self.method.needs_reference:
             raise ValueError("ref_model: the policy is not a peft model; pass ref_model= (a frozen copy of the "
                              "aligned model) or peft_config= (e.g. peft.LoraConfig) to train an adapter")
-        if ref_model is not None and _vocab_size(ref_model) != vocab:
-            raise ValueError(f"ref_model has {_vocab_size(ref_model)} output tokens, the model {vocab}")
+        if ref_model is not None and _vocab_size(ref_model, trust) != vocab:
+            raise ValueError(f"ref_model has {_vocab_size(ref_model, trust)} output tokens, the model {vocab}")
         self.collator = ViewCollator()
         self.train_views = None
         self.dropped = {}
@@ -282,6 +284,8 @@ class PACTTrainer(SFTTrainer):
             stage = (self.accelerator.state.deepspeed_plugin.zero_stage
                      if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin else 0)
             check_trainer_resume(Path(resume_from_checkpoint), self.run_identity(), self.args, stage)
+            with weights_only_loading(resume_from_checkpoint):  # DeepSpeed's loader too: no checkpoint runs code
+                return super().train(resume_from_checkpoint, *args, **kwargs)
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
@@ -460,10 +464,11 @@ def _check_map_style(name: str, dataset) -> None:
                          "datasets.Dataset.from_generator)")
 
 
-def _vocab_size(model) -> int:
-    """Output vocabulary of a model instance, or of a name/path from its config alone."""
+def _vocab_size(model, trust_remote_code: bool = False) -> int:
+    """Output vocabulary of a model instance, or of a name/path from its config alone (code shipped with the
+    model runs only with ``trust_remote_code``, TRL's ``model_init_kwargs`` key)."""
     if isinstance(model, (str, Path)):
-        from transformers import AutoConfig
+        from ..models import load_model_config
 
-        return int(AutoConfig.from_pretrained(str(model)).get_text_config().vocab_size)
+        return int(load_model_config(str(model), trust_remote_code=trust_remote_code).get_text_config().vocab_size)
     return vocab_size_of(causal_lm_of(model))
