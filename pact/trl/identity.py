@@ -26,7 +26,8 @@ IDENTITY_FILE = "pact_identity.json"
 CONFIG_KEYS = ("method", "preset", "variant", *LOSS_KEYS, *CSFT_KEYS, "post_bos", "fused_linear", "learning_rate",
                "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler_type", "warmup_steps",
                "warmup_ratio", "max_grad_norm", "seed", "data_seed", "max_length", "per_device_train_batch_size",
-               "gradient_accumulation_steps", "num_train_epochs", "max_steps", "optim", "bf16", "fp16")
+               "gradient_accumulation_steps", "loss_normalization", "num_train_epochs", "max_steps", "optim", "bf16",
+               "fp16")
 
 
 def trainer_config(args) -> dict:
