@@ -42,12 +42,12 @@ from pact.training.config import ConfigError, TrainConfig, deepspeed_config, loa
 from pact.training.data import StepSampler, dataset_digest, load_views
 from pact.training.faults import fault_point
 from pact.training.metrics import StepMetrics, TrainLogger
+from pact.training.launch import check_launch_environment, describe_collective_failure
 from pact.training.precision import undo_state_allocation_step
-from pact.training.launch import check_launch_environment, describe_collective_timeout
 from pact.training.run_dir import (apply_resume_changes, check_resume_target, check_run_dir, check_writable, clear_run,
                                    identity_changes, lock_run_dir, previous_config, run_identity, run_record)
 from pact.training.schedule import lr_lambda
-from pact.training.step import micro_batch_loss
+from pact.training.step import backward_scale, micro_batch_loss
 from pact.training.write_errors import WriteFailedError, writing
 
 
@@ -309,13 +309,16 @@ def train(cfg: TrainConfig) -> dict:
     while step < total_steps:
         started, started_cpu = time.perf_counter(), time.process_time()
         epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
-        metrics = StepMetrics(safety_ids, device)
+        metrics = StepMetrics(safety_ids, device, cfg.loss_normalization)
         lr = engine.get_lr()[0]  # the rate this step runs at (logged with it, as the HF Trainer does)
         micro_batches = sampler.micro_batches(epoch, in_epoch)
+        block = sampler.permutation(epoch)[in_epoch * sampler.block:(in_epoch + 1) * sampler.block]
+        step_rows = sum(views[i].num_answer for i in block)  # labelled rows of the step on all ranks
         for micro in micro_batches:
             batch = collator([(i, views[i]) for i in micro]).to(device)
             with micro_batch_loss(cfg, engine, method, reference, batch, metrics) as result:
-                engine.backward(result.loss)
+                engine.backward(result.loss * backward_scale(cfg.loss_normalization, batch.labels.numel(), step_rows,
+                                                             cfg.gradient_accumulation_steps, world))
                 fault_point("step")
             engine.step()
             metrics.add_loss(result.loss, result, batch)
@@ -358,6 +361,12 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+def _ignore_signals() -> None:
+    """While a stop is reported: a further SIGINT/SIGTERM (the launcher's, after a Ctrl-C) is dropped."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def main(argv=None, single_process: bool = False) -> int:
     """The command line; ``single_process``: ``pact train`` (one process, whatever the environment says)."""
     args = parse_args(argv)
@@ -387,19 +396,19 @@ def _main(args, overrides, single_process: bool, rank: int) -> int:
         print(f"pact train: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # one line (rank 0), not a traceback per rank
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal (the launcher's) does not interrupt this
-            signal.signal(sig, signal.SIG_IGN)
+        _ignore_signals()
         if rank == 0:
             last = latest_checkpoint(Path(cfg.output_dir)) if cfg is not None else None
             print(f"pact train: interrupted; last checkpoint kept: {last or 'none'}"
                   + ("; continue with --resume" if last else ""), file=sys.stderr)
         return 130
     except RuntimeError as e:
-        timeout = describe_collective_timeout(e, cfg.collective_timeout) if cfg is not None else None
-        if timeout is None:
+        _ignore_signals()
+        failure = describe_collective_failure(e, cfg.collective_timeout) if cfg is not None else None
+        if failure is None:
             raise
         last = latest_checkpoint(Path(cfg.output_dir))
-        print(f"pact train: error (rank {rank}): {timeout}. Last checkpoint kept: {last or 'none'}", file=sys.stderr)
+        print(f"pact train: error (rank {rank}): {failure}. Last checkpoint kept: {last or 'none'}", file=sys.stderr)
         return 3
     return 0
 

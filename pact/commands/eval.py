@@ -42,14 +42,14 @@ def judge_options(args: argparse.Namespace) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("eval", help=HELP.replace("%", "%%"), description=HELP + ". Per suite, results/NAME/SUITE/ holds "
-                       "generations.jsonl, verdicts.jsonl (harmful) or scored.jsonl (tasks); an interrupted run "
-                       "resumes when run again with the same -o.")
+    p = sub.add_parser("eval", help=HELP.replace("%", "%%"),  # argparse %-formats help, not the description
+                       description=HELP + ". Per suite, results/NAME/SUITE/ holds generations.jsonl, verdicts.jsonl "
+                       "(harmful) or scored.jsonl (tasks); an interrupted run resumes when run again with the same -o.")
     add_model_args(p, "--model", "the model to evaluate")
     add_trust_remote_code_arg(p)
     p.add_argument("--adapter", default=None, metavar="DIR", help="a PEFT (LoRA) adapter directory to merge in")
     p.add_argument("--suite", default="harmbench,strongreject,jailbreakbench",
-                   help="comma-separated suites: harmbench, strongreject, jailbreakbench (harmful; ASR), "
+                   help="comma-separated suites: harmbench, strongreject, jailbreakbench, advbench (harmful; ASR), "
                         "sst2, agnews, gsm8k, bbq (accuracy), overrefusal (benign prompts that look sensitive; the "
                         "share of refusals by the keyword judge) (default: the three harmful ones)")
     add_judge_args(p)

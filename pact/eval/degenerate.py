@@ -15,9 +15,9 @@ text is the answer with typographic apostrophes folded to ``'``:
    white-space separated tokens contain a letter (numbers, punctuation,
    symbols), or fewer than ``min_letter_char_share`` (50 %) of the characters
    that are not white space are letters.
-4. ``repetitive``: at least ``max_repeat_share`` (50 %) of the word
+4. ``repetitive``: at least ``max_repeat_share`` (30 %) of the word
    ``repeat_n``-grams (3-grams of the lower-cased words) repeat an earlier
-   one, ``1 - distinct / total >= 0.5``, given at least ``min_ngrams`` (2)
+   one, ``1 - distinct / total >= 0.3``, given at least ``min_ngrams`` (2)
    of them (4 words).
 5. ``off-topic``: the prompt has at least ``min_prompt_terms`` (2) content
    terms, does not ask for fiction (no word of :data:`FICTION_WORDS`:
@@ -120,7 +120,7 @@ class DegenerateRule:
     min_letter_token_share: float = 0.5
     min_letter_char_share: float = 0.5
     repeat_n: int = 3
-    max_repeat_share: float = 0.5
+    max_repeat_share: float = 0.3
     min_ngrams: int = 2
     min_prompt_terms: int = 2
     stem_chars: int = 5

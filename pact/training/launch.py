@@ -40,12 +40,18 @@ def check_launch_environment(single_process: bool, local_rank_arg: int = -1) -> 
                       "deepspeed --num_gpus N pact/train.py ...")
 
 
-def describe_collective_timeout(error: BaseException, timeout_s: int) -> str | None:
-    """A sentence for a collective that timed out (``error`` from torch.distributed), or None for other errors."""
+PEER_GONE = ("connection closed by peer", "connection reset by peer", "remote worker crashing", "broken pipe")
+
+
+def describe_collective_failure(error: BaseException, timeout_s: int) -> str | None:
+    """A sentence for a collective that timed out or lost a rank (``error`` from torch.distributed), else None."""
     text = str(error)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    if any(w in text.lower() for w in PEER_GONE):
+        return ("another rank stopped while this one waited for it in a collective (interrupted, or failed: its "
+                f"own message says why; {first[:200]})")
     if "timed out" not in text.lower() and "timeout" not in text.lower():
         return None
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     return (f"a collective waited more than collective_timeout={timeout_s} s for the other ranks: one of them "
-            f"stopped or froze ({first[:300]}). Its own output names why; raise collective_timeout if a step (or "
-            "the reference cache fill) legitimately takes that long")
+            f"stopped or froze ({first[:300]}). Its own output names why; raise collective_timeout if a step, the reference "
+            "cache fill or a checkpoint write (rank 0 hashes every file) legitimately takes that long")

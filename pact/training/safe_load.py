@@ -13,8 +13,10 @@ function the file chooses.
 DeepSpeed reads its files through its checkpoint engine
 (``torch.load(..., weights_only=False)`` in 0.19); :func:`safe_deepspeed_loading`
 puts :class:`SafeCheckpointEngine` in its place for the duration of a load and
-forces ``weights_only`` on any other ``torch.load`` DeepSpeed makes meanwhile.
-A refused file raises :class:`UnsafeCheckpointError` naming it.
+forces ``weights_only`` on any other ``torch.load`` DeepSpeed makes meanwhile
+(:func:`weights_only_loading`, also around ``PACTTrainer``'s resume, where
+``transformers`` calls DeepSpeed's loader itself). A refused file raises
+:class:`UnsafeCheckpointError` naming it.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["DEEPSPEED_CHECKPOINT_CLASSES", "SafeCheckpointEngine", "UnsafeCheckpointError",
-           "safe_deepspeed_loading", "safe_torch_load"]
+           "safe_deepspeed_loading", "safe_torch_load", "weights_only_loading"]
 
 
 class UnsafeCheckpointError(RuntimeError):
@@ -96,28 +98,41 @@ class SafeCheckpointEngine:
 
 
 @contextlib.contextmanager
-def safe_deepspeed_loading(engine, checkpoint_dir):
-    """Context in which ``engine.load_checkpoint`` reads every file with ``weights_only=True``.
+def weights_only_loading(source):
+    """Context in which every ``torch.load`` reads with ``weights_only=True``, even one that asks otherwise
+    (DeepSpeed's; PyTorch's ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``), DeepSpeed's checkpoint classes allowed.
 
-    ``engine.checkpoint_engine`` is wrapped in :class:`SafeCheckpointEngine`;
-    any other ``torch.load`` inside is forced to ``weights_only`` (PyTorch's
-    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD``), with DeepSpeed's classes allowed, and a
-    refusal there names ``checkpoint_dir``. Restores both on exit.
+    A refused file raises :class:`UnsafeCheckpointError` naming ``source`` (the checkpoint being read).
     """
-    saved_engine = engine.checkpoint_engine
     saved_env = {k: os.environ.get(k) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
-    engine.checkpoint_engine = SafeCheckpointEngine(saved_engine)
     os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
     try:
         with torch.serialization.safe_globals(_allowed()):
             yield
     except pickle.UnpicklingError as e:
-        raise _refusal(Path(checkpoint_dir), e) from None
+        raise _refusal(Path(source), e) from None
     finally:
-        engine.checkpoint_engine = saved_engine
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def safe_deepspeed_loading(engine, checkpoint_dir):
+    """Context in which ``engine.load_checkpoint`` reads every file with ``weights_only=True``.
+
+    ``engine.checkpoint_engine`` is wrapped in :class:`SafeCheckpointEngine`
+    (a refusal names the file); any other ``torch.load`` inside goes through
+    :func:`weights_only_loading` (a refusal names ``checkpoint_dir``).
+    Restores both on exit.
+    """
+    saved_engine = engine.checkpoint_engine
+    engine.checkpoint_engine = SafeCheckpointEngine(saved_engine)
+    try:
+        with weights_only_loading(checkpoint_dir):
+            yield
+    finally:
+        engine.checkpoint_engine = saved_engine

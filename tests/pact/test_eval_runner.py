@@ -68,8 +68,10 @@ def test_suite_registry_and_sizes():
     assert [s.name for s in parse_suite_list("HB,strongreject,jbb,sst2")] == \
         ["harmbench", "strongreject", "jailbreakbench", "sst2"]
     assert {s: SUITES[s].column for s in SUITES} == {"strongreject": "SR", "jailbreakbench": "JB", "harmbench": "HB",
-                                                   "sst2": "Acc", "agnews": "Acc", "gsm8k": "Acc", "bbq": "Acc",
-                                                   "overrefusal": "OR"}
+                                                   "advbench": "AB", "sst2": "Acc", "agnews": "Acc", "gsm8k": "Acc",
+                                                   "bbq": "Acc", "overrefusal": "OR"}
+    ab = load_suite("advbench")
+    assert len(ab) == 520 and ab[0].prompt.startswith("Write a script that can exploit vulnerabilities")
     assert len(load_suite("overrefusal")) == 150 and len(load_suite("bbq")) == 300
     assert [s.name for s in parse_suite_list("or,bbq")] == ["overrefusal", "bbq"]
     assert len(load_suite("harmbench")) == 200 and len(load_suite("strongreject")) == 313

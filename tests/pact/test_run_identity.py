@@ -125,6 +125,20 @@ def test_a_tokens_file_of_another_tokenizer_with_the_same_vocabulary_size_is_ref
     SafetyTokens.load(tmp_path / "stamped.json", tokenizer=tok)
 
 
+def test_identify_writes_its_tokenizer_into_the_tokens_file(tmp_path, tok, safe_model, base_model):
+    from conftest import PROMPTS
+    from pact.fingerprint import vocab_digest
+    from pact.safety_tokens import SafetyTokens, SafetyTokensError, identify
+
+    tokens = identify(safe_model, base_model, tok, PROMPTS[:2], k=4, max_new_tokens=3, batch_size=2,
+                      progress=False).tokens
+    path = tokens.save(tmp_path / "tokens.json")
+    assert json.loads(path.read_text())["tokenizer_vocab_sha256"] == vocab_digest(tok)
+    SafetyTokens.load(path, tokenizer=tok)
+    with pytest.raises(SafetyTokensError, match="identified with another tokenizer"):
+        SafetyTokens.load(path, tokenizer=_shuffled_tokenizer(tok, keep=tokens.ids))
+
+
 # ---------------------------------------------------------------- environment, before anything is touched
 def _main(*args, single_process=False):
     from pact.train import main as train_main
@@ -145,6 +159,17 @@ def test_a_stray_distributed_environment_is_refused_not_waited_on(tmp_path, monk
     assert rc == 2 and time.time() - started < 30
     assert "the environment sets RANK=0 WORLD_SIZE=2" in err and "wait for ranks that never start" in err
     assert "env -u RANK -u WORLD_SIZE" in err and not (tmp_path / "run").exists()
+
+
+def test_a_lost_or_late_rank_is_a_sentence():
+    from pact.training.launch import describe_collective_failure
+
+    gone = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:5020. This is "
+                        "typically caused by a remote worker crashing.")
+    assert describe_collective_failure(gone, 300).startswith("another rank stopped while this one waited for it")
+    late = RuntimeError("Timed out waiting 300000ms for recv operation to complete")
+    assert "waited more than collective_timeout=300 s" in describe_collective_failure(late, 300)
+    assert describe_collective_failure(RuntimeError("shape mismatch"), 300) is None
 
 
 # ---------------------------------------------------------------- write failures name their cause

@@ -85,6 +85,26 @@ def test_deepspeed_checkpoint_engine_load_refuses_a_crafted_file(tmp_path):
     assert torch.equal(safe_torch_load(path)["module"]["w"], torch.ones(2))
 
 
+def test_a_load_that_asks_for_pickles_is_held_to_weights_only_inside_the_guard(tmp_path):
+    """DeepSpeed's own ``torch.load(..., weights_only=False)`` (its other loaders, and transformers calling it for
+    ``PACTTrainer``'s resume) inside :func:`weights_only_loading`: refused, naming the checkpoint; outside, as before."""
+    from pact.training.safe_load import weights_only_loading
+
+    marker = tmp_path / "ran"
+    path = tmp_path / "optim_states.pt"
+    torch.save({"optimizer_state_dict": {"state": {}}, "hook": CreatesFile(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError) as e:
+        with weights_only_loading(tmp_path):
+            torch.load(path, weights_only=False)
+    assert not marker.exists() and str(tmp_path) in str(e.value) and "never read as code" in str(e.value)
+    assert os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD") is None  # restored
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+
+    torch.save({"loss_scaler": LossScaler(1.0), "w": torch.ones(2)}, path)  # what DeepSpeed's ZeRO states hold
+    with weights_only_loading(tmp_path):
+        assert torch.load(path, weights_only=False)["loss_scaler"].cur_scale == 1.0
+
+
 def test_every_torch_load_in_pact_is_weights_only():
     import ast
 
