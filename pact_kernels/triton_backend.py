@@ -13,9 +13,14 @@ refused: the kernels accumulate in float32, so they cannot honour a float64
 caller's precision; use ``backend="torch"`` or ``"naive"`` for float64.
 
 Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``.
+Every launch is made on the logits' device and that device's current stream
+(:func:`on_device_of`), as the CUDA backend's launches are: logits on
+``cuda:1`` while ``cuda:0`` is current (a model spread with
+``device_map="auto"``) run where they live.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -63,6 +68,12 @@ def _check_supported(logits: torch.Tensor) -> None:
             "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernels on the CPU); "
             "use backend='torch' on the CPU"
         )
+
+
+def on_device_of(t: torch.Tensor):
+    """A context making ``t``'s CUDA device the current one (triton launches on the current device and its
+    current stream); a no-op context for CPU tensors (the interpreter)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def triton_interpreting() -> bool:
@@ -137,18 +148,24 @@ def forward_with_grad(
     gate = torch.empty(rows, dtype=torch.float32, device=device)
 
     if rows > 0:
-        if cfg.variant == "full_vocab":
-            _launch_full_vocab(z, grad, _column_strided(ref_full.detach()), labels64, inv_n, ce_rows, kl_rows, gate, cfg)
-        else:
-            _launch_safety_set(
-                z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,
-                ce_rows, kl_rows, gate, cfg,
-            )
+        with on_device_of(z):
+            _launch(z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,
+                    ce_rows, kl_rows, gate, cfg)
 
     ce = ce_rows.sum() * inv_n[0]
     kl = kl_rows.sum() * inv_n[0]
     loss = ce + cfg.lambda_kl * kl
     return loss, ce, kl, gate, n, grad, ce_rows, kl_rows
+
+
+def _launch(z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,
+            ce_rows, kl_rows, gate, cfg: PACTConfig) -> None:
+    """The kernel of ``cfg.variant`` over all rows (the current device is z's)."""
+    if cfg.variant == "full_vocab":
+        _launch_full_vocab(z, grad, _column_strided(ref_full.detach()), labels64, inv_n, ce_rows, kl_rows, gate, cfg)
+    else:
+        _launch_safety_set(z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,
+                           ce_rows, kl_rows, gate, cfg)
 
 
 def _launch_safety_set(z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,

@@ -268,6 +268,27 @@ def test_no_labelled_row_gives_zero(variant, inplace_grad):
     assert (grad == 0).all() and (gate == 0).all()
 
 
+@pytest.mark.skipif(DEVICE == "cpu" or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("variant", ["pact", "full_vocab"])
+def test_logits_on_another_device_than_the_current_one(variant):
+    """Logits on the last device while device 0 is current (``device_map="auto"``): the launch follows the
+    tensor (loss and gradient as the oracle's, on that device), and the current device is left as it was."""
+    other = torch.device("cuda", torch.cuda.device_count() - 1)
+    b = make_batch(variant, rows=6, vocab=1000, k=7, seed=21)
+    cfg = PACTConfig(variant=variant)
+    want, want_grad = oracle(b, cfg)
+    torch.cuda.set_device(0)
+    d = {name: t.to(other) for name, t in b.items()}
+    logits = d.pop("logits").clone().requires_grad_()
+    out = pact_loss_from_config(logits, *d.values(), cfg, backend="triton")
+    out.loss.backward()
+    torch.cuda.synchronize(other)
+    assert torch.cuda.current_device() == 0
+    assert logits.grad.device == other and out.loss.device == other
+    assert rel_err(out.loss.detach().cpu(), want.loss) < 1e-5
+    assert rel_err(logits.grad.cpu(), want_grad) < 1e-5
+
+
 def test_float64_is_refused():
     b = make_batch("pact", rows=2, vocab=100, k=7, dtype=torch.float64)
     with pytest.raises(TypeError, match="float64"):
