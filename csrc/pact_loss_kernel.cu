@@ -322,8 +322,8 @@ __device__ void zero_row(T* gr, int64_t vocab) {
 }
 
 // I(softmax(x / T_g)) over the K entries of x (shared): min{k : sum of the k
-// largest ≥ τ_mass} / K, capped at K/K. `buf` holds k_pad floats (k_pad a
-// power of two ≥ 32), `red` kWarps + 1 floats.
+// largest ≥ τ_mass − 1e-6} / K (the tie rule, kDispersionTieTolerance), capped at K/K.
+// `buf` holds k_pad floats (k_pad a power of two ≥ 32), `red` kWarps + 1 floats.
 __device__ float dispersion(const float* x, int k, int k_pad, float temperature, float mass_threshold,
                             float* buf, float* red) {
   float local = kNegInf;
@@ -359,19 +359,21 @@ __device__ float dispersion(const float* x, int k, int k_pad, float temperature,
   if (threadIdx.x < 32) {
     const int lane = threadIdx.x;
     const int chunk = k_pad / 32;
-    float part = 0.0f;
+    // In double (the tie rule, kDispersionTieTolerance): a float32 scan errs by ~1e-5 at K = 1000.
+    double part = 0.0;
     for (int j = 0; j < chunk; ++j) part += buf[lane * chunk + j];
-    float incl = part;
+    double incl = part;
 #pragma unroll
     for (int off = 1; off < 32; off <<= 1) {
-      const float o = __shfl_up_sync(0xffffffffu, incl, off);
+      const double o = __shfl_up_sync(0xffffffffu, incl, off);
       if (lane >= off) incl += o;
     }
-    float running = incl - part;
+    double running = incl - part;
+    const double threshold = static_cast<double>(mass_threshold) - static_cast<double>(kDispersionTieTolerance);
     float count = 0.0f;
     for (int j = 0; j < chunk; ++j) {
       running += buf[lane * chunk + j];
-      count += running < mass_threshold ? 1.0f : 0.0f;
+      count += running < threshold ? 1.0f : 0.0f;
     }
     count = warp_sum(count);
     if (lane == 0) red[kWarps] = count;
