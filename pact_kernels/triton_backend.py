@@ -40,13 +40,22 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # PACT_TRITON_FULL_VOCAB_BLOCK_V and PACT_TRITON_NUM_WARPS override them
 # (benchmarks/tune_triton.py compares settings on a GPU).
 SAFETY_SET_BLOCK_V = int(os.environ.get("PACT_TRITON_BLOCK_V", "32768"))
+# With more than 512 safety tokens (K_PAD 1024) the K values held across the sweeps leave too few of
+# the 64 registers a thread has at 32 warps: 32768-column steps spill inside the sweep loops for rows
+# not aligned to 16 elements or column-strided logits (bf16: 4 spill instructions in loops, fp16: 6;
+# python -m benchmarks.compile_check); 16384-column steps do not.
+LARGE_K_PAD = 512
+LARGE_K_BLOCK_V = 16384
 FULL_VOCAB_BLOCK_V = int(os.environ.get("PACT_TRITON_FULL_VOCAB_BLOCK_V", "8192"))
 NUM_WARPS = int(os.environ.get("PACT_TRITON_NUM_WARPS", "0"))  # 0: from the block size
 
 
-def launch_config(vocab_size: int, two_streams: bool) -> tuple:
-    """``(BLOCK_V, num_warps)``: the next power of two of V, capped; 256 columns per warp (4 to 32 warps)."""
+def launch_config(vocab_size: int, two_streams: bool, k_pad: int = 2) -> tuple:
+    """``(BLOCK_V, num_warps)``: the next power of two of V, capped (at :data:`LARGE_K_BLOCK_V` too when
+    ``k_pad`` > :data:`LARGE_K_PAD`); 256 columns per warp (4 to 32 warps)."""
     cap = FULL_VOCAB_BLOCK_V if two_streams else SAFETY_SET_BLOCK_V
+    if not two_streams and k_pad > LARGE_K_PAD:
+        cap = min(cap, LARGE_K_BLOCK_V)
     block = min(cap, triton.next_power_of_2(vocab_size))
     warps = NUM_WARPS or min(32, max(4, block // 256))
     return block, warps
@@ -186,7 +195,7 @@ def _launch_safety_set(z, grad, labels64, ref_full, ref_post, safety_ids, safety
     # Ungated variants never read r_post / answer_pos: pass r_full / labels as placeholders.
     r_post = _column_strided(ref_post.detach()) if cfg.uses_gate else r_full
     pos = answer_pos.to(torch.int64).contiguous() if cfg.uses_decay else labels64
-    block_v, num_warps = launch_config(vocab, two_streams=False)
+    block_v, num_warps = launch_config(vocab, two_streams=False, k_pad=padded_k(k))
     pact_safety_set_kernel[(rows,)](
         z, z.stride(0), z.stride(1),
         grad, grad.stride(0), grad.stride(1),

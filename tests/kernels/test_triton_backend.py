@@ -200,6 +200,25 @@ def test_many_small_blocks(variant, monkeypatch):
     assert_matches_oracle(b, PACTConfig(variant=variant))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_more_than_512_safety_tokens_take_narrower_steps(dtype):
+    """513 ≤ K ≤ 1024 (K_PAD 1024): 16384-column steps (32768 spill in the sweep loops on sm_90,
+    benchmarks/compile_check.py); the loss still matches the oracle, with column-strided logits too."""
+    from pact_kernels import triton_backend
+
+    assert triton_backend.launch_config(152064, two_streams=False, k_pad=512) == (32768, 32)
+    assert triton_backend.launch_config(152064, two_streams=False, k_pad=1024) == (16384, 32)
+    assert triton_backend.launch_config(152064, two_streams=True, k_pad=1024) == (8192, 32)
+    b = make_batch("pact", rows=3, vocab=1500, k=600, dtype=dtype, seed=14)
+    assert_matches_oracle(b, PACTConfig())
+    cfg = PACTConfig()
+    want, want_grad = oracle(b, cfg)
+    wide = torch.zeros(1500, 3, dtype=dtype).t()  # column stride 3
+    wide.copy_(b["logits"])
+    loss, *_, grad, _, _ = forward_with_grad(*on_device(dict(b, logits=wide)).values(), cfg)
+    assert rel_err(loss.cpu(), want.loss) < TOL[dtype] and rel_err(grad.cpu(), want_grad) < TOL[dtype]
+
+
 def test_whole_minus_inf_blocks_large_vocab():
     # V = 50257 spans two 32768-wide blocks; the first is all −inf, so the online
     # log-sum-exp starts from an empty prefix. S and the labels lie in the second block.
