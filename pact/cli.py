@@ -16,7 +16,7 @@ from typing import Sequence
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: Modules under ``pact.commands`` that register a subcommand, in help order.
-COMMANDS: list[str] = ["demo", "identify", "intervene", "train", "eval", "judge", "report", "intervention_report"]
+COMMANDS: list[str] = ["demo", "experiment", "identify", "intervene", "train", "eval", "judge", "report", "intervention_report"]
 
 
 def build_parser() -> argparse.ArgumentParser:

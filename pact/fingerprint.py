@@ -16,6 +16,10 @@ one it was trained on:
   directory (``adapter_config.json``, ``adapter_model.*``), so an adapter
   retrained at the same path digests apart; :func:`module_digest` the same for
   a model object in memory (its parameters and buffers).
+* :func:`vocab_digest`: SHA-256 of ``get_vocab()`` alone (what a safety-token
+  file's ids mean); :func:`tokenization_digest`: :func:`tokenizer_digest` plus
+  the chat template and the BOS/EOS/pad ids (what turns a sample into ids).
+* :func:`json_digest`: SHA-256 of a JSON-able value in canonical form.
 * :func:`write_base_record` / :func:`check_adapter_base`: ``pact_base.json``
   beside an exported adapter (base model, architecture, weights digest), and
   the check that ``pact eval --adapter`` makes with it.
@@ -106,6 +110,24 @@ def module_digest(model) -> str:
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode() + b"\0")
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def json_digest(value) -> str:
+    """SHA-256 of ``value`` as canonical JSON (sorted keys, no spaces)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def vocab_digest(tokenizer) -> str:
+    """SHA-256 of the tokenizer's vocabulary: every (token, id) of ``get_vocab()``, added tokens included."""
+    return json_digest(sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]))
+
+
+def tokenization_digest(tokenizer) -> str:
+    """SHA-256 of what turns a training sample into ids: :func:`tokenizer_digest`, the chat template, BOS/EOS/pad."""
+    return json_digest({"tokenizer": tokenizer_digest(tokenizer),
+                        "chat_template": getattr(tokenizer, "chat_template", None),
+                        "bos": getattr(tokenizer, "bos_token_id", None), "eos": getattr(tokenizer, "eos_token_id", None),
+                        "pad": getattr(tokenizer, "pad_token_id", None)})
 
 
 def architecture(config) -> dict:

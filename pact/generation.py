@@ -30,14 +30,15 @@ def encode_chat_prompt(tokenizer, prompt: str) -> list[int]:
     """Ids of ``prompt`` as one user turn plus the assistant header (no system turn added by us).
 
     The template's own text decides BOS and any default system prompt; no
-    further special tokens are added.
+    further special tokens are added. A special token's string inside
+    ``prompt`` is encoded as text (:func:`pact.data.chat.encode_chat`).
     """
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the tokenizer has no chat template; use --base-format plain for a base model, "
                          "and an aligned (chat) model as --safe")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                         add_generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    from .data.chat import encode_chat
+
+    return encode_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 
 
 def encode_plain_prompt(tokenizer, prompt: str, template: str = PLAIN_TEMPLATE, bos: bool = True) -> list[int]:
@@ -46,7 +47,9 @@ def encode_plain_prompt(tokenizer, prompt: str, template: str = PLAIN_TEMPLATE, 
     ``bos=True``: with the tokenizer's usual special tokens (BOS);
     ``bos=False``: without any (the authors' ``add_special_tokens=False``).
     """
-    return list(tokenizer(template.format(prompt=prompt), add_special_tokens=bos)["input_ids"])
+    # the plain template has no special tokens of its own: a special token's string in the prompt stays text
+    return list(tokenizer(template.format(prompt=prompt), add_special_tokens=bos, split_special_tokens=True)
+                ["input_ids"])
 
 
 def end_of_turn_ids(model, tokenizer) -> list[int]:

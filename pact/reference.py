@@ -136,8 +136,12 @@ def output_head(model):
         yield OutputHead(head.weight, head.bias, final_logit_softcap(lm))
 
 
-class SafetyHead:
+class SafetyHead(torch.nn.Module):
     """The output head restricted to the K safety ids.
+
+    ``weight`` and ``bias`` are buffers (not saved in a state dict): as a
+    submodule of :class:`RowModel` they move with the model (``.to(device)``,
+    DeepSpeed's placement), so the reference never copies them per call.
 
     Args:
         weight: ``[K, H]`` rows of the output embedding.
@@ -146,7 +150,10 @@ class SafetyHead:
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None, softcap: float | None = None):
-        self.weight, self.bias, self.softcap = weight, bias, softcap
+        super().__init__()
+        self.register_buffer("weight", weight, persistent=False)
+        self.register_buffer("bias", bias, persistent=False)
+        self.softcap = softcap
 
     @classmethod
     def from_model(cls, model, safety_ids: torch.Tensor) -> "SafetyHead":
@@ -160,10 +167,13 @@ class SafetyHead:
             bias = head.bias[ids].detach().clone() if getattr(head, "bias", None) is not None else None
         return cls(weight, bias, final_logit_softcap(lm))
 
-    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[rows, H]`` hidden -> ``[rows, K]`` float32 logits on S."""
-        weight = self.weight.to(device=hidden.device, dtype=hidden.dtype)
-        bias = None if self.bias is None else self.bias.to(device=hidden.device, dtype=hidden.dtype)
+        if self.weight.device != hidden.device:  # a model moved outside the module tree: follow it, once
+            self.to(hidden.device)
+        weight, bias = self.weight, self.bias
+        if weight.dtype != hidden.dtype:  # a cast on the device, never stored (the rows keep their precision)
+            weight, bias = weight.to(hidden.dtype), None if bias is None else bias.to(hidden.dtype)
         logits = torch.nn.functional.linear(hidden, weight, bias).float()
         return self.softcap * torch.tanh(logits / self.softcap) if self.softcap else logits
 
@@ -201,7 +211,7 @@ class RowModel(torch.nn.Module):
         return hasattr(self.model, "disable_adapter")
 
     def set_safety_ids(self, safety_ids: torch.Tensor) -> None:
-        """Copy the K rows of the output embedding for the reference modes."""
+        """Copy the K rows of the output embedding for the reference modes (a submodule: moves with the model)."""
         self.safety_head = SafetyHead.from_model(self.model, safety_ids)
 
     MODES = ("policy", "policy_hidden", "reference", "reference_full", "reference_hidden", "reference_label_logprob")
@@ -308,25 +318,63 @@ def fill_reference_cache(cache, online, views, collator, micro_batch, rank, worl
     :class:`~pact.data.collator.PACTCollator`. Every rank computes its share
     of samples; all ranks run the same number of forwards (ZeRO-3). Works
     without a process group too (one process).
+
+    One filler at a time: rank 0 holds the cache directory's lock
+    (:class:`pact.locks.DirectoryLock`) from before the data file is created
+    until the manifest is written, and every rank learns whether it got it
+    (a second filler raises :class:`ReferenceCacheBusyError` naming the
+    first). The rows go to a temporary file that becomes ``logits.f32`` by
+    an atomic rename just before the manifest: the cache is never valid with
+    another fill's rows. A cache another process finished meanwhile is
+    reused when it fits (or refused when it does not), not refilled.
     """
     from tqdm import tqdm
 
+    lock, verdict = None, "fill"
     if rank == 0:
-        cache.create()
-    _barrier()
-    mine = list(range(rank, len(views), world))
-    batches = [mine[i:i + micro_batch] for i in range(0, len(mine), micro_batch)]
-    rounds = math.ceil(math.ceil(len(views) / world) / micro_batch)
-    for j in tqdm(range(rounds), desc="reference cache", disable=rank != 0):
-        ids = batches[j] if j < len(batches) else batches[-1] if batches else [0]
-        batch = collator([(i, views[i]) for i in ids]).to(device)
-        r_full, r_post = online(batch)
-        if j < len(batches):
-            cache.write(ids, r_full, r_post, [views[i].num_answer for i in ids])
-    _barrier()
-    if rank == 0:
-        cache.finish({"samples": len(views)})
-    _barrier()
+        try:
+            lock = cache.lock()
+            status = cache.status()  # another process may have finished it while this one prepared
+            verdict = "fill" if status == "missing" else "ready" if status == "valid" else status
+            if verdict == "fill":
+                cache.create()
+        except ReferenceCacheBusyError as e:
+            verdict = f"busy:{e}"
+    verdict = _from_rank0(verdict)
+    if verdict.startswith("busy:"):
+        raise ReferenceCacheBusyError(verdict[5:])
+    if verdict == "ready":
+        if lock is not None:
+            lock.release()
+        return
+    if verdict != "fill":
+        raise ValueError(verdict)
+    try:
+        mine = list(range(rank, len(views), world))
+        batches = [mine[i:i + micro_batch] for i in range(0, len(mine), micro_batch)]
+        rounds = math.ceil(math.ceil(len(views) / world) / micro_batch)
+        for j in tqdm(range(rounds), desc="reference cache", disable=rank != 0):
+            ids = batches[j] if j < len(batches) else batches[-1] if batches else [0]
+            batch = collator([(i, views[i]) for i in ids]).to(device)
+            r_full, r_post = online(batch)
+            if j < len(batches):
+                cache.write(ids, r_full, r_post, [views[i].num_answer for i in ids])
+        _barrier()
+        if rank == 0:
+            cache.finish({"samples": len(views)})
+        _barrier()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _from_rank0(text: str) -> str:
+    """Rank 0's ``text`` on every rank (itself without a process group)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        box = [text]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+    return text
 
 
 def _barrier() -> None:
@@ -341,6 +389,10 @@ def cache_fingerprint(model_name: str, safety_ids: list[int], dataset_digest: st
     return h.hexdigest()
 
 
+class ReferenceCacheBusyError(RuntimeError):
+    """Another process is filling the reference cache; the message names it."""
+
+
 class ReferenceCache:
     """The reference's K-token logits of both views, for every sample, memory-mapped.
 
@@ -348,6 +400,8 @@ class ReferenceCache:
     view 1 no-prompt); sample i owns rows ``offsets[i]:offsets[i+1]``.
     ``manifest.json`` (written last, atomically) holds the fingerprint; a
     directory without it, or with another fingerprint, is not a valid cache.
+    A fill writes ``logits.f32.partial`` under the directory's lock
+    (:meth:`lock`) and renames it to ``logits.f32`` when every row is in.
 
     Args:
         directory: the cache directory.
@@ -372,6 +426,22 @@ class ReferenceCache:
     def data_path(self) -> Path:
         return self.dir / "logits.f32"
 
+    @property
+    def partial_path(self) -> Path:
+        """The data file while it is being filled (renamed to :attr:`data_path` by :meth:`finish`)."""
+        return self.dir / "logits.f32.partial"
+
+    def lock(self):
+        """The cache directory's writer lock, taken; :class:`ReferenceCacheBusyError` naming the holder otherwise."""
+        from .locks import DirectoryLock, DirectoryLockedError
+
+        try:
+            return DirectoryLock(self.dir, f"the reference cache {self.dir}",
+                                 "wait for that fill to finish (this run then reuses the cache when it fits), or "
+                                 "point ref_cache to another directory").acquire()
+        except DirectoryLockedError as e:
+            raise ReferenceCacheBusyError(str(e)) from None
+
     def status(self) -> str:
         """``valid``, ``missing``, or a sentence saying why the directory holds another cache."""
         if not self.manifest_path.is_file():
@@ -389,13 +459,13 @@ class ReferenceCache:
         return "valid"
 
     def create(self) -> None:
-        """Allocate the data file (rank 0, before any rank writes)."""
+        """Allocate the partial data file (rank 0, holding :meth:`lock`, before any rank writes)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        np.memmap(self.data_path, dtype=np.float32, mode="w+", shape=(max(1, self.total_rows), 2, self.k)).flush()
+        np.memmap(self.partial_path, dtype=np.float32, mode="w+", shape=(max(1, self.total_rows), 2, self.k)).flush()
 
     def write(self, sample_ids, r_full: torch.Tensor, r_post: torch.Tensor, num_answer) -> None:
-        """Store the rows of several samples (in batch order) into their slots."""
-        arr = np.memmap(self.data_path, dtype=np.float32, mode="r+", shape=(max(1, self.total_rows), 2, self.k))
+        """Store the rows of several samples (in batch order) into their slots of the partial file."""
+        arr = np.memmap(self.partial_path, dtype=np.float32, mode="r+", shape=(max(1, self.total_rows), 2, self.k))
         start = 0
         full, post = r_full.float().cpu().numpy(), r_post.float().cpu().numpy()
         for sid, n in zip(sample_ids, num_answer):
@@ -406,7 +476,10 @@ class ReferenceCache:
         arr.flush()
 
     def finish(self, meta: dict) -> None:
-        """Write the manifest atomically: the cache becomes valid."""
+        """Rename the filled partial file into place, then write the manifest atomically: the cache becomes valid."""
+        with open(self.partial_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(self.partial_path, self.data_path)
         write_json_atomic(self.manifest_path,
                           dict(meta, fingerprint=self.fingerprint, total_rows=self.total_rows, k=self.k))
 

@@ -35,6 +35,9 @@ from .generation import (
 from .identify_presets import IDENTIFY_PRESETS, WEIGHT_DTYPE_NAMES
 from .models import vocab_size_of
 
+#: The key of a tokens file holding :func:`pact.fingerprint.vocab_digest` of the tokenizer it was identified with.
+VOCAB_KEY = "tokenizer_vocab_sha256"
+
 __all__ = [
     "IDENTIFY_PRESETS",
     "SELECTIONS",
@@ -114,6 +117,20 @@ class SafetyTokens:
         if self.selection not in SELECTIONS:
             raise SafetyTokensError(f"selection must be one of {SELECTIONS}, got {self.selection!r}")
 
+    def digest(self) -> str:
+        """SHA-256 of what the loss reads: the ids of S, in order, and their weights."""
+        from .fingerprint import json_digest
+
+        return json_digest({"ids": list(map(int, self.ids)), "weights": [float(w) for w in self.weights]})
+
+    def stamp(self, tokenizer) -> "SafetyTokens":
+        """Record the tokenizer's vocabulary digest (and each id's string) so a load can check the tokenizer."""
+        from .fingerprint import vocab_digest
+
+        self.extra[VOCAB_KEY] = vocab_digest(tokenizer)
+        self.strings = [_decode(tokenizer, i) for i in self.ids]
+        return self
+
     # tensors ---------------------------------------------------------------
     def ids_tensor(self, device: str | torch.device = "cpu") -> torch.Tensor:
         """``[K]`` int64 ids of S."""
@@ -179,10 +196,20 @@ class SafetyTokens:
                 f"{where}vocabulary mismatch: the safety tokens were identified over {self.vocab_size} tokens "
                 f"({self.safe_model}), the model has {vocab_size}; identify them again for this model")
         if tokenizer is not None:
+            from .fingerprint import vocab_digest
+
             if len(tokenizer) > self.vocab_size:
                 raise SafetyTokensError(
                     f"{where}vocabulary mismatch: the tokenizer has {len(tokenizer)} tokens, more than the "
                     f"{self.vocab_size} of the file ({self.safe_model})")
+            stored = self.extra.get(VOCAB_KEY)
+            if stored is not None and stored != vocab_digest(tokenizer):
+                differ = sum(_decode(tokenizer, i) != s for i, s in zip(self.ids, self.strings))
+                raise SafetyTokensError(
+                    f"{where}tokenizer mismatch: the safety tokens were identified with another tokenizer "
+                    f"({self.safe_model}; vocabulary digest {stored[:12]}, this tokenizer's "
+                    f"{vocab_digest(tokenizer)[:12]}; {differ} of {len(self.ids)} ids decode differently); "
+                    "identify them again with this model's tokenizer")
             bad = [(i, s, _decode(tokenizer, i)) for i, s in zip(self.ids, self.strings) if _decode(tokenizer, i) != s]
             if bad:
                 i, s, got = bad[0]
@@ -511,6 +538,7 @@ def identify(safe_model, base_model, tokenizer, prompts, *, k: int = 50, selecti
                "base_bos": base_bos if base_format == "plain" else None, "strip": strip,
                "std_min_abs_d": std_min_abs_d, "norm_eps": norm_eps, "weights_dtype": weights_dtype},
     )
+    tokens.stamp(tokenizer)
     return IdentifyResult(tokens=tokens, d=d, mean_safe_prob=p_mean, responses=resp_ids, prompts=texts,
                           num_steps=num_steps, num_prompts=len(keep), skipped=skipped)
 
@@ -526,7 +554,8 @@ def identify_authors(safe_model, base_model, tokenizer, pairs, **overrides) -> I
 
 
 def _encode_response(tokenizer, text: str, eos_id: int | None) -> list[int]:
-    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    """A given answer's ids, its text as text (a special token's string in it is not a control token), + EOS."""
+    ids = list(tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"])
     return ids + ([eos_id] if eos_id is not None else [])
 
 

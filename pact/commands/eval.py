@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, resolve_device
+from .common import add_model_args, add_trust_remote_code_arg, resolve_device
 
 HELP = ("evaluate a model: generations, judge verdicts, ASR, accuracy and over-refusal per suite, each with its count "
         "and 95% Wilson interval (metrics.json)")
@@ -21,7 +21,9 @@ def _kv(items: list[str] | None, what: str, cast=str) -> dict:
 
 def add_judge_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge", default="keyword",
-                   help="keyword (GCG refusal phrases; a coarse proxy, the default), llama-guard "
+                   help="keyword (GCG refusal phrases, then the degenerate rule: refusal / compliance / degenerate; "
+                        "a coarse proxy, the default; docs/judge.md), keyword-gcg (the refusal phrases alone), "
+                        "llama-guard "
                         "(meta-llama/Llama-Guard-3-8B, the paper's judge), llama-guard:NAME_OR_PATH, or "
                         "module:function / file.py:function returning True when the answer is unsafe")
     p.add_argument("--judge-model", default=None, metavar="MODEL",
@@ -40,13 +42,14 @@ def judge_options(args: argparse.Namespace) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("eval", help=HELP.replace("%", "%%"), description=HELP + ". Per suite, results/NAME/SUITE/ holds "
-                       "generations.jsonl, verdicts.jsonl (harmful) or scored.jsonl (tasks); an interrupted run "
-                       "resumes when run again with the same -o.")
+    p = sub.add_parser("eval", help=HELP.replace("%", "%%"),  # argparse %-formats help, not the description
+                       description=HELP + ". Per suite, results/NAME/SUITE/ holds generations.jsonl, verdicts.jsonl "
+                       "(harmful) or scored.jsonl (tasks); an interrupted run resumes when run again with the same -o.")
     add_model_args(p, "--model", "the model to evaluate")
+    add_trust_remote_code_arg(p)
     p.add_argument("--adapter", default=None, metavar="DIR", help="a PEFT (LoRA) adapter directory to merge in")
     p.add_argument("--suite", default="harmbench,strongreject,jailbreakbench",
-                   help="comma-separated suites: harmbench, strongreject, jailbreakbench (harmful; ASR), "
+                   help="comma-separated suites: harmbench, strongreject, jailbreakbench, advbench (harmful; ASR), "
                         "sst2, agnews, gsm8k, bbq (accuracy), overrefusal (benign prompts that look sensitive; the "
                         "share of refusals by the keyword judge) (default: the three harmful ones)")
     add_judge_args(p)
@@ -80,5 +83,6 @@ def run(args: argparse.Namespace) -> int:
              judge=args.judge, judge_options=judge_options(args), dtype=args.dtype,
              device=resolve_device(args.device), batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
              limit=args.limit, sizes=_kv(args.size, "--size", int), files=_kv(args.suite_file, "--suite-file"),
-             method=args.method, task=args.task, overwrite=args.overwrite, progress=not args.no_progress)
+             method=args.method, task=args.task, overwrite=args.overwrite, progress=not args.no_progress,
+             trust_remote_code=args.trust_remote_code)
     return 0

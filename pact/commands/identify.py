@@ -6,7 +6,7 @@ import sys
 import time
 
 from ..identify_presets import IDENTIFY_PRESETS, PRESET_COLUMNS, WEIGHT_DTYPE_NAMES
-from .common import add_model_args, add_prompt_args, add_runtime_args, resolve_device
+from .common import add_model_args, add_prompt_args, add_runtime_args, add_trust_remote_code_arg, resolve_device
 
 HELP = "identify the safety tokens of an aligned model against its base model (paper §2.1)"
 
@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     add_model_args(p, "--safe", "the aligned (chat) model M_safe")
     add_model_args(p, "--base", "its base model M_base (same vocabulary; the tokenizer of --safe is used)",
                    gguf_flag="--base-gguf-file")
+    add_trust_remote_code_arg(p)
     add_prompt_args(p, required=False)
     p.set_defaults(prompt_column=None)        # None: the preset's, else "prompt"
     p.add_argument("--preset", choices=sorted(IDENTIFY_PRESETS), default=None,
@@ -129,9 +130,10 @@ def run(args: argparse.Namespace) -> int:
     base_ref = resolve_model_ref(args.base, args.base_gguf_file)
     print(f"[identify] prompts {source.describe()} ({n}), responses: {mode}; loading {safe_ref} and {base_ref} "
           f"({args.dtype}, {device})", file=sys.stderr)
-    tokenizer = load_tokenizer(safe_ref)
-    safe = load_model(safe_ref, dtype=args.dtype, device=device)
-    base = load_model(base_ref, dtype=args.dtype, device=device)
+    trust = args.trust_remote_code
+    tokenizer = load_tokenizer(safe_ref, trust_remote_code=trust)
+    safe = load_model(safe_ref, dtype=args.dtype, device=device, trust_remote_code=trust)
+    base = load_model(base_ref, dtype=args.dtype, device=device, trust_remote_code=trust)
     kw = {key: opts[key] for key in ("k", "selection", "base_format", "max_resp_len", "average", "append_eos",
                                      "base_bos", "strip", "std_min_abs_d", "norm_eps", "weights_dtype")}
     res = identify(safe, base, tokenizer, source, responses=mode, max_new_tokens=args.max_new_tokens,

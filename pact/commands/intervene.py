@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from ..atomic_files import write_jsonl_atomic
-from .common import add_model_args, add_prompt_args, add_runtime_args, resolve_device
+from .common import add_model_args, add_prompt_args, add_runtime_args, add_trust_remote_code_arg, resolve_device
 
 HELP = "generate answers with a token set boosted or ablated (paper §2.2); writes JSONL for the judge"
 
@@ -15,6 +15,7 @@ HELP = "generate answers with a token set boosted or ablated (paper §2.2); writ
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("intervene", help=HELP, description=HELP)
     add_model_args(p, "--model", "the model to generate with")
+    add_trust_remote_code_arg(p)
     p.add_argument("--tokens", required=True, help="tokens.json written by pact identify")
     p.add_argument("--mode", choices=["boost", "ablate", "none"], default="boost")
     p.add_argument("--control", choices=["safety", "random"], default="safety",
@@ -41,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     source = get_source(args.prompts, column=args.prompt_column, limit=args.limit)
     ref = resolve_model_ref(args.model, args.gguf_file)
     device = resolve_device(args.device)
-    tokenizer = load_tokenizer(ref)
-    model = load_model(ref, dtype=args.dtype, device=device)
+    tokenizer = load_tokenizer(ref, trust_remote_code=args.trust_remote_code)
+    model = load_model(ref, dtype=args.dtype, device=device, trust_remote_code=args.trust_remote_code)
     st = SafetyTokens.load(args.tokens, tokenizer=tokenizer, model=model)
     V = vocab_size_of(model)
     if args.control == "safety":

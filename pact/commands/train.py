@@ -25,4 +25,4 @@ def run(args: argparse.Namespace) -> int:
 
     argv = (["--config", args.config] if args.config else []) + (["--resume"] if args.resume else []) + (
         ["--overwrite"] if args.overwrite else [])
-    return main(argv + list(args.overrides))
+    return main(argv + list(args.overrides), single_process=True)

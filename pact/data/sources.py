@@ -36,6 +36,8 @@ __all__ = [
     "available_sources",
     "get_source",
     "package_file",
+    "read_text_file",
+    "text_field",
 ]
 
 
@@ -171,6 +173,17 @@ def package_file(package: str, *parts: str, pip_name: str | None = None):
 
 def _read_package_text(package: str, *parts: str, pip_name: str) -> str:
     return package_file(package, *parts, pip_name=pip_name).read_text(encoding="utf-8")
+
+
+def read_text_file(path: str | os.PathLike) -> str:
+    """A data file's text, decoded as UTF-8; a file in another encoding is a :class:`PromptSourceError` naming
+    it and the first byte that is not UTF-8."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PromptSourceError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}: "
+                                f"{e.reason}); save the file as UTF-8") from None
 
 
 def _csv_rows(text: str, *, delimiter: str = ",", where: str) -> list[dict[str, str]]:
@@ -380,14 +393,21 @@ class LocalFileSource(PromptSource):
     """Prompts from a local CSV / TSV / JSONL / JSON / Parquet file.
 
     ``column`` (default ``prompt``) holds the prompts; ``response_column``
-    (default: ``response`` when present) the reference answers.
+    (default: ``response`` when present) the reference answers. Every row is
+    checked: a row without the column, with a null, empty or non-text value
+    is an error naming the file and the row (1-based, header not counted).
+    ``column_hint`` is the fix a missing column's error suggests (the option
+    of the command that reads the file).
     """
 
+    COLUMN_HINT = "name the prompt column with --prompt-column"
+
     def __init__(self, path: str | os.PathLike, column: str = "prompt", response_column: str | None = None,
-                 limit: int | None = None, split: str = "all") -> None:
+                 limit: int | None = None, split: str = "all", column_hint: str | None = None) -> None:
         super().__init__(limit)
         self.path = Path(path)
         self.column, self.response_column = column, response_column
+        self.column_hint = column_hint or self.COLUMN_HINT
         self.name, self.split = self.path.name, split
         kind = _SUFFIXES.get(self.path.suffix.lower())
         if kind is None:
@@ -402,11 +422,10 @@ class LocalFileSource(PromptSource):
             raise PromptSourceError(f"prompt file not found: {p} (expected a {self.kind.upper()} file with a "
                                     f"{self.column!r} column)")
         if self.kind in ("csv", "tsv"):
-            return _csv_rows(p.read_text(encoding="utf-8"), delimiter="\t" if self.kind == "tsv" else ",",
-                             where=str(p))
+            return _csv_rows(read_text_file(p), delimiter="\t" if self.kind == "tsv" else ",", where=str(p))
         if self.kind == "jsonl":
             rows = []
-            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+            for i, line in enumerate(read_text_file(p).splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
@@ -419,7 +438,7 @@ class LocalFileSource(PromptSource):
             return rows
         if self.kind == "json":
             try:
-                data = json.loads(p.read_text(encoding="utf-8"))
+                data = json.loads(read_text_file(p))
             except json.JSONDecodeError as e:
                 raise PromptSourceError(f"{p}: malformed JSON: {e}") from e
             if isinstance(data, dict):  # {"prompts": [...]} or {"data": [...]}
@@ -443,26 +462,37 @@ class LocalFileSource(PromptSource):
         rows = self._rows()
         if not rows:
             raise PromptSourceError(f"{self.path}: no rows")
-        cols = list(rows[0].keys())
+        cols = list(dict.fromkeys(k for row in rows for k in row if k is not None))
         if self.column not in cols:
-            raise PromptSourceError(f"{self.path}: no column {self.column!r} (columns: {cols}); "
-                                    f"name the prompt column with --prompt-column")
+            raise PromptSourceError(f"{self.path}: no column {self.column!r} (columns: {cols}); {self.column_hint}")
         rc = self.response_column
         if rc is None and "response" in cols:
             rc = "response"
         elif rc is not None and rc not in cols:
-            raise PromptSourceError(f"{self.path}: no response column {rc!r} (columns: {cols})")
+            raise PromptSourceError(f"{self.path}: no response column {rc!r} (columns: {cols}); {self.column_hint}")
         out = []
-        for i, row in enumerate(rows):
-            text = row.get(self.column)
-            if not isinstance(text, str) or not text.strip():
-                raise PromptSourceError(f"{self.path}: row {i + 1} has an empty or non-text {self.column!r}")
-            resp = row.get(rc) if rc else None
-            if rc and (not isinstance(resp, str) or not resp):
-                raise PromptSourceError(f"{self.path}: row {i + 1} has an empty or non-text {rc!r}")
-            meta = {k: v for k, v in row.items() if k not in (self.column, rc)}
+        for i, row in enumerate(rows, 1):
+            text = text_field(row, self.column, f"{self.path} row {i}")
+            resp = text_field(row, rc, f"{self.path} row {i}") if rc else None
+            meta = {k: v for k, v in row.items() if k not in (self.column, rc) and k is not None}
             out.append(PromptRecord(text, response=resp, meta=meta))
         return out
+
+
+def text_field(row: dict, key: str, where: str) -> str:
+    """``row[key]`` when it is non-empty text; else a :class:`PromptSourceError` that names ``where`` (file and
+    row) and says what is wrong: no such field, null (an empty cell), another type, or only whitespace."""
+    if key not in row:
+        raise PromptSourceError(f"{where} has no {key!r} field (its fields: {sorted(k for k in row if k is not None)})")
+    value = row[key]
+    if value is None:
+        raise PromptSourceError(f"{where} has a null {key!r} (an empty or missing cell); fill it or drop the row")
+    if not isinstance(value, str):
+        raise PromptSourceError(f"{where} has a non-text {key!r}: {type(value).__name__} {value!r}; write it as "
+                                "text (in quotes in JSON)")
+    if not value.strip():
+        raise PromptSourceError(f"{where} has an empty or non-text {key!r}")
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -477,12 +507,15 @@ def available_sources() -> dict[str, str]:
 
 
 def get_source(spec: str | os.PathLike | PromptSource, *, column: str = "prompt",
-               response_column: str | None = None, limit: int | None = None) -> PromptSource:
+               response_column: str | None = None, limit: int | None = None,
+               column_hint: str | None = None) -> PromptSource:
     """Resolve ``spec`` to a :class:`PromptSource`.
 
     ``spec`` is a registered name with an optional split (``harmbench``,
     ``strongreject:small``, ``jbb``) or the path of a local file. A path that
     looks like a file (has a known suffix or exists) always wins.
+    ``column_hint``: the fix a local file's missing column suggests (see
+    :class:`LocalFileSource`).
     """
     if isinstance(spec, PromptSource):
         if limit is not None:
@@ -491,7 +524,8 @@ def get_source(spec: str | os.PathLike | PromptSource, *, column: str = "prompt"
         return spec
     s = os.fspath(spec)
     if Path(s).suffix.lower() in _SUFFIXES or Path(s).exists() or os.sep in s:
-        return LocalFileSource(s, column=column, response_column=response_column, limit=limit)
+        return LocalFileSource(s, column=column, response_column=response_column, limit=limit,
+                               column_hint=column_hint)
     name, _, split = s.partition(":")
     name = name.strip().lower()
     if name in PACKAGE_SOURCES:

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .sources import LocalFileSource, PromptSourceError, get_source, package_file
+from .sources import LocalFileSource, PromptSourceError, get_source, package_file, text_field
 
 SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative"
 AGNEWS_INSTRUCTION = (
@@ -72,6 +72,11 @@ TASKS = {
 
 
 def _label_name(value, names: tuple[str, ...], where: str) -> str:
+    if value is None:
+        raise PromptSourceError(f"{where} has a null 'label' (an empty or missing cell); fill it or drop the row")
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise PromptSourceError(f"{where}: label {value!r} ({type(value).__name__}) is not one of {names} or "
+                                "their indices")
     if isinstance(value, int) or (isinstance(value, str) and value.strip().isdigit()):
         i = int(value)
         if not 0 <= i < len(names):
@@ -93,20 +98,34 @@ def gsm8k_response(answer: str) -> tuple[str, str]:
     return f"{body}\n{FINAL_ANSWER}{final}", final
 
 
+def _label(row: dict, names: tuple[str, ...], where: str) -> str:
+    if "label" not in row:
+        raise PromptSourceError(f"{where} has no 'label' field (its fields: {sorted(row)})")
+    return _label_name(row["label"], names, where)
+
+
 def to_sample(task: str, row: dict, where: str) -> Sample:
-    """One task row (with our field names) -> :class:`Sample` in the task's prompt format."""
+    """One task row (with our field names) -> :class:`Sample` in the task's prompt format.
+
+    ``where`` (file and row) opens every error: a missing field, a null, a
+    non-text text field or an unknown label is a :class:`PromptSourceError`.
+    """
     if task == "sst2":
-        label = _label_name(row["label"], SST2_LABELS, where)
-        return Sample(f"{SST2_INSTRUCTION} {row['text']}", label, label, source="sst2")
+        label = _label(row, SST2_LABELS, where)
+        return Sample(f"{SST2_INSTRUCTION} {text_field(row, 'text', where)}", label, label, source="sst2")
     if task == "agnews":
-        label = _label_name(row["label"], AGNEWS_LABELS, where)
-        return Sample(f"{AGNEWS_INSTRUCTION} {row['text']}", label, label, source="agnews")
+        label = _label(row, AGNEWS_LABELS, where)
+        return Sample(f"{AGNEWS_INSTRUCTION} {text_field(row, 'text', where)}", label, label, source="agnews")
     if task == "gsm8k":
-        response, final = gsm8k_response(row["answer"])
-        return Sample(row["question"], response, final, source="gsm8k")
+        question, answer = text_field(row, "question", where), text_field(row, "answer", where)
+        try:
+            response, final = gsm8k_response(answer)
+        except PromptSourceError as e:
+            raise PromptSourceError(f"{where}: {e}") from None
+        return Sample(question, response, final, source="gsm8k")
     if task == "bbq":
-        label = _label_name(row["label"], BBQ_LABELS, where)
-        return Sample(f"{BBQ_INSTRUCTION}\n\n{str(row['text']).strip()}", label, label, source="bbq")
+        label = _label(row, BBQ_LABELS, where)
+        return Sample(f"{BBQ_INSTRUCTION}\n\n{text_field(row, 'text', where).strip()}", label, label, source="bbq")
     raise PromptSourceError(f"unknown task {task!r}; use one of {', '.join(TASKS)}")
 
 
@@ -174,14 +193,17 @@ def load_task(task: str, split: str = "train", file: str | None = None, fields: 
         mapping = dict(TASKS[task].fields)
         mapping = {ours: ours for ours in mapping} | dict(fields or {})
         raw = LocalFileSource(file, column=next(iter(mapping.values())))._rows()
-        missing = [col for col in mapping.values() if raw and col not in raw[0]]
+        seen = {k for r in raw for k in r}
+        missing = [col for col in mapping.values() if col not in seen]
         if not raw or missing:
             raise PromptSourceError(f"{file}: {'no rows' if not raw else f'no column(s) {missing}'}; "
                                     f"map fields with task_fields, e.g. text=sentence,label=label")
-        rows, where = [{ours: r[col] for ours, col in mapping.items()} for r in raw], file
+        # a row without a mapped column keeps it missing: to_sample names the row
+        rows, where = [{ours: r[col] for ours, col in mapping.items() if col in r} for r in raw], file
     else:
         rows, where = _hub_rows(task, split), TASKS[task].hub_repo
-    samples = [to_sample(task, r, f"{where} row {i + 1}") for i, r in enumerate(rows[:limit] if limit else rows)]
+    samples = [to_sample(task, r, f"{where} row {i + 1}") for i, r in enumerate(rows)]  # every row checked
+    samples = samples[:limit] if limit else samples
     if not samples:
         raise PromptSourceError(f"task {task!r} from {where} has no samples")
     return samples
@@ -194,13 +216,17 @@ def load_harmful(source: str, limit: int | None = None, response_column: str | N
     ``jbb`` from the hub, ``uncensorbench`` offline) or a local file with
     ``prompt`` and ``response`` columns (``response_column`` renames the latter).
     """
-    src = get_source(source, response_column=response_column)
+    hint = (f"a harmful_source file needs the columns prompt and {response_column or 'response'}: rename the "
+            "file's columns to these")
+    src = get_source(source, response_column=response_column, column_hint=hint)
+    if isinstance(src, LocalFileSource) and src.response_column is None:
+        src.response_column = "response"  # required here: a harmful pair is a prompt and its compliant answer
     out = []
-    for rec in src.records:
+    for i, rec in enumerate(src.records, 1):
         answer = rec.target or rec.response
         if not answer:
             raise PromptSourceError(
-                f"harmful source {src.name!r} has a prompt without a compliant answer; use a source with targets "
-                "(advbench-targets, jbb, uncensorbench) or a file with a response column")
+                f"harmful source {src.name!r} row {i} has a prompt without a compliant answer; use a source with "
+                "targets (advbench-targets, jbb, uncensorbench) or a file with a response column")
         out.append(Sample(rec.prompt, answer, harmful=True, source=src.name))
     return out[:limit] if limit else out

@@ -5,10 +5,17 @@ labels on the response tokens only (the end-of-turn token included). No-prompt
 view: the assistant header exactly as ``add_generation_prompt=True`` renders
 it, then the *same response token ids*. Row k of the answer in either view
 predicts the same token, so the rows of the two views align by order.
+
+The messages' text is encoded as text: a special token's string inside a
+prompt or answer never becomes a control token (:mod:`pact.data.chat`). An
+answer cut to fit ``max_length`` says so (``TwoViews.cut_tokens``), so a
+caller can count and report the cut answers.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .chat import chat_spans, encode_spans
 
 IGNORE_INDEX = -100
 
@@ -26,12 +33,15 @@ class TwoViews:
         post_ids: assistant-header ids (+ BOS if asked) + the same response ids.
         num_answer: number of response tokens (the labelled tokens of both views).
         harmful: whether the sample is a harmful (attack) sample.
+        cut_tokens: answer tokens (end-of-turn included) cut off to fit
+            ``max_length`` (0: the whole answer is there).
     """
 
     full_ids: tuple[int, ...]
     post_ids: tuple[int, ...]
     num_answer: int
     harmful: bool = False
+    cut_tokens: int = 0
 
     @property
     def full_prompt_len(self) -> int:
@@ -85,7 +95,7 @@ class ViewBuilder:
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.system_prompt = system_prompt
-        header_ids = tokenizer(assistant_header(tokenizer), add_special_tokens=False)["input_ids"]
+        header_ids = encode_spans(tokenizer, assistant_header(tokenizer), [])
         if post_bos:
             if tokenizer.bos_token_id is None:
                 raise ChatTemplateError("post_bos=True but the tokenizer has no BOS token")
@@ -110,8 +120,8 @@ class ViewBuilder:
         ``system_prompt`` is not added); ``response``: the assistant's answer.
         """
         tok = self.tokenizer
-        prompt_text = _render(tok, self._messages(prompt), add_generation_prompt=True)
-        full_text = _render(tok, self._messages(prompt, response), add_generation_prompt=False)
+        prompt_text, prompt_spans = chat_spans(tok, self._messages(prompt), add_generation_prompt=True)
+        full_text, full_spans = chat_spans(tok, self._messages(prompt, response), add_generation_prompt=False)
         if not full_text.startswith(prompt_text):
             raise ChatTemplateError(
                 "the chat template renders the conversation with a different prefix than the generation prompt; "
@@ -119,16 +129,21 @@ class ViewBuilder:
             )
         # The response part as the template renders it (content + end-of-turn
         # marker), without trailing whitespace after the marker.
-        response_text = full_text[len(prompt_text):].rstrip()
-        prompt_ids = tok(prompt_text, add_special_tokens=False)["input_ids"]
-        response_ids = tok(response_text, add_special_tokens=False)["input_ids"]
+        start = len(prompt_text)
+        response_text = full_text[start:].rstrip()
+        response_spans = [(max(a, start) - start, min(b, start + len(response_text)) - start)
+                          for a, b in full_spans if b > start]
+        prompt_ids = encode_spans(tok, prompt_text, prompt_spans)
+        response_ids = encode_spans(tok, response_text, response_spans)
         room = self.max_length - len(prompt_ids)
         if room < 1 or not response_ids:
             return None
+        cut = max(0, len(response_ids) - room)
         response_ids = response_ids[:room]
         return TwoViews(
             full_ids=tuple(prompt_ids) + tuple(response_ids),
             post_ids=self.header_ids + tuple(response_ids),
             num_answer=len(response_ids),
             harmful=harmful,
+            cut_tokens=cut,
         )

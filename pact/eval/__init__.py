@@ -1,6 +1,6 @@
 """The evaluation harness (paper §2.2, §4.1): attack success rate, task accuracy, over-refusal, tables and plots.
 
-* :mod:`pact.eval.judges` — ``keyword`` (GCG refusal phrases, a coarse proxy),
+* :mod:`pact.eval.judges` — ``keyword`` (GCG refusal phrases + :mod:`pact.eval.degenerate`, a coarse proxy),
   ``llama-guard`` (the paper's judge) and pluggable callables, one interface.
 * :mod:`pact.eval.answers` — SST-2 / AG News / GSM8K / BBQ answer rules.
 * :mod:`pact.eval.metrics` — ASR, accuracy and over-refusal (percent), with counts and 95 % Wilson intervals.

@@ -31,7 +31,11 @@ def read_jsonl(path: str | os.PathLike, *, tolerate_partial_tail: bool = True) -
     p = Path(path)
     if not p.exists():
         return []
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{p}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save the file "
+                         "as UTF-8") from None
     lines = text.split("\n")
     out: list[dict[str, Any]] = []
     for i, line in enumerate(lines, 1):

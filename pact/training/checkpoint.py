@@ -1,5 +1,9 @@
 """Atomic checkpoints: DeepSpeed state (weights, optimizer, scheduler), RNG state per rank, exported weights.
 
+No checkpoint file is ever read as code: every ``.pt`` file is read with
+``torch.load(weights_only=True)`` (:mod:`pact.training.safe_load`), and the
+RNG states are saved as tensors and plain data.
+
 A checkpoint is written into ``checkpoints/step-NNNNNN.tmp`` by every rank,
 then renamed by rank 0 to ``checkpoints/step-NNNNNN`` and recorded in
 ``checkpoints/latest`` (itself replaced atomically). A run that dies while
@@ -25,17 +29,57 @@ import torch.distributed as dist
 from ..atomic_files import write_text_atomic
 from ..reference import _barrier, _gathered
 from .faults import fault_point
+from .safe_load import UnsafeCheckpointError, safe_deepspeed_loading, safe_torch_load
+
+
+#: Marks the RNG file layout below (tensors and plain data only, readable with ``weights_only=True``).
+RNG_FORMAT = "pact-rng-1"
 
 
 def rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+    """This process's RNG states as tensors and plain data: torch (``uint8`` tensor), Python's ``random``
+    (version, 625 ints, gauss), numpy's MT19937 (624 keys as an ``int64`` tensor, position, gauss), CUDA."""
+    version, internal, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"format": RNG_FORMAT, "torch": torch.get_rng_state(),
+            "python": {"version": version, "state": list(internal), "gauss": gauss},
+            "numpy": {"name": str(name), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
+def _numpy_classes() -> list:
+    """The numpy globals of an array in a pickle (an RNG file of an earlier pact); rebuilding one makes an
+    array from its bytes and calls nothing else (object arrays' items go through the same restricted reader)."""
+    core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 / numpy 1
+    return [core._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def read_rng_state(path: Path) -> dict:
+    """The RNG states saved by :func:`rng_state` (or by an earlier pact, numpy arrays inside), read without
+    running code; raises :class:`CheckpointError` naming ``path`` for anything else."""
+    try:
+        state = safe_torch_load(path, extra_classes=_numpy_classes())
+    except UnsafeCheckpointError as e:
+        raise CheckpointError(str(e)) from None
+    except Exception as e:  # torn or foreign file
+        raise CheckpointError(f"{path} is not an RNG state file pact can read ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or not {"torch", "python", "numpy"} <= set(state):
+        raise CheckpointError(f"{path} is not an RNG state file of pact (it holds no torch, python and numpy states)")
+    return state
+
+
 def set_rng_state(state: dict) -> None:
+    """Restore the states of :func:`rng_state` (or of an earlier pact's tuple layout)."""
     torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py, npy = state["python"], state["numpy"]
+    if state.get("format") == RNG_FORMAT:
+        random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
+        np.random.set_state((npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                             npy["cached_gaussian"]))
+    else:
+        random.setstate(py)
+        np.random.set_state(npy)
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -99,11 +143,12 @@ def write_manifest(directory: Path) -> None:
     write_text_atomic(directory / MANIFEST, json.dumps({"files": files}, indent=1))
 
 
-def verify_checkpoint(path: Path, hashes: bool = True) -> str | None:
+def verify_checkpoint(path: Path, hashes: bool = True, step_key: str = "step") -> str | None:
     """None when the checkpoint at ``path`` is intact, else a sentence saying what is damaged.
 
     Intact: its manifest lists every file with the size (and, ``hashes``, the
-    SHA-256) it was written with, and ``trainer_state.json`` parses.
+    SHA-256) it was written with, and ``trainer_state.json`` parses with its
+    ``step_key`` (``global_step`` in a Trainer's checkpoint).
     """
     path = Path(path)
     if not path.is_dir():
@@ -122,7 +167,7 @@ def verify_checkpoint(path: Path, hashes: bool = True) -> str | None:
         if hashes and _sha256(f) != meta["sha256"]:
             return f"{path.name}/{rel} is altered (SHA-256 differs from the one written)"
     try:
-        json.loads((path / "trainer_state.json").read_text())["step"]
+        json.loads((path / "trainer_state.json").read_text())[step_key]
     except (OSError, ValueError, KeyError, TypeError):
         return f"{path.name}/trainer_state.json is unreadable"
     return None
@@ -226,12 +271,22 @@ def save_checkpoint(engine, run_dir: Path, step: int, trainer_state: dict, rank:
 
 
 def load_checkpoint(engine, path: Path, rank: int) -> dict:
-    """Restore the engine, this rank's RNG state, and return the trainer state."""
+    """Restore the engine, this rank's RNG state, and return the trainer state.
+
+    No file is read as code: the RNG file and DeepSpeed's files are read with
+    ``weights_only=True`` (:mod:`pact.training.safe_load`); a file holding
+    anything but tensors and plain data raises :class:`CheckpointError` naming it.
+    """
     rng_file = path / f"rng-rank{rank}.pt"
     if not rng_file.is_file():
         raise CheckpointError(f"{rng_file} is missing: resume with the same number of ranks as the run had")
-    load_path, _ = engine.load_checkpoint(str(path), tag="state", load_module_strict=False)
+    rng = read_rng_state(rng_file)
+    try:
+        with safe_deepspeed_loading(engine, path / "state"):
+            load_path, _ = engine.load_checkpoint(str(path), tag="state", load_module_strict=False)
+    except UnsafeCheckpointError as e:
+        raise CheckpointError(str(e)) from None
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load the state in {path}")
-    set_rng_state(torch.load(rng_file, weights_only=False))
+    set_rng_state(rng)
     return json.loads((path / "trainer_state.json").read_text())

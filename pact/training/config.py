@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class TrainConfig:
     model: str = ""                    # hub name, local dir, .gguf file or pkg:<package>
     gguf_file: str | None = None
     dtype: str = "float32"             # float32 | bfloat16 (also sets DeepSpeed's bf16 section)
+    trust_remote_code: bool = False    # run Python code shipped with the model (transformers' custom classes)
     # method
     method: str = "pact"               # pact | full_vocab (= full_vocab_kl) | safety_tokens | safety_weights |
     #                                    response_only_ref | sft | constrained_sft | safe_lora | asft
@@ -79,6 +81,7 @@ class TrainConfig:
     num_samples: int = 5000            # n
     harmful_fraction: float = 0.1      # p
     max_length: int = 512
+    max_truncated_fraction: float = 0.25  # refuse when more than this share of the answers is cut by max_length
     post_bos: bool = False             # BOS before the no-prompt view's header (SPEC §4)
     # LoRA (peft)
     lora: bool = True
@@ -111,7 +114,8 @@ class TrainConfig:
     ref_cache: str | None = None       # directory for the reference's K-token logits
     resume: bool = False
     overwrite: bool = False            # a new run may delete the run already in output_dir
-    resume_changes: bool = False       # --resume may continue with keys that differ from run.json
+    resume_changes: bool = False       # --resume may continue with keys (and inputs) that differ from run.json
+    collective_timeout: int = 300      # seconds a rank waits for the others in a collective before it stops
 
     # ------------------------------------------------------------------
     @property
@@ -162,6 +166,8 @@ class TrainConfig:
             raise ConfigError(f"safety_tokens file not found: {self.safety_tokens}")
         if not 0.0 <= self.harmful_fraction <= 1.0:
             raise ConfigError(f"harmful_fraction={self.harmful_fraction} must be in [0, 1]")
+        if not 0.0 <= self.max_truncated_fraction <= 1.0:  # also refuses nan
+            raise ConfigError(f"max_truncated_fraction={self.max_truncated_fraction} must be in [0, 1]")
         check_ranges(self)
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"dtype={self.dtype!r}: use float32 or bfloat16")
@@ -176,7 +182,24 @@ class TrainConfig:
                               "adapter on lm_head out; drop lm_head from lora_target_modules or set fused_linear=false")
         if self.ref_cache and self.variant in (None, "full_vocab"):
             raise ConfigError(f"ref_cache holds K-token reference logits; method={self.method!r} cannot use it")
+        check_harmful_counts(self.num_samples, self.harmful_fraction)
         self.validate_baseline()
+        self.check_method_keys()
+
+    def check_method_keys(self) -> None:
+        """Refuse a key set away from its default that ``method`` does not read (it would be recorded, not used)."""
+        default = TrainConfig()
+        parts = []
+        for key, methods in METHOD_KEYS.items():
+            if self.method in methods or getattr(self, key) == getattr(default, key):
+                continue
+            readers = "the PACT methods" if methods == PACT_METHODS else "method=" + " and ".join(methods)
+            values = ([f"loss.{k}={v!r}" for k, v in self.loss.items()] if key == "loss" else
+                      [f"{key}={getattr(self, key)!r}"])
+            parts += [f"{v} (read by {readers})" for v in values]
+        if parts:
+            raise ConfigError(f"method={self.method} does not use {'; '.join(parts)}: it would be recorded in "
+                              "run.json but change nothing. Remove it, or choose a method that reads it")
 
     def validate_baseline(self) -> None:
         """The keys of constrained_sft, safe_lora and asft (the ConfigError names the key and the fix)."""
@@ -224,6 +247,42 @@ class TrainConfig:
 
 _FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
 
+#: Keys only some methods read: key -> those methods (a value away from the default under another is refused).
+METHOD_KEYS = {
+    "loss": PACT_METHODS, "preset": PACT_METHODS,
+    **{k: ("constrained_sft",) for k in CSFT_KEYS},
+    **{k: ("safe_lora",) for k in ("safe_lora_select", "safe_lora_threshold", "safe_lora_num_layers",
+                                   "safe_lora_round", "safe_lora_ties")},
+    "asft_lambda": ("asft",), "asft_scale": ("asft",),
+    "base_model": ("safe_lora", "asft"), "base_gguf_file": ("safe_lora", "asft"),
+    "alignment_dtype": ("safe_lora", "asft"),
+}
+
+
+def harmful_counts(n: int, p: float) -> tuple[int, int]:
+    """``(harmful, task)``: the integer counts of a mixture of ``n`` samples with harmful share ``p``."""
+    harmful = round(n * p)
+    return harmful, n - harmful
+
+
+def check_harmful_counts(n: int, p: float) -> None:
+    """Refuse a share that rounds a kind away entirely (p > 0 with 0 harmful samples, p < 1 with 0 task ones)."""
+    harmful, task = harmful_counts(n, p)
+    if (p > 0 and harmful == 0) or (p < 1 and task == 0):
+        kind = "harmful" if p > 0 and harmful == 0 else "task"
+        need = next(m for m in range(n + 1, 10 * n + 10**6) if min(harmful_counts(m, p)) > 0)
+        raise ConfigError(f"num_samples={n} with harmful_fraction={p} gives {harmful} harmful and {task} task "
+                          f"samples: n·p = {n * p:g} rounds the {kind} samples away; raise num_samples to at least "
+                          f"{need}, or set harmful_fraction={0 if kind == 'harmful' else 1} if that is meant")
+
+
+def describe_harmful_counts(n: int, p: float) -> str:
+    """The exact mixture counts in words ("4 harmful of 40 (p = 0.1)"; a rounded share says so)."""
+    harmful, task = harmful_counts(n, p)
+    exact = math.isclose(harmful, n * p, abs_tol=1e-9)
+    share = f"p = {p:g}" if exact else f"p = {harmful}/{n} = {harmful / n:.4g}, harmful_fraction={p:g} rounded"
+    return f"{harmful} harmful and {task} task samples ({share})"
+
 #: Numeric bounds of the keys checked by :func:`check_ranges`: (low, high, low open, high open); None: no bound.
 RANGES = {
     "num_samples": (1, None, False, False), "epochs": (1, None, False, False),
@@ -234,7 +293,7 @@ RANGES = {
     "max_grad_norm": (0, None, False, False), "warmup_steps": (0, None, False, False),
     "max_steps": (1, None, False, False), "stop_after_steps": (1, None, False, False),
     "seed": (0, None, False, False), "save_every": (0, None, False, False),
-    "keep_checkpoints": (0, None, False, False),
+    "keep_checkpoints": (0, None, False, False), "collective_timeout": (1, None, False, False),
 }
 
 
@@ -257,13 +316,26 @@ def check_ranges(cfg: TrainConfig) -> None:
         raise ConfigError(f"adam_betas={cfg.adam_betas} must be two values in [0, 1), e.g. [0.9,0.999]")
 
 
+def _unique_pairs(where: str):
+    """A ``json`` ``object_pairs_hook`` that refuses a key given twice in one object."""
+    def hook(pairs):
+        keys = [k for k, _ in pairs]
+        twice = sorted({k for k in keys if keys.count(k) > 1})
+        if twice:
+            raise ConfigError(f"{where}: key {twice[0]!r} appears twice in one object; keep one")
+        return dict(pairs)
+    return hook
+
+
 def read_deepspeed_json(path: str) -> dict:
     """The DeepSpeed JSON at ``path``; :class:`ConfigError` naming the file when it is missing or malformed."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"deepspeed config not found: {path}")
     try:
-        ds = json.loads(p.read_text())
+        ds = json.loads(p.read_text(), object_pairs_hook=_unique_pairs(f"deepspeed={path}"))
+    except ConfigError:
+        raise
     except ValueError as e:
         raise ConfigError(f"deepspeed={path} is not valid JSON: {e}") from None
     if not isinstance(ds, dict):
@@ -271,10 +343,33 @@ def read_deepspeed_json(path: str) -> dict:
     return ds
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"{self.name}: key {key!r} appears twice (line {seen[key] + 1} and line "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, name: str = "<override>"):
+    loader = _UniqueKeyLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def _parse_value(text: str):
     """A command-line value: YAML scalars and lists (``3e-5``, ``true``, ``[q_proj,v_proj]``)."""
     try:
-        return yaml.safe_load(text) if text != "" else ""
+        return _load_yaml(text) if text != "" else ""
     except yaml.YAMLError:
         return text  # e.g. ``question=q,answer=a``: read as text, typed by the key
 
@@ -285,7 +380,7 @@ def read_yaml_mapping(path: str, missing: str) -> dict:
     if not p.is_file():
         raise ConfigError(missing)
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = _load_yaml(p.read_text(), str(path)) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -336,7 +431,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, che
             hint = difflib.get_close_matches(key, known, n=1)
             raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
     cfg = TrainConfig(**{key: _coerce(key, value) for key, value in raw.items()})
-    cfg.loss = {key: _coerce_number(f"loss.{key}", value) for key, value in (cfg.loss or {}).items()}
+    cfg.loss = {key: _finite(f"loss.{key}", _coerce_number(f"loss.{key}", value)) for key, value in (cfg.loss or {}).items()}
     cfg.validate(check_files)
     return cfg
 
@@ -348,6 +443,14 @@ def _coerce_number(name: str, value):
             return int(value) if value.strip().lstrip("+-").isdigit() else float(value)
         except ValueError:
             raise ConfigError(f"{name}={value!r} is not a number") from None
+    return value
+
+
+def _finite(key: str, value):
+    """``value`` when it is a finite number; NaN and infinity are refused naming the key."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isfinite(value):
+        raise ConfigError(f"{key}={value} is not a finite number; give a finite value (NaN would turn the check or "
+                          "operation that reads it off silently)")
     return value
 
 
@@ -400,7 +503,7 @@ def _coerce(key: str, value):
         value = _coerce_number(key, value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}={value!r} must be a number")
-        return value
+        return _finite(key, value)
     if kind == "list[str]":
         items = _split_list(key, value)
         if not items or not all(isinstance(v, str) and v for v in items):
@@ -410,7 +513,7 @@ def _coerce(key: str, value):
         items = [_coerce_number(key, v) for v in _split_list(key, value)]
         if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in items):
             raise ConfigError(f"{key}={value!r}: each item must be a number, e.g. {key}=[0.9,0.999]")
-        return [float(v) for v in items]
+        return [_finite(key, float(v)) for v in items]
     if kind == "dict[str, str]":
         mapping = _mapping(key, value)
         return {str(k): str(v) for k, v in mapping.items()}

@@ -10,7 +10,7 @@ import torch
 
 from ..data.tasks import Sample, load_harmful, load_task
 from ..data.views import TwoViews, ViewBuilder
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, check_harmful_counts, describe_harmful_counts, harmful_counts
 
 
 def build_mixture(task: list[Sample], harmful: list[Sample], n: int, p: float, seed: int):
@@ -19,8 +19,8 @@ def build_mixture(task: list[Sample], harmful: list[Sample], n: int, p: float, s
     Returns ``(samples, record)``; ``record`` says which source rows were drawn,
     in which order, so the mixture can be rebuilt and audited.
     """
-    n_harmful = round(n * p)
-    n_task = n - n_harmful
+    check_harmful_counts(n, p)
+    n_harmful, n_task = harmful_counts(n, p)
     if n_task > len(task):
         raise ConfigError(f"num_samples={n} with harmful_fraction={p} needs {n_task} task samples; "
                           f"the task has {len(task)}")
@@ -97,17 +97,44 @@ def tokenize_mixture(samples: list[Sample], builder: ViewBuilder, record: dict |
     record.update(order=order, replaced=replaced)
     notes = [f"{sum(counts.values())} of {len(samples)} drawn samples have a prompt that fills {where} "
              f"(task {counts['task']}, harmful {counts['harmful']}); each was replaced by another draw of its "
-             f"kind, so n={len(built)} and p={record['num_harmful']}/{len(built)} are as configured "
+             f"kind, so the mixture keeps {describe_harmful_counts(record['num_samples'], record['harmful_fraction'])} "
              "(mixture.json lists the replacements)"]
     return built, notes
 
 
+def count_cut_answers(views: list[TwoViews], max_length: int, max_fraction: float,
+                      record: dict | None = None) -> list[str]:
+    """Count the answers cut to fit ``max_length`` (their end-of-turn token lost with them); record the count in
+    ``record["truncated"]`` and say it in a note. More than ``max_fraction`` of the answers cut is a
+    :class:`ConfigError` naming the counts and both fixes (raise ``max_length``, or ``max_truncated_fraction``)."""
+    cut = [v for v in views if v.cut_tokens]
+    if record is not None:
+        record["truncated"] = {"answers": len(cut), "of": len(views), "harmful": sum(v.harmful for v in cut),
+                               "tokens_cut": sum(v.cut_tokens for v in cut), "max_length": max_length}
+    if not cut:
+        return []
+    share = len(cut) / len(views)
+    longest = max(v.num_answer + v.cut_tokens for v in cut)
+    said = (f"{len(cut)} of {len(views)} answers ({100 * share:.1f} %; harmful {sum(v.harmful for v in cut)}) are "
+            f"cut to fit max_length={max_length} and lose their end-of-turn token ({sum(v.cut_tokens for v in cut)} "
+            f"answer tokens cut; the longest of them has {longest} tokens in full)")
+    if share > max_fraction:
+        raise ConfigError(f"{said}: more than max_truncated_fraction={max_fraction}; raise max_length, or "
+                          f"max_truncated_fraction to train on the cut answers")
+    return [said + " (mixture.json: truncated)"]
+
+
 def load_views(cfg: TrainConfig, builder: ViewBuilder) -> tuple[list[TwoViews], dict, list[str]]:
-    """The run's mixture, tokenised, with too-long samples replaced (see :func:`tokenize_mixture`):
-    ``(views, mixture record, notes)``."""
+    """The run's mixture, tokenised, with too-long samples replaced (see :func:`tokenize_mixture`) and cut
+    answers counted (:func:`count_cut_answers`): ``(views, mixture record, notes)``."""
     task, harmful = load_sources(cfg)
     samples, record = build_mixture(task, harmful, cfg.num_samples, cfg.harmful_fraction, cfg.seed)
     views, notes = tokenize_mixture(samples, builder, record, task, harmful)
+    counts = describe_harmful_counts(cfg.num_samples, cfg.harmful_fraction)
+    if "rounded" in counts:  # the share asked for is not a whole number of samples: say what is trained on
+        notes.insert(0, f"num_samples={cfg.num_samples} with harmful_fraction={cfg.harmful_fraction}: training on "
+                        f"{counts}")
+    notes += count_cut_answers(views, builder.max_length, cfg.max_truncated_fraction, record)
     return views, record, notes
 
 

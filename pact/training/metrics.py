@@ -12,6 +12,7 @@ material of the paper's Figures 3, 6 and 7), null where a step had no such row.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -27,21 +28,39 @@ KINDS = ("benign", "harmful")
 _PER_KIND = 3 + 3 * POSITIONS
 
 
+@functools.lru_cache(maxsize=None)
+def _confidence_offsets(device: torch.device) -> torch.Tensor:
+    """``[2·POSITIONS·3]`` int64 on ``device`` (made once per device): where (kind, position, prob/logit/count)
+    land in :attr:`StepMetrics.sums`."""
+    offsets = [4 + k * _PER_KIND + 3 + 3 * t + j for k in range(2) for t in range(POSITIONS) for j in range(3)]
+    return torch.tensor(offsets, device=device)
+
+
 class StepMetrics:
     """Sums of one optimizer step; :meth:`reduce` all-reduces them over ranks.
 
+    Nothing here waits for the device before the backward: the sums stay
+    tensors until :meth:`reduce`.
+
     Args:
-        safety_ids: ``[K]`` int64 ids whose confidence is tracked (None: skip).
+        safety_ids: ``[K]`` int64 ids whose confidence is tracked (None: skip); pass them on ``device``
+            (placed once per run), else they are copied there.
         device: where the sums live (the collective's device).
     """
 
     def __init__(self, safety_ids: torch.Tensor | None, device):
-        self.safety_ids = safety_ids
+        self.safety_ids = None if safety_ids is None else safety_ids.to(device)
         self.device = device
         # loss_sum, micro_batches, gate_sum, rows, then the per-kind block
         # ... and last the sum of the methods' penalties (AsFT's regulariser)
         self.sums = torch.zeros(4 + 2 * _PER_KIND + 1, dtype=torch.float64, device=device)
         self.penalized = False
+
+    def _ids_on(self, device) -> torch.Tensor:
+        """The safety ids on ``device`` (where they already are when the caller placed them: no copy)."""
+        if self.safety_ids.device != device:
+            self.safety_ids = self.safety_ids.to(device)
+        return self.safety_ids
 
     @torch.no_grad()
     def add_confidence(self, batch, logits: torch.Tensor) -> None:
@@ -53,7 +72,7 @@ class StepMetrics:
             return
         early = batch.answer_pos < POSITIONS
         z = logits.detach()[early].float()
-        self._add_confidence(batch, early, z[:, self.safety_ids.to(z.device)], torch.logsumexp(z, dim=-1))
+        self._add_confidence(batch, early, z[:, self._ids_on(z.device)], torch.logsumexp(z, dim=-1))
 
     @torch.no_grad()
     def add_confidence_from_head(self, batch, policy, ce_rows: torch.Tensor) -> None:
@@ -68,7 +87,7 @@ class StepMetrics:
             return
         early = batch.answer_pos < POSITIONS
         head, h = policy.head, policy.hidden.detach()[early].float()
-        ids = self.safety_ids.to(h.device)
+        ids = self._ids_on(h.device)
         labels = batch.labels[early].to(h.device)
         z_s = h @ head.weight.detach()[ids].float().T
         z_y = (h * head.weight.detach()[labels].float()).sum(dim=-1)
@@ -83,17 +102,11 @@ class StepMetrics:
         (``[rows]`` bool, answer positions < 4): ``z_s`` ``[early rows, K]`` float32 logits on S,
         ``lse`` ``[early rows]`` float32 log-sum-exp over V of each of their logit rows."""
         probs = torch.exp(z_s - lse[:, None])
-        pos = batch.answer_pos[early]
-        for k, kind_mask in enumerate((~batch.row_harmful[early], batch.row_harmful[early])):
-            base = 4 + k * _PER_KIND
-            for t in range(POSITIONS):
-                sel = kind_mask & (pos == t)
-                if not sel.any():
-                    continue
-                off = base + 3 + 3 * t
-                self.sums[off] += probs[sel].mean(dim=-1).double().sum()
-                self.sums[off + 1] += z_s[sel].mean(dim=-1).double().sum()
-                self.sums[off + 2] += sel.sum()
+        slot = batch.row_harmful[early].long() * POSITIONS + batch.answer_pos[early].long()  # kind·4 + position
+        per_row = torch.stack([probs.mean(dim=-1).double(), z_s.mean(dim=-1).double(),
+                               torch.ones_like(lse, dtype=torch.float64)], dim=1)  # [early rows, 3]
+        by_slot = torch.zeros(2 * POSITIONS, 3, dtype=torch.float64, device=per_row.device).index_add_(0, slot, per_row)
+        self.sums.index_add_(0, _confidence_offsets(self.sums.device), by_slot.flatten().to(self.sums.device))
 
     @torch.no_grad()
     def add_loss(self, loss: torch.Tensor, result, batch) -> None:

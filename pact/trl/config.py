@@ -70,6 +70,12 @@ class PACTTrainerConfig(SFTConfig):
             answer rows and `pact_kernels.pact_loss`. The same choice and default as the driver's `fused_linear`.
         pact_backend (`str`, *optional*, defaults to `"auto"`):
             The `pact_kernels` backend of the loss (`auto`, `torch`, `triton`, `cuda`, `naive`).
+        resume_changes (`bool`, *optional*, defaults to `False`):
+            `train(resume_from_checkpoint=...)` compares what defines the run (digests of the safety tokens, the
+            tokenizer, the training data and the model weights; the PACT and optimisation keys; the number of
+            processes and the global batch) with the checkpoint's `pact_identity.json` and refuses a difference,
+            naming each; `True` continues with the new ones (a new number of processes still needs the same
+            global batch).
 
     Defaults that differ from `SFTConfig` (the paper's §4.1 and the driver's `TrainConfig`): `learning_rate`
     3e-5, `num_train_epochs` 3, `per_device_train_batch_size` 2, `max_length` 512, `lr_scheduler_type`
@@ -101,6 +107,9 @@ class PACTTrainerConfig(SFTConfig):
     ref_cache: str | None = field(default=None, metadata={"help": "Directory of the precomputed reference."})
     fused_linear: bool = field(default=True, metadata={"help": "Fused linear loss (no [rows, V] logits)."})
     pact_backend: str = field(default="auto", metadata={"help": "pact_kernels backend."})
+    resume_changes: bool = field(default=False, metadata={
+        "help": "Resume although the safety tokens, tokenizer, data, model, PACT/optimisation keys or ranks differ "
+                "from the checkpoint's (pact_identity.json); otherwise such a resume is refused, naming each."})
 
     # SFTConfig / TrainingArguments defaults replaced by the paper's (§4.1) and the driver's
     learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate (paper §4.1: 3e-5)."})

@@ -79,6 +79,11 @@ def build_views(dataset, builder: ViewBuilder, name: str) -> tuple[list[TwoViews
         warnings.warn(f"the {name} dataset: {dropped} of {len(built)} rows have a prompt that fills max_length="
                       f"{builder.max_length} and are dropped (trainer.dropped[{name!r}]); raise max_length to "
                       "keep them", stacklevel=2)
+    cut = [v for v in views if v.cut_tokens]
+    if cut:  # counted and said: a cut answer has lost its end-of-turn token
+        warnings.warn(f"the {name} dataset: {len(cut)} of {len(views)} answers are cut to fit max_length="
+                      f"{builder.max_length} and lose their end-of-turn token ({sum(v.cut_tokens for v in cut)} "
+                      "answer tokens cut); raise max_length to keep them whole", stacklevel=2)
     return views, dropped
 
 

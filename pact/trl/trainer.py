@@ -25,16 +25,19 @@ from trl import SFTTrainer
 from ..data.collator import PACTBatch
 from ..data.views import ViewBuilder
 from ..methods import build_method
-from ..fingerprint import weights_digest
+from ..fingerprint import tokenization_digest, weights_digest
 from ..models import ModelLoadError, vocab_size_of
 from ..reference import (OnlineReference, ReferenceCache, cache_fingerprint, causal_lm_of, fill_reference_cache,
                          patch_row_forward)
 from ..safety_tokens import SafetyTokens
+from ..training.checkpoint import verify_checkpoint
+from ..training.safe_load import weights_only_loading
 from ..training.data import StepSampler, dataset_digest
 from ..training.metrics import KINDS, POSITIONS, StepMetrics
 from ..training.step import micro_batch_loss
 from .config import PACTTrainerConfig
 from .data import VIEW_COLUMNS, ViewCollator, build_views, views_dataset
+from .identity import IDENTITY_FILE, check_trainer_resume, intact_checkpoint, trainer_identity
 
 
 class RowCaller:
@@ -135,8 +138,10 @@ class PACTTrainer(SFTTrainer):
             if kwargs.get(name) is not None:
                 raise ValueError(f"{name}: PACTTrainer builds both views of each sample itself; pass a dataset in "
                                  "a TRL format instead")
-        vocab = _vocab_size(model)
-        self.safety = SafetyTokens.load(args.safety_tokens, vocab_size=vocab)  # SafetyTokensError before any work
+        trust = bool((getattr(args, "model_init_kwargs", None) or {}).get("trust_remote_code", False))
+        vocab = _vocab_size(model, trust)
+        self.safety = SafetyTokens.load(args.safety_tokens, vocab_size=vocab,  # SafetyTokensError before any work
+                                        tokenizer=getattr(processing_class, "tokenizer", processing_class))
         self.method = build_method(args, self.safety, backend=args.pact_backend)  # the driver's objectives
         peft_policy = peft_config is not None or is_peft_model(model)
         if peft_policy and ref_model is not None:
@@ -147,8 +152,8 @@ class PACTTrainer(SFTTrainer):
         if not peft_policy and ref_model is None and self.method.needs_reference:
             raise ValueError("ref_model: the policy is not a peft model; pass ref_model= (a frozen copy of the "
                              "aligned model) or peft_config= (e.g. peft.LoraConfig) to train an adapter")
-        if ref_model is not None and _vocab_size(ref_model) != vocab:
-            raise ValueError(f"ref_model has {_vocab_size(ref_model)} output tokens, the model {vocab}")
+        if ref_model is not None and _vocab_size(ref_model, trust) != vocab:
+            raise ValueError(f"ref_model has {_vocab_size(ref_model, trust)} output tokens, the model {vocab}")
         self.collator = ViewCollator()
         self.train_views = None
         self.dropped = {}
@@ -159,6 +164,9 @@ class PACTTrainer(SFTTrainer):
                          eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config,
                          **kwargs)
         self.model_accepts_loss_kwargs = False  # no token counting: the loss is a per-micro-batch mean
+        if processing_class is None:  # the tokenizer SFTTrainer loaded: the tokens file must be of it too
+            self.safety.check_vocab(tokenizer=getattr(self.processing_class, "tokenizer", self.processing_class),
+                                    where=str(args.safety_tokens))
         owner = self.model if is_peft_model(self.model) else None
         rows = patch_row_forward(causal_lm_of(self.model), owner)
         self.ref_model = None
@@ -201,18 +209,67 @@ class PACTTrainer(SFTTrainer):
                              "(per_device_train_batch_size x gradient_accumulation_steps x processes)")
         return StepOrderSampler(steps)
 
+    # -- identity and resume ---------------------------------------------------------------------------
+    def _model_key(self) -> str:
+        """The reference model's weights by content (:func:`pact.fingerprint.weights_digest`), or its name."""
+        lm = causal_lm_of(self.ref_model if self.ref_model is not None else self.model)
+        name = str(getattr(lm.config, "_name_or_path", "") or type(lm).__name__)
+        try:  # new weights saved at the same path are another model
+            return weights_digest(name)
+        except ModelLoadError:  # not a path or hub name (a model built in memory): its name only
+            return f"name:{name}"
+
+    def run_identity(self) -> dict:
+        """What defines this run by content (``pact_identity.json`` of each checkpoint; :mod:`pact.trl.identity`)."""
+        if getattr(self, "_identity", None) is None:
+            tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
+            self._identity = trainer_identity(
+                self.args, tokens=self.safety, tokenizer_sha256=tokenization_digest(tokenizer),
+                data_sha256=dataset_digest(self.train_views), model_sha256=self._model_key(),
+                world_size=self.accelerator.num_processes)
+        return self._identity
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """``Trainer.train``; ``resume_from_checkpoint=True`` takes the newest intact checkpoint, and a resume
+        with other inputs or keys than the checkpoint's run is refused (see :mod:`pact.trl.identity`)."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = str(intact_checkpoint(self.args.output_dir))
+        if resume_from_checkpoint and (Path(resume_from_checkpoint) / "manifest.json").is_file():
+            problem = verify_checkpoint(Path(resume_from_checkpoint), step_key="global_step")
+            if problem is not None:
+                raise ValueError(f"resume_from_checkpoint={resume_from_checkpoint}: {problem}; pass "
+                                 "resume_from_checkpoint=True to take the newest intact checkpoint")
+        if resume_from_checkpoint:
+            stage = (self.accelerator.state.deepspeed_plugin.zero_stage
+                     if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin else 0)
+            check_trainer_resume(Path(resume_from_checkpoint), self.run_identity(), self.args, stage)
+            with weights_only_loading(resume_from_checkpoint):  # DeepSpeed's loader too: no checkpoint runs code
+                return super().train(resume_from_checkpoint, *args, **kwargs)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        """``Trainer``'s checkpoint, then its identity and the manifest of its files (written last)."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        from ..atomic_files import write_json_atomic
+        from ..training.checkpoint import write_manifest
+
+        identity = self.run_identity()
+        super()._save_checkpoint(model, trial)
+        self.accelerator.wait_for_everyone()  # every rank's files are in before the manifest lists them
+        folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save and folder.is_dir():
+            write_json_atomic(folder / IDENTITY_FILE, identity)
+            write_manifest(folder)
+        self.accelerator.wait_for_everyone()
+
     # -- reference -------------------------------------------------------------------------------------
     def _reference_cache(self) -> ReferenceCache | None:
         """The precomputed reference of ``args.ref_cache`` (checked now, filled before the first step)."""
         if not self.args.ref_cache:
             return None
-        lm = causal_lm_of(self.ref_model if self.ref_model is not None else self.model)
-        name = str(getattr(lm.config, "_name_or_path", "") or type(lm).__name__)
-        try:  # keyed by the weights' content, as the driver's cache: new weights at the same path rebuild it
-            model_key = weights_digest(name)
-        except ModelLoadError:  # not a path or hub name (a model built in memory): its name only
-            model_key = f"name:{name}"
-        fingerprint = cache_fingerprint(model_key, self.safety.ids, dataset_digest(self.train_views))
+        # keyed by the weights' content, as the driver's cache: new weights at the same path rebuild it
+        fingerprint = cache_fingerprint(self._model_key(), self.safety.ids, dataset_digest(self.train_views))
         cache = ReferenceCache(self.args.ref_cache, [v.num_answer for v in self.train_views], len(self.safety.ids),
                                fingerprint)
         status = cache.status()
@@ -290,10 +347,11 @@ def flat_record(record: dict) -> dict[str, float]:
     return out
 
 
-def _vocab_size(model) -> int:
-    """Output vocabulary of a model instance, or of a name/path from its config alone."""
+def _vocab_size(model, trust_remote_code: bool = False) -> int:
+    """Output vocabulary of a model instance, or of a name/path from its config alone (code shipped with the
+    model runs only with ``trust_remote_code``, TRL's ``model_init_kwargs`` key)."""
     if isinstance(model, (str, Path)):
-        from transformers import AutoConfig
+        from ..models import load_model_config
 
-        return int(AutoConfig.from_pretrained(str(model)).get_text_config().vocab_size)
+        return int(load_model_config(str(model), trust_remote_code=trust_remote_code).get_text_config().vocab_size)
     return vocab_size_of(causal_lm_of(model))

@@ -23,7 +23,7 @@ def _subcommands() -> dict:
 
 def test_every_module_in_commands_registers_one_subcommand():
     names = _subcommands()
-    assert len(names) == len(COMMANDS) == 8
+    assert len(names) == len(COMMANDS) == 9
     assert sorted(n.replace("-", "_") for n in names) == sorted(COMMANDS)
 
 

@@ -225,9 +225,11 @@ def test_demo_quick_end_to_end(tmp_path):
         assert line in r.stdout
     # each cell is the share of the saved per-prompt records: ASR (HB), over-refusal, task accuracy
     col = {c: i for i, (c, _) in enumerate(COLUMNS)}
+    files = {"harmbench": "safety/harmbench/verdicts.jsonl", "overrefusal": "safety/overrefusal/verdicts.jsonl",
+             "bbq": "task/bbq/scored.jsonl"}  # pact eval's per-prompt files
     for name, key in [("M_base", "m_base"), ("PACT", "pact")]:
         def share(suite, flag):
-            rows = [json.loads(ln) for ln in (out / "4-eval" / key / f"{suite}.jsonl").read_text().splitlines()]
+            rows = [json.loads(ln) for ln in (out / "4-eval" / key / files[suite]).read_text().splitlines()]
             assert len(rows) >= 4
             return 100.0 * sum(r_[flag] for r_ in rows) / len(rows)
         vals = rep["values"][rep["rows"].index(name)]

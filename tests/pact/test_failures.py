@@ -49,6 +49,74 @@ def test_every_bad_value_is_refused_with_its_key(override, message):
     assert message in str(e.value)
 
 
+@pytest.mark.parametrize("override", ["max_grad_norm=nan", "lora_dropout=.nan", "weight_decay=inf",
+                                      "learning_rate=-.inf", "loss.lambda_kl=nan", "adam_betas=[0.9,nan]",
+                                      "csft_beta=inf", "harmful_fraction=nan"])
+def test_non_finite_floats_are_refused_naming_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as e:
+        cfg_of(override)
+    assert f"{key}=" in str(e.value) and "is not a finite number" in str(e.value)
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["method=sft", "loss.lambda_kl=5"], "loss.lambda_kl=5 (read by the PACT methods)"),
+    (["method=sft", "preset=authors"], "preset='authors' (read by the PACT methods)"),
+    (["method=pact", "csft_beta=0.3"], "csft_beta=0.3 (read by method=constrained_sft)"),
+    (["method=constrained_sft", "asft_lambda=2"], "asft_lambda=2 (read by method=asft)"),
+    (["method=sft", "safe_lora_num_layers=3"], "safe_lora_num_layers=3 (read by method=safe_lora)"),
+])
+def test_a_key_the_method_does_not_read_is_refused(overrides, named):
+    with pytest.raises(ConfigError) as e:
+        cfg_of(*overrides, "safety_tokens=null" if "method=sft" in overrides else "method=pact")
+    assert f"does not use {named}" in str(e.value) and "change nothing" in str(e.value)
+    assert cfg_of("method=sft", "preset=paper", "loss={}", "csft_beta=0.1").method == "sft"  # defaults restated
+
+
+def test_a_key_given_twice_in_yaml_is_refused_naming_both_lines(tmp_path):
+    bad = tmp_path / "dup.yaml"
+    bad.write_text("model: runs/x\nlearning_rate: 1.0e-3\nlora_r: 8\nlearning_rate: 3.0e-5\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(bad))
+    assert f"{bad}: key 'learning_rate' appears twice (line 2 and line 4)" in str(e.value)
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("model: runs/x\nloss:\n  lambda_kl: 1\n  lambda_kl: 3\n")
+    with pytest.raises(ConfigError, match="key 'lambda_kl' appears twice"):
+        load_config(str(nested))
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": 2}, "zero_optimization": {"stage": 3}}')
+    with pytest.raises(ConfigError, match=f"deepspeed={ds}: key 'zero_optimization' appears twice"):
+        cfg_of(f"deepspeed={ds}", "model=gpt2", "method=sft", "safety_tokens=null", check_files=True)
+
+
+@pytest.mark.parametrize("n, p, message", [
+    (40, 0.01, "gives 0 harmful and 40 task samples: n·p = 0.4 rounds the harmful samples away; raise "
+               "num_samples to at least 51"),
+    (10, 0.97, "gives 10 harmful and 0 task samples"),
+])
+def test_a_share_rounded_to_nothing_is_refused(n, p, message):
+    with pytest.raises(ConfigError) as e:
+        cfg_of(f"num_samples={n}", f"harmful_fraction={p}")
+    assert message in str(e.value)
+
+
+def test_a_rounded_share_prints_the_exact_counts():
+    from pact.data.tasks import Sample
+    from pact.data.views import ViewBuilder
+    from pact.tiny import tiny_tokenizer
+    from pact.training.config import describe_harmful_counts
+    from pact.training.data import load_views
+
+    assert describe_harmful_counts(25, 0.1) == "2 harmful and 23 task samples (p = 2/25 = 0.08, harmful_fraction=0.1 rounded)"
+    assert describe_harmful_counts(40, 0.1) == "4 harmful and 36 task samples (p = 0.1)"
+    cfg = cfg_of("num_samples=25")
+    views, record, notes = load_views(cfg, ViewBuilder(tiny_tokenizer(), cfg.max_length, cfg.post_bos))
+    assert sum(v.harmful for v in views) == record["num_harmful"] == 2
+    assert notes[0] == ("num_samples=25 with harmful_fraction=0.1: training on 2 harmful and 23 task samples "
+                        "(p = 2/25 = 0.08, harmful_fraction=0.1 rounded)")
+    assert not any("as configured" in n for n in notes)
+
+
 def test_values_the_readme_and_messages_suggest_are_accepted():
     cfg = cfg_of("adam_betas=[0.5,0.999]", "lora_target_modules=q_proj", "task_fields=question=q,answer=a",
                  "lora_r=4.0", "max_steps=null", "learning_rate=2e-4")
