@@ -171,9 +171,9 @@ class SafetyHead(torch.nn.Module):
         """``[rows, H]`` hidden -> ``[rows, K]`` float32 logits on S."""
         if self.weight.device != hidden.device:  # a model moved outside the module tree: follow it, once
             self.to(hidden.device)
-        if self.weight.dtype != hidden.dtype:  # the head follows the model's dtype too (e.g. bf16 under DeepSpeed)
-            self.to(hidden.dtype)
         weight, bias = self.weight, self.bias
+        if weight.dtype != hidden.dtype:  # a cast on the device, never stored (the rows keep their precision)
+            weight, bias = weight.to(hidden.dtype), None if bias is None else bias.to(hidden.dtype)
         logits = torch.nn.functional.linear(hidden, weight, bias).float()
         return self.softcap * torch.tanh(logits / self.softcap) if self.softcap else logits
 

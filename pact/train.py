@@ -47,7 +47,7 @@ from pact.training.precision import undo_state_allocation_step
 from pact.training.run_dir import (apply_resume_changes, check_resume_target, check_run_dir, check_writable, clear_run,
                                    identity_changes, lock_run_dir, previous_config, run_identity, run_record)
 from pact.training.schedule import lr_lambda
-from pact.training.step import micro_batch_loss
+from pact.training.step import backward_scale, micro_batch_loss
 from pact.training.write_errors import WriteFailedError, writing
 
 
@@ -309,13 +309,16 @@ def train(cfg: TrainConfig) -> dict:
     while step < total_steps:
         started, started_cpu = time.perf_counter(), time.process_time()
         epoch, in_epoch = divmod(step, sampler.steps_per_epoch)
-        metrics = StepMetrics(safety_ids, device)
+        metrics = StepMetrics(safety_ids, device, cfg.loss_normalization)
         lr = engine.get_lr()[0]  # the rate this step runs at (logged with it, as the HF Trainer does)
         micro_batches = sampler.micro_batches(epoch, in_epoch)
+        block = sampler.permutation(epoch)[in_epoch * sampler.block:(in_epoch + 1) * sampler.block]
+        step_rows = sum(views[i].num_answer for i in block)  # labelled rows of the step on all ranks
         for micro in micro_batches:
             batch = collator([(i, views[i]) for i in micro]).to(device)
             with micro_batch_loss(cfg, engine, method, reference, batch, metrics) as result:
-                engine.backward(result.loss)
+                engine.backward(result.loss * backward_scale(cfg.loss_normalization, batch.labels.numel(), step_rows,
+                                                             cfg.gradient_accumulation_steps, world))
                 fault_point("step")
             engine.step()
             metrics.add_loss(result.loss, result, batch)

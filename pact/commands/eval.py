@@ -42,9 +42,9 @@ def judge_options(args: argparse.Namespace) -> dict:
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("eval", help=HELP.replace("%", "%%"), description=HELP + ". Per suite, results/NAME/SUITE/ holds "
-                       "generations.jsonl, verdicts.jsonl (harmful) or scored.jsonl (tasks); an interrupted run "
-                       "resumes when run again with the same -o.")
+    p = sub.add_parser("eval", help=HELP.replace("%", "%%"),  # argparse %-formats help, not the description
+                       description=HELP + ". Per suite, results/NAME/SUITE/ holds generations.jsonl, verdicts.jsonl "
+                       "(harmful) or scored.jsonl (tasks); an interrupted run resumes when run again with the same -o.")
     add_model_args(p, "--model", "the model to evaluate")
     add_trust_remote_code_arg(p)
     p.add_argument("--adapter", default=None, metavar="DIR", help="a PEFT (LoRA) adapter directory to merge in")

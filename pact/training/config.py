@@ -39,6 +39,10 @@ class ConfigError(ValueError):
     """The training configuration is invalid (raised before any model is loaded)."""
 
 
+#: How a step's loss averages over its micro-batches (``loss_normalization``), see :mod:`pact.training.step`.
+LOSS_NORMALIZATIONS = ("tokens", "micro_batch")
+
+
 @dataclass
 class TrainConfig:
     # model
@@ -96,6 +100,10 @@ class TrainConfig:
     epochs: int = 3
     micro_batch_size: int = 2
     gradient_accumulation_steps: int = 1
+    loss_normalization: str = "tokens"  # tokens: each step's loss is the mean over the labelled rows of all its
+    #                                    micro-batches and ranks (a bigger batch) | micro_batch: the mean of the
+    #                                    micro-batch means (transformers' Trainer with a custom loss; the baselines'
+    #                                    public code, configs/paper/recipes/)
     max_grad_norm: float = 1.0
     lr_scheduler: str = "constant"     # constant | linear | cosine: transformers' factors (pact/training/schedule.py)
     warmup_steps: int = 0              # step/W for the first W steps (step 0 at lr 0, as transformers)
@@ -226,6 +234,9 @@ class TrainConfig:
                               "float16")
         if self.asft_lambda < 0:
             raise ConfigError(f"asft_lambda={self.asft_lambda} must be >= 0 (Yang et al. use 1)")
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ConfigError(f"loss_normalization={self.loss_normalization!r}: use tokens (the mean over the step's "
+                              "labelled rows) or micro_batch (the mean of the micro-batch means)")
         if self.asft_scale not in ("per_step", "per_micro_batch"):
             raise ConfigError(f"asft_scale={self.asft_scale!r}: use per_step (λ per optimizer step) or "
                               "per_micro_batch (the authors' code: GAS·λ)")

@@ -7,8 +7,10 @@ One JSONL line per optimizer step (``train_log.jsonl``):
 safety tokens of the probability / logit at answer positions 0..3 (the
 material of the paper's Figures 3, 6 and 7), null where a step had no such row.
 ``lr`` is the learning rate the step ran at (as the HF Trainer's
-``learning_rate``). A method with a penalty (AsFT) adds ``"penalty"``, its mean per micro-batch;
-``gate_mean`` is the mean per-row weight (PACT's gate, constrained SFT's w_t).
+``learning_rate``). ``loss`` is the step's loss as it was optimised (``loss_normalization``: the mean
+over the step's labelled rows, or the mean of the micro-batch means). A method with a penalty (AsFT)
+adds ``"penalty"``, its mean per micro-batch; ``gate_mean`` is the mean per-row weight (PACT's gate,
+constrained SFT's w_t).
 """
 from __future__ import annotations
 
@@ -46,14 +48,17 @@ class StepMetrics:
         safety_ids: ``[K]`` int64 ids whose confidence is tracked (None: skip); pass them on ``device``
             (placed once per run), else they are copied there.
         device: where the sums live (the collective's device).
+        normalization: the run's ``loss_normalization`` (``tokens`` or ``micro_batch``): which mean the
+            logged ``loss`` is.
     """
 
-    def __init__(self, safety_ids: torch.Tensor | None, device):
+    def __init__(self, safety_ids: torch.Tensor | None, device, normalization: str = "tokens"):
         self.safety_ids = None if safety_ids is None else safety_ids.to(device)
         self.device = device
+        self.normalization = normalization
         # loss_sum, micro_batches, gate_sum, rows, then the per-kind block
-        # ... and last the sum of the methods' penalties (AsFT's regulariser)
-        self.sums = torch.zeros(4 + 2 * _PER_KIND + 1, dtype=torch.float64, device=device)
+        # ... then the sum of loss x rows, and last the sum of the methods' penalties (AsFT's regulariser)
+        self.sums = torch.zeros(4 + 2 * _PER_KIND + 2, dtype=torch.float64, device=device)
         self.penalized = False
 
     def _ids_on(self, device) -> torch.Tensor:
@@ -116,6 +121,7 @@ class StepMetrics:
         s[1] += 1
         s[2] += result.gate.double().sum()
         s[3] += batch.labels.numel()
+        s[-2] += loss.detach().double() * batch.labels.numel()
         if result.penalty is not None:
             s[-1] += result.penalty.double()
             self.penalized = True
@@ -131,7 +137,8 @@ class StepMetrics:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(s)
         s = s.tolist()
-        rec = {"loss": s[0] / max(s[1], 1), "gate_mean": s[2] / max(s[3], 1)}
+        loss = s[-2] / max(s[3], 1) if self.normalization == "tokens" else s[0] / max(s[1], 1)
+        rec = {"loss": loss, "gate_mean": s[2] / max(s[3], 1)}
         total_rows = 0.0
         ce_total = kl_total = 0.0
         for k, kind in enumerate(KINDS):
@@ -149,7 +156,7 @@ class StepMetrics:
                 "safety_prob": [s[base + 3 + 3 * t] / counts[t] for t in range(POSITIONS)] if tracked else None,
                 "safety_logit": [s[base + 4 + 3 * t] / counts[t] for t in range(POSITIONS)] if tracked else None,
             }
-        # row-weighted means over the step (the logged loss above is the mean of micro-batch losses)
+        # row-weighted means over the step
         rec["ce"] = ce_total / max(total_rows, 1)
         rec["kl"] = kl_total / max(total_rows, 1)
         if self.penalized:  # mean over micro-batches and ranks

@@ -10,7 +10,7 @@ from trl import SFTConfig
 from pact_kernels.config import PRESETS, VARIANT_ALIASES, VARIANTS, PACTConfig
 
 from ..methods.constrained_sft import check_csft_keys
-from ..training.config import CSFT_KEYS, LOSS_KEYS, TrainConfig
+from ..training.config import CSFT_KEYS, LOSS_KEYS, LOSS_NORMALIZATIONS, TrainConfig
 
 #: The objectives PACTTrainer trains with (the driver's classes); safe_lora and asft need the base model's
 #: weights and run through `pact train`.
@@ -70,6 +70,11 @@ class PACTTrainerConfig(SFTConfig):
             answer rows and `pact_kernels.pact_loss`. The same choice and default as the driver's `fused_linear`.
         pact_backend (`str`, *optional*, defaults to `"auto"`):
             The `pact_kernels` backend of the loss (`auto`, `torch`, `triton`, `cuda`, `naive`).
+        loss_normalization (`str`, *optional*, defaults to `"tokens"`):
+            How a step's loss averages its micro-batches: `"tokens"`, the mean over the labelled rows of the
+            whole step (all micro-batches and processes), as `SFTTrainer` does with `num_items_in_batch`, so
+            gradient accumulation is a bigger batch; `"micro_batch"`, the mean of the micro-batch means (the
+            driver's option of the same name, for the baselines' public recipes).
         resume_changes (`bool`, *optional*, defaults to `False`):
             `train(resume_from_checkpoint=...)` compares what defines the run (digests of the safety tokens, the
             tokenizer, the training data and the model weights; the PACT and optimisation keys; the number of
@@ -77,12 +82,15 @@ class PACTTrainerConfig(SFTConfig):
             naming each; `True` continues with the new ones (a new number of processes still needs the same
             global batch).
 
-    Defaults that differ from `SFTConfig` (the paper's §4.1 and the driver's `TrainConfig`): `learning_rate`
-    3e-5, `num_train_epochs` 3, `per_device_train_batch_size` 2, `max_length` 512, `lr_scheduler_type`
-    `"constant"` (with a warm-up it becomes `"constant_with_warmup"`, the driver's `constant`, and a warning
-    says so; every schedule then has the driver's learning rates, `pact.training.schedule`). The loss is
-    always on the completion (the last assistant turn): `completion_only_loss` must not be `False`;
-    `packing` and `padding_free` are refused (each sample keeps its two views).
+    Every `SFTConfig` key keeps `SFTConfig`'s default (learning rate, schedule, batch, `max_length`, `bf16`),
+    so swapping `SFTConfig` for this config changes the loss only. `PACTTrainerConfig.paper(...)` gives the
+    paper's optimisation instead (§4.1 and the driver's `TrainConfig`: `learning_rate` 3e-5,
+    `num_train_epochs` 3, `per_device_train_batch_size` 2, `max_length` 512, `lr_scheduler_type`
+    `"constant"`). A `"constant"` schedule with a warm-up becomes `"constant_with_warmup"` (the driver's
+    `constant`) with a warning; every schedule has the driver's learning rates (`pact.training.schedule`).
+    The loss is on the completion (each assistant answer): `completion_only_loss` must not be `False`;
+    `packing` and `padding_free` are refused (each sample keeps its two views), and so is
+    `dataset_kwargs={"skip_prepare_dataset": True}` (PACTTrainer builds the two views itself).
     """
 
     safety_tokens: str | None = field(default=None, metadata={"help": "tokens.json of `pact identify` (required)."})
@@ -107,16 +115,21 @@ class PACTTrainerConfig(SFTConfig):
     ref_cache: str | None = field(default=None, metadata={"help": "Directory of the precomputed reference."})
     fused_linear: bool = field(default=True, metadata={"help": "Fused linear loss (no [rows, V] logits)."})
     pact_backend: str = field(default="auto", metadata={"help": "pact_kernels backend."})
+    loss_normalization: str = field(default="tokens", metadata={"help": "tokens | micro_batch: the mean over the "
+                                                                "step's labelled rows, or of micro-batch means."})
     resume_changes: bool = field(default=False, metadata={
         "help": "Resume although the safety tokens, tokenizer, data, model, PACT/optimisation keys or ranks differ "
                 "from the checkpoint's (pact_identity.json); otherwise such a resume is refused, naming each."})
 
-    # SFTConfig / TrainingArguments defaults replaced by the paper's (§4.1) and the driver's
-    learning_rate: float = field(default=3e-5, metadata={"help": "AdamW learning rate (paper §4.1: 3e-5)."})
-    num_train_epochs: float = field(default=3.0, metadata={"help": "Epochs (paper §4.1: 3)."})
-    per_device_train_batch_size: int = field(default=2, metadata={"help": "Micro-batch (paper §4.1: 2)."})
-    max_length: int | None = field(default=512, metadata={"help": "Longest full view in tokens (authors: 512)."})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "LR schedule (driver default: constant)."})
+    #: The paper's optimisation (§4.1) and the driver's defaults, for :meth:`paper`.
+    PAPER_DEFAULTS = {"learning_rate": 3e-5, "num_train_epochs": 3.0, "per_device_train_batch_size": 2,
+                      "max_length": 512, "lr_scheduler_type": "constant"}
+
+    @classmethod
+    def paper(cls, **kwargs) -> "PACTTrainerConfig":
+        """The config with the paper's optimisation (:attr:`PAPER_DEFAULTS`: lr 3e-5, 3 epochs, micro-batch 2,
+        ``max_length`` 512, constant schedule) where ``kwargs`` does not set them; the rest as ``cls(**kwargs)``."""
+        return cls(**{**cls.PAPER_DEFAULTS, **kwargs})
 
     def __post_init__(self):
         super().__post_init__()
@@ -141,6 +154,9 @@ class PACTTrainerConfig(SFTConfig):
             if unused:
                 raise ValueError(f"PACTTrainerConfig: method={self.method!r} does not use {', '.join(unused)}; "
                                  "leave them unset or use method='pact'")
+        if self.loss_normalization not in LOSS_NORMALIZATIONS:
+            raise ValueError(f"PACTTrainerConfig: loss_normalization={self.loss_normalization!r}; use tokens (the "
+                             "mean over the step's labelled rows) or micro_batch (the mean of the micro-batch means)")
         if self.preset not in PRESETS:
             raise ValueError(f"PACTTrainerConfig: preset={self.preset!r}; use one of {', '.join(PRESETS)}")
         if self.variant not in VARIANTS + tuple(VARIANT_ALIASES):
@@ -155,6 +171,10 @@ class PACTTrainerConfig(SFTConfig):
         if self.completion_only_loss is False:
             raise ValueError("PACTTrainerConfig: completion_only_loss=False; PACT's loss is on the completion "
                              "(its two views share only the answer tokens): leave it unset")
+        if (self.dataset_kwargs or {}).get("skip_prepare_dataset"):
+            raise ValueError("PACTTrainerConfig: dataset_kwargs={'skip_prepare_dataset': True}; PACTTrainer builds "
+                             "each sample's two views from a TRL-format dataset itself: leave skip_prepare_dataset "
+                             "unset")
         if self.packing or self.padding_free:
             raise ValueError("PACTTrainerConfig: packing / padding_free merge samples; PACT needs each sample's "
                              "two views: set packing=False, padding_free=False")
@@ -163,7 +183,7 @@ class PACTTrainerConfig(SFTConfig):
         """``constant`` with a warm-up becomes ``constant_with_warmup``, saying so.
 
         ``transformers``' ``constant`` schedule ignores ``warmup_steps``; the driver's ``constant``
-        (this config's default) warms up. Switched, both step with the same learning rates
+        (the default of :meth:`paper`) warms up. Switched, both step with the same learning rates
         (``pact.training.schedule``).
         """
         from transformers.trainer_utils import SchedulerType

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import textwrap
+import warnings
 from pathlib import Path
 
 import torch
@@ -34,9 +35,9 @@ from ..training.checkpoint import verify_checkpoint
 from ..training.safe_load import weights_only_loading
 from ..training.data import StepSampler, dataset_digest
 from ..training.metrics import KINDS, POSITIONS, StepMetrics
-from ..training.step import micro_batch_loss
+from ..training.step import micro_batch_loss, step_loss_weight, token_statistics
 from .config import PACTTrainerConfig
-from .data import VIEW_COLUMNS, ViewCollator, build_views, views_dataset
+from .data import VIEW_COLUMNS, ViewCollator, build_views, completion_tail_warning, format_warnings, views_dataset
 from .identity import IDENTITY_FILE, check_trainer_resume, intact_checkpoint, trainer_identity
 
 
@@ -62,7 +63,9 @@ class RowCaller:
 
 
 class StepOrderSampler(torch.utils.data.Sampler):
-    """The driver's sample order: each epoch's seeded permutation cut to whole steps.
+    """The driver's sample order: each epoch's seeded permutation, with its last partial step (fewer
+    micro-batches, or a smaller last one; ``dataloader_drop_last=False``, TRL's default) or cut to whole
+    steps as the driver does (``keep_last=False``).
 
     With the ``DataLoader``'s ``batch_size`` = micro-batch and ``accelerate``
     dealing micro-batches to ranks in turn, rank r gets micro-batches
@@ -70,15 +73,16 @@ class StepOrderSampler(torch.utils.data.Sampler):
     :meth:`~pact.training.data.StepSampler.micro_batches`.
     """
 
-    def __init__(self, steps: StepSampler):
+    def __init__(self, steps: StepSampler, keep_last: bool = True):
         self.steps = steps
+        self.keep_last = keep_last
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return self.steps.steps_per_epoch * self.steps.block
+        return self.steps.num_samples if self.keep_last else self.steps.steps_per_epoch * self.steps.block
 
     def __iter__(self):
         return iter(self.steps.permutation(self.epoch)[:len(self)])
@@ -94,7 +98,9 @@ class PACTTrainer(SFTTrainer):
         train_dataset, eval_dataset: ``datasets.Dataset`` in TRL's
             conversational ``messages``, ``prompt``/``completion`` or
             conversational prompt-completion format (see :mod:`pact.trl.data`);
-            an optional boolean ``harmful`` column splits the logged metrics.
+            an optional ``harmful`` column (booleans, 0/1 or "true"/"false")
+            splits the logged metrics. ``messages``: every assistant turn is
+            an answer (what ``SFTTrainer`` trains with ``assistant_only_loss``).
         processing_class: the tokenizer; its chat template must render an
             assistant header (the no-prompt view is that header + the answer).
         ref_model: the frozen reference (the aligned model) when the policy
@@ -107,7 +113,9 @@ class PACTTrainer(SFTTrainer):
             optimizers, ...); not ``data_collator`` or ``formatting_func``.
 
     Logs (through the Trainer's ``log``, so W&B / TensorBoard see them):
-    ``ce``, ``kl``, ``gate_mean``, and per kind (``benign``, ``harmful``)
+    ``ce``, ``kl``, ``gate_mean``, ``SFTTrainer``'s ``entropy``, ``mean_token_accuracy``
+    (over the answer rows) and ``num_tokens`` (the full views' tokens trained so far), and per kind
+    (``benign``, ``harmful``)
     ``{kind}/ce``, ``{kind}/kl`` and ``{kind}/safety_prob`` (the mean
     probability of S at answer positions 0..3; also per position).
     """
@@ -126,8 +134,8 @@ class PACTTrainer(SFTTrainer):
                 journal = {arXiv preprint arXiv:2603.07445},
             }"""),
     }
-    # compute_loss returns the micro-batch's mean loss: the Trainer divides it by the accumulation steps
-    loss_is_scaled_for_ga = False
+    # compute_loss weighs each micro-batch's mean loss by its share of the step (``loss_normalization``)
+    loss_is_scaled_for_ga = True
 
     def __init__(self, model, args: PACTTrainerConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, ref_model=None, peft_config=None, **kwargs):
@@ -138,6 +146,14 @@ class PACTTrainer(SFTTrainer):
             if kwargs.get(name) is not None:
                 raise ValueError(f"{name}: PACTTrainer builds both views of each sample itself; pass a dataset in "
                                  "a TRL format instead")
+        for name in ("compute_metrics", "preprocess_logits_for_metrics"):
+            if kwargs.get(name) is not None:
+                raise ValueError(f"{name}: PACTTrainer's evaluation computes the loss from the answer rows (fused: "
+                                 "no [rows, V] logits) and logs eval_loss, eval_ce, eval_kl, eval_gate_mean, the "
+                                 "safety-token probabilities, eval_entropy and eval_mean_token_accuracy; it passes "
+                                 f"no logits to {name}: pass {name}=None")
+        for name, data in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
+            _check_map_style(name, data)
         trust = bool((getattr(args, "model_init_kwargs", None) or {}).get("trust_remote_code", False))
         vocab = _vocab_size(model, trust)
         self.safety = SafetyTokens.load(args.safety_tokens, vocab_size=vocab,  # SafetyTokensError before any work
@@ -158,12 +174,14 @@ class PACTTrainer(SFTTrainer):
         self.train_views = None
         self.dropped = {}
         self._metrics_pact = {}
+        self._token_sums = {}  # per mode: entropy sum, top-1 hits, rows, policy tokens (float64)
         self._loss_context = None
         self._cache_ready = False
         super().__init__(model, args=args, data_collator=self.collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config,
                          **kwargs)
-        self.model_accepts_loss_kwargs = False  # no token counting: the loss is a per-micro-batch mean
+        self.model_accepts_loss_kwargs = False  # the model gets no num_items_in_batch: compute_loss uses it
+        self._check_trainable(args)
         if processing_class is None:  # the tokenizer SFTTrainer loaded: the tokens file must be of it too
             self.safety.check_vocab(tokenizer=getattr(self.processing_class, "tokenizer", self.processing_class),
                                     where=str(args.safety_tokens))
@@ -185,11 +203,18 @@ class PACTTrainer(SFTTrainer):
 
     # -- data ------------------------------------------------------------------------------------------
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
-        """Both views of every sample (replaces TRL's tokenisation; called by ``SFTTrainer.__init__``)."""
+        """Both views of every sample (replaces TRL's tokenisation; called by ``SFTTrainer.__init__`` and
+        ``evaluate``); a dataset of views already (``trainer.eval_dataset``) is returned as it is."""
+        _check_map_style(f"the {dataset_name} dataset", dataset)
+        if set(VIEW_COLUMNS) <= set(dataset.column_names):
+            return dataset
         tokenizer = getattr(processing_class, "tokenizer", processing_class)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.collator.pad_id = int(pad or 0)
         builder = ViewBuilder(tokenizer, args.max_length or 10**9, args.post_bos)  # ChatTemplateError here
+        tail = completion_tail_warning(dataset, tokenizer, dataset_name)
+        for message in format_warnings(dataset, dataset_name, bool(args.assistant_only_loss)) + [tail] * bool(tail):
+            warnings.warn(message, stacklevel=3)
         views, dropped = build_views(dataset, builder, dataset_name)
         self.dropped[dataset_name] = dropped
         if dataset_name == "train":
@@ -204,10 +229,26 @@ class PACTTrainer(SFTTrainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         steps = StepSampler(len(dataset), self.args.per_device_train_batch_size,
                             self.args.gradient_accumulation_steps, self.accelerator.num_processes, 0, self.args.seed)
-        if steps.steps_per_epoch == 0:
+        keep_last = not self.args.dataloader_drop_last
+        if steps.steps_per_epoch == 0 and not keep_last:
             raise ValueError(f"{len(dataset)} samples do not fill one step of {steps.block} "
-                             "(per_device_train_batch_size x gradient_accumulation_steps x processes)")
-        return StepOrderSampler(steps)
+                             "(per_device_train_batch_size x gradient_accumulation_steps x processes) and "
+                             "dataloader_drop_last=True drops them: set dataloader_drop_last=False")
+        return StepOrderSampler(steps, keep_last)
+
+    def _check_trainable(self, args) -> None:
+        """Before any step: something trains, and the fused loss can read the output head."""
+        if not any(p.requires_grad for p in self.model.parameters()):
+            raise ValueError("model: no parameter requires a gradient, so training would change nothing "
+                             "(pact.models.load_model returns a frozen model); pass peft_config= (e.g. "
+                             "peft.LoraConfig) to train an adapter, or call model.requires_grad_(True) for full "
+                             "fine-tuning with ref_model=")
+        head = causal_lm_of(self.model).get_output_embeddings()
+        if args.fused_linear and type(head) is not torch.nn.Linear:
+            raise ValueError(f"fused_linear=True reads the output head as a plain nn.Linear; this model's head is a "
+                             f"{type(head).__name__} (peft's modules_to_save=['lm_head'] or an adapter on the head "
+                             "trains a copy the fused loss would leave out): set fused_linear=False in "
+                             "PACTTrainerConfig, or leave the head out of the peft config")
 
     # -- identity and resume ---------------------------------------------------------------------------
     def _model_key(self) -> str:
@@ -268,14 +309,34 @@ class PACTTrainer(SFTTrainer):
         """The precomputed reference of ``args.ref_cache`` (checked now, filled before the first step)."""
         if not self.args.ref_cache:
             return None
-        # keyed by the weights' content, as the driver's cache: new weights at the same path rebuild it
-        fingerprint = cache_fingerprint(self._model_key(), self.safety.ids, dataset_digest(self.train_views))
+        # keyed by the reference's weights in memory: a merged adapter or weights changed in place rebuild it
+        fingerprint = cache_fingerprint(self._reference_weights_key(), self.safety.ids,
+                                        dataset_digest(self.train_views))
         cache = ReferenceCache(self.args.ref_cache, [v.num_answer for v in self.train_views], len(self.safety.ids),
                                fingerprint)
         status = cache.status()
         if status not in ("valid", "missing"):
             raise ValueError(f"ref_cache: {status}")
         return cache
+
+    def _reference_weights_key(self) -> str:
+        """SHA-256 of the reference's weights as they are in memory: ``ref_model``'s, or with a peft policy the
+        weights its disabled adapter leaves (every parameter and buffer but the adapters'), named as in the
+        plain model (peft's ``base_model.model.`` and ``.base_layer`` left out)."""
+        import hashlib
+
+        model = self.ref_model if self.ref_model is not None else self.model
+        model = getattr(model, "module", model)
+        adapters = tuple(f".{name}." for name in getattr(model, "peft_config", {}) or {})
+        h = hashlib.sha256()
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if adapters and any(a in name for a in adapters):
+                continue
+            name = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            t = _gathered_copy(t)
+            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode() + b"\0")
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return "memory:" + h.hexdigest()
 
     def _online_reference(self, model) -> OnlineReference:
         return OnlineReference(RowCaller(self.ref_model if self.ref_model is not None else model))
@@ -310,13 +371,40 @@ class PACTTrainer(SFTTrainer):
         training = self.model.training
         batch = PACTBatch(**inputs)
         mode = "train" if training else "eval"
-        metrics = self._metrics_pact.setdefault(mode, StepMetrics(self.safety.ids_tensor(), self.accelerator.device))
+        metrics = self._metrics_pact.setdefault(mode, StepMetrics(self.safety.ids_tensor(), self.accelerator.device,
+                                                                  self.args.loss_normalization))
+        sums = self._token_sums.setdefault(mode, torch.zeros(4, dtype=torch.float64, device=self.accelerator.device))
+
+        def add_token_statistics(batch, policy):  # SFTTrainer's entropy and mean_token_accuracy, num_tokens
+            sums[:3] += token_statistics(policy, batch.labels)
+            sums[3] += batch.full_mask.sum()  # the tokens the policy read
+
         with contextlib.ExitStack() as local:
             stack = self._loss_context if self._loss_context is not None else local
             result = stack.enter_context(micro_batch_loss(self.args, RowCaller(model), self.method,
-                                                          self._reference(model, training), batch, metrics))
+                                                          self._reference(model, training), batch, metrics,
+                                                          add_token_statistics))
         metrics.add_loss(result.loss, result, batch)
-        return (result.loss, None) if return_outputs else result.loss
+        loss = result.loss
+        if training and num_items_in_batch is not None:  # a training step: the micro-batch's share of the step
+            loss = loss * self._step_share(batch.labels.numel(), num_items_in_batch)
+        return (loss, None) if return_outputs else loss
+
+    def _get_num_items_in_batch(self, batch_samples: list, device) -> torch.Tensor:
+        """The labelled rows of the step's micro-batches (every row of a PACT batch is labelled), summed over
+        the processes when ``average_tokens_across_devices`` (TRL's default), as ``SFTTrainer`` counts them."""
+        rows = torch.tensor(sum(int(b["labels"].numel()) for b in batch_samples), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            rows = self.accelerator.gather(rows).sum()
+        return rows
+
+    def _step_share(self, rows: int, step_rows) -> float:
+        """Factor of a micro-batch's mean loss in the backward (see :func:`pact.training.step.step_loss_weight`);
+        the data-parallel gradient average over the processes is undone when the rows were summed over them."""
+        accumulation = self.current_gradient_accumulation_steps
+        weight = step_loss_weight(self.args.loss_normalization, rows, int(step_rows), accumulation)
+        spread = self.args.loss_normalization == "tokens" and self.args.average_tokens_across_devices
+        return weight * (self.accelerator.num_processes if spread else 1)
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)
@@ -327,9 +415,16 @@ class PACTTrainer(SFTTrainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         mode = "train" if self.model.training else "eval"
         metrics = self._metrics_pact.pop(mode, None)
+        prefix = "eval_" if mode == "eval" else ""
         if metrics is not None:
-            prefix = "eval_" if mode == "eval" else ""
             logs.update({prefix + k: v for k, v in flat_record(metrics.reduce()).items()})
+        sums = self._token_sums.pop(mode, None)
+        if sums is not None:
+            entropy, top1, rows, tokens = self.accelerator.reduce(sums, reduction="sum").tolist()
+            if mode == "train":
+                self._total_train_tokens += int(tokens)
+            logs.update({prefix + "entropy": entropy / max(rows, 1), prefix + "mean_token_accuracy": top1 / max(rows, 1),
+                         prefix + "num_tokens": float(self._total_train_tokens)})
         super().log(logs, start_time)
 
 
@@ -345,6 +440,28 @@ def flat_record(record: dict) -> dict[str, float]:
             out[f"{kind}/safety_prob"] = sum(part["safety_prob"]) / POSITIONS
             out.update({f"{kind}/safety_prob_t{t}": p for t, p in enumerate(part["safety_prob"])})
     return out
+
+
+def _gathered_copy(t: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of a parameter or buffer, whole also when ZeRO-3 partitions it."""
+    if hasattr(t, "ds_id"):
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([t]):
+            return t.detach().cpu().contiguous()
+    return t.detach().cpu().contiguous()
+
+
+def _check_map_style(name: str, dataset) -> None:
+    """A streaming ``IterableDataset`` is refused: the views, the step order and the reference cache need
+    every sample up front."""
+    from datasets import IterableDataset, IterableDatasetDict
+
+    if isinstance(dataset, (IterableDataset, IterableDatasetDict)) or (
+            isinstance(dataset, dict) and any(isinstance(d, IterableDataset) for d in dataset.values())):
+        raise ValueError(f"{name}: a streaming IterableDataset; PACTTrainer builds both views of every sample and "
+                         "its step order before training: load it with streaming=False (or "
+                         "datasets.Dataset.from_generator)")
 
 
 def _vocab_size(model, trust_remote_code: bool = False) -> int:

@@ -110,8 +110,9 @@ PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
 
 @pytest.mark.parametrize("recipe, expect", [
     ("constrained_sft", dict(method="constrained_sft", lora=False, lora_dropout=0.0, adam_betas=[0.5, 0.999],
-                             warmup_steps=10, lr_scheduler="linear")),
-    ("asft", dict(method="asft", asft_scale="per_micro_batch", alignment_dtype="float32")),
+                             warmup_steps=10, lr_scheduler="linear", loss_normalization="micro_batch")),
+    ("asft", dict(method="asft", asft_scale="per_micro_batch", alignment_dtype="float32",
+                  loss_normalization="micro_batch")),
     ("safe_lora", dict(method="safe_lora", safe_lora_select="number", safe_lora_num_layers=10, safe_lora_round=5,
                        safe_lora_ties="all", alignment_dtype="float32")),
 ])
@@ -122,6 +123,7 @@ def test_recipe_overlays_apply_onto_every_paper_config(recipe, expect, monkeypat
     base = ["base_model=b"] if recipe in ("safe_lora", "asft") else []  # a key constrained_sft would not read
     for path in PAPER:
         paper = load_config(str(path), check_files=False)
+        assert paper.loss_normalization == "tokens"
         got = load_config(str(path), [f"@configs/paper/recipes/{recipe}.yaml", *base], check_files=False)
         assert {k: getattr(got, k) for k in expect} == expect
         assert (got.model, got.task, got.learning_rate, got.epochs) == (paper.model, paper.task, paper.learning_rate,

@@ -67,8 +67,9 @@ def test_step_losses_equal_the_driver(trained, driver, method):
                     assert abs(mine[f"{kind}/safety_prob_t{t}"] - p) < 1e-6
 
 
-def oracle_losses(model_dir, samples, cfg, tokens) -> list[float]:
-    """Each micro-batch's loss from views built here by hand (the tiny ChatML template), float64 naive oracle.
+def oracle_losses(model_dir, samples, cfg, tokens) -> list[tuple[float, int]]:
+    """Each micro-batch's loss and labelled rows, from views built here by hand (the tiny ChatML template),
+    float64 naive oracle.
 
     At step 1 the LoRA update is zero, so policy and reference are the saved model.
     """
@@ -92,7 +93,7 @@ def oracle_losses(model_dir, samples, cfg, tokens) -> list[float]:
             labels.append(torch.tensor(answer)), pos.append(torch.arange(n))
         res = naive_pact_loss(torch.cat(z), torch.cat(labels), torch.cat(r_full), torch.cat(r_post), ids,
                               tokens.weights_tensor(dtype=torch.float64), torch.cat(pos), cfg.loss_config())
-        out.append(res.loss.item())
+        out.append((res.loss.item(), sum(len(a) for a in labels)))
     return out
 
 
@@ -113,13 +114,15 @@ def test_first_step_equals_the_naive_oracle_and_evaluate_uses_the_same_loss(setu
     oracle = oracle_losses(setup["model"], [[samples[i] for i in mb] for mb in micro], cfg,
                            SafetyTokens.load(setup["tokens"]))
     first = losses(trainer.state.log_history)[0]["loss"]
-    assert abs(first - sum(oracle) / 2) < 1e-5, (first, oracle)
+    step = sum(loss * rows for loss, rows in oracle) / sum(rows for _, rows in oracle)  # the step's row mean
+    assert abs(first - step) < 1e-5, (first, oracle)
+    assert abs(first - sum(loss for loss, _ in oracle) / 2) > 1e-4  # not the mean of the micro-batch means
     # evaluate() on the first micro-batch with a fresh (untrained) trainer gives the same oracle loss
     fresh = trainer_for(setup["model"], setup["tokens"], tmp_path, ["method=pact"])
     first_mb = [samples[i] for i in micro[0]]
     evaluation = fresh.evaluate(Dataset.from_dict({"prompt": [s.prompt for s in first_mb],
                                                    "completion": [s.response for s in first_mb]}))
-    assert abs(evaluation["eval_loss"] - oracle[0]) < 1e-5 and "eval_kl" in evaluation
+    assert abs(evaluation["eval_loss"] - oracle[0][0]) < 1e-5 and "eval_kl" in evaluation
     fresh.create_model_card()
     card = (tmp_path / "README.md").read_text()
     assert "- pact" in card and "2603.07445" in card
@@ -217,7 +220,7 @@ def test_a_constant_schedule_with_warm_up_warms_up(setup, tmp_path):
 
     with pytest.warns(UserWarning, match="using 'constant_with_warmup'"):
         args = PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(setup["tokens"]), warmup_steps=3,
-                                 bf16=False)
+                                 lr_scheduler_type="constant", bf16=False)
     assert args.lr_scheduler_type == SchedulerType.CONSTANT_WITH_WARMUP
     linear = PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(setup["tokens"]), warmup_steps=3,
                                lr_scheduler_type="linear", bf16=False)
@@ -274,15 +277,17 @@ def test_tokens_of_another_vocabulary(setup, tmp_path):
         trainer_for(setup["model"], other, tmp_path, ["method=pact"])
 
 
-def small_trainer(setup, tmp_path, dataset, tokenizer=None):
+def small_trainer(setup, tmp_path, dataset, tokenizer=None, eval_dataset=None, **config):
+    """A LoRA PACTTrainer on ``dataset``, one step; ``config``: more PACTTrainerConfig keys."""
     from peft import LoraConfig
 
     from pact.models import load_model, load_tokenizer
     from pact.trl import PACTTrainer, PACTTrainerConfig
 
-    args = PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(setup["tokens"]), bf16=False,
-                             report_to=[], max_steps=1, gradient_checkpointing=False)
-    return PACTTrainer(load_model(str(setup["model"])), args=args, train_dataset=dataset,
+    args = PACTTrainerConfig(**{**dict(output_dir=str(tmp_path), safety_tokens=str(setup["tokens"]), bf16=False,
+                                       report_to=[], max_steps=1, gradient_checkpointing=False, logging_steps=1),
+                                **config})
+    return PACTTrainer(load_model(str(setup["model"])), args=args, train_dataset=dataset, eval_dataset=eval_dataset,
                        processing_class=tokenizer or load_tokenizer(str(setup["model"])),
                        peft_config=LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
 
@@ -301,7 +306,7 @@ def test_a_model_that_is_not_peft_needs_a_ref_model(setup, tmp_path):
     # sft has no reference: full fine-tuning needs none, and a ref_model given to it is refused
     sft = PACTTrainerConfig(output_dir=str(tmp_path), safety_tokens=str(setup["tokens"]), method="sft", report_to=[],
                             bf16=False)
-    trainer = PACTTrainer(load_model(str(setup["model"])), args=sft, train_dataset=data,
+    trainer = PACTTrainer(load_model(str(setup["model"])).requires_grad_(True), args=sft, train_dataset=data,
                           processing_class=load_tokenizer(str(setup["model"])))
     assert trainer.ref_model is None and trainer._reference(trainer.model, True) is None
     with pytest.raises(ValueError, match="method='sft' uses no reference; pass ref_model=None"):
@@ -326,13 +331,14 @@ def test_rows_whose_prompt_fills_max_length_are_dropped_with_a_warning(setup, tm
     long = "x" * 600  # byte-level tokenizer: 600 prompt tokens fill max_length 512
     rows = {"prompt": ["how do I bake bread?", long, "write a virus"],
             "completion": ["Mix flour and water.", "ok", "I cannot help with that."]}
-    with pytest.warns(UserWarning, match=r"1 of 3 rows have a prompt that fills max_length=512 and are dropped"):
-        trainer = small_trainer(setup, tmp_path / "one", Dataset.from_dict(rows))
+    with pytest.warns(UserWarning, match=r"1 of 3 answers have a prompt that fills max_length=512 and are dropped"):
+        trainer = small_trainer(setup, tmp_path / "one", Dataset.from_dict(rows), max_length=512)
     assert trainer.dropped["train"] == 1 and len(trainer.train_views) == 2
     builder = ViewBuilder(tiny_tokenizer(), 512)
     assert trainer.train_views == [builder.build(rows["prompt"][i], rows["completion"][i]) for i in (0, 2)]
     with pytest.raises(ValueError, match="every row of the train dataset has a prompt that fills max_length=512"):
-        small_trainer(setup, tmp_path / "all", Dataset.from_dict({"prompt": [long] * 2, "completion": ["a"] * 2}))
+        small_trainer(setup, tmp_path / "all", Dataset.from_dict({"prompt": [long] * 2, "completion": ["a"] * 2}),
+                      max_length=512)
 
 
 def test_a_chat_template_with_no_assistant_header(setup, tmp_path):
@@ -364,20 +370,299 @@ def test_the_three_trl_formats_give_the_driver_views(setup, tmp_path):
     # a multi-turn conversation: the earlier turns are the prompt of the last answer
     turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}] + user[0] + answer[0]
     trainer = small_trainer(setup, tmp_path / "multi", Dataset.from_dict({"messages": [turns, turns]}))
-    view = trainer.train_views[0]
+    assert len(trainer.train_views) == 4  # each assistant turn is an answer
+    view = trainer.train_views[1]
     assert view.post_ids[len(builder.header_ids):] == expected[0].post_ids[len(builder.header_ids):]
     assert len(view.full_ids) > len(expected[0].full_ids)
 
 
 def test_readme_use_with_trl_example_runs(tmp_path, monkeypatch):
-    """README "Use with TRL": the offline block (at most 15 lines) trains 4 steps from a fresh directory."""
+    """README "Use with TRL": the offline block (at most 15 lines) trains 4 steps from a fresh directory with
+    TRL's defaults, bf16=True among them (on the CPU with use_cpu=True, which a GPU does not need)."""
+    import functools
     import re
+
+    import pact.trl
 
     text = (REPO / "README.md").read_text()
     code = re.search(r"<!-- trl-example.*?-->\s*```python\n(.*?)```", text, re.S).group(1)
-    assert len([line for line in code.splitlines() if line.strip()]) <= 15
+    assert len([line for line in code.splitlines() if line.strip()]) <= 15 and "bf16" not in code
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(pact.trl, "PACTTrainerConfig", functools.partial(pact.trl.PACTTrainerConfig, use_cpu=True))
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)
+    assert namespace["args"].bf16 is True and namespace["args"].learning_rate == 2e-5  # SFTConfig's defaults
     assert namespace["result"].global_step == 4 and namespace["result"].training_loss > 0
     assert (tmp_path / "runs" / "trl" / "tokens.json").is_file()
+
+
+# -- TRL's mixed precision: a bf16 model with bf16=True (accelerate's native AMP on the CPU) ------------------
+
+BF16_STEPS = ("max_steps=3", "gradient_accumulation_steps=2")
+
+
+@pytest.mark.parametrize("method, fused", [("pact", "true"), ("pact", "false"), ("sft", "true"), ("sft", "false")])
+def test_bf16_model_with_bf16_true_trains_and_matches_float32(setup, trained, tmp_path, method, fused):
+    """accelerate wraps forward in autocast and returns float32 hidden rows while the head stays bf16; the step
+    losses stay within bf16 tolerance (4e-3 relative; bf16's epsilon is 7.8e-3) of the float32 run's."""
+    keys = [f"method={method}", f"fused_linear={fused}", *BF16_STEPS]
+    runs = {}
+    for name, extra in (("fp32", {}), ("bf16", dict(bf16=True, use_cpu=True, dtype="bfloat16"))):
+        trainer = trainer_for(setup["model"], setup["tokens"], tmp_path / name, keys, **extra)
+        trainer.train()
+        runs[name] = losses(trainer.state.log_history)
+    assert next(trainer.model.parameters()).dtype == torch.bfloat16 and trainer.args.bf16
+    assert len(runs["bf16"]) == len(runs["fp32"]) == 3
+    for mine, theirs in zip(runs["bf16"], runs["fp32"]):
+        for key in ("loss", "ce") + (("kl",) if method == "pact" else ()):
+            assert mine[key] == pytest.approx(theirs[key], rel=4e-3), (mine["step"], key)
+            assert mine[key] != theirs[key]  # the bf16 run did compute in bf16
+
+
+# -- SFTTrainer parity: the same tokens, metrics, defaults; or a refusal naming the option -----------------------
+
+GENERATION_TEMPLATE = (  # the tiny ChatML template with the {% generation %} marks assistant_only_loss needs
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{% generation %}"
+    "{{ m['content'] }}<|im_end|>{% endgeneration %}\n{% else %}{{ m['content'] }}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def sft_trained_tokens(setup, tmp_path, dataset, tokenizer, **config) -> list[list[int]]:
+    """The token ids SFTTrainer trains on, per row (its prepared input_ids where the loss is taken)."""
+    from trl import SFTConfig, SFTTrainer
+
+    from pact.models import load_model
+
+    args = SFTConfig(str(tmp_path / "sft"), bf16=False, report_to=[], use_cpu=True, **config)
+    trainer = SFTTrainer(load_model(str(setup["model"])), args=args, train_dataset=dataset, processing_class=tokenizer)
+    out = []
+    for row in trainer.train_dataset:
+        mask = row.get("assistant_masks") or row.get("completion_mask") or [int(x != -100) for x in row["labels"]]
+        out.append([i for i, m in zip(row["input_ids"], mask) if m])
+    return out
+
+
+def pact_trained_tokens(trainer, per_row) -> list[list[int]]:
+    """The answer tokens of PACTTrainer's views, joined per dataset row (``per_row``: views of each row)."""
+    views, out = iter(trainer.train_views), []
+    for n in per_row:
+        out.append([t for _ in range(n) for t in (lambda v: list(v.full_ids[v.full_prompt_len:]))(next(views))])
+    return out
+
+
+def test_trained_tokens_per_format_against_sfttrainer(setup, tmp_path):
+    """Conversational prompt/completion: SFTTrainer's tokens but the template's '\\n' after the end-of-turn
+    (warned); multi-turn messages with assistant_only_loss=True: every assistant turn, exactly SFTTrainer's;
+    plain strings: the same answer tokens (completion + <|im_end|>), in the chat template (warned)."""
+    from datasets import Dataset
+
+    tok = tiny_tokenizer()
+    pairs = [("how do I bake bread?", "Mix flour and water."), ("write a virus", "I cannot help with that.")]
+    user = [[{"role": "user", "content": p}] for p, _ in pairs]
+    answer = [[{"role": "assistant", "content": r}] for _, r in pairs]
+    conversational = Dataset.from_dict({"prompt": user, "completion": answer})
+    with pytest.warns(UserWarning, match=r"SFTTrainer also trains the '\\n' the chat template puts after"):
+        trainer = small_trainer(setup, tmp_path / "conv", conversational)
+    sft = sft_trained_tokens(setup, tmp_path / "conv", conversational, tok)
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    assert [s[:-len(newline)] for s in sft] == pact_trained_tokens(trainer, [1, 1])
+    assert all(s[-len(newline):] == newline for s in sft)
+
+    tok.chat_template = GENERATION_TEMPLATE
+    turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}] + user[0] + answer[0]
+    messages = Dataset.from_dict({"messages": [turns, user[1] + answer[1]]})
+    with pytest.warns(UserWarning, match="trains every token of it unless assistant_only_loss=True"):
+        small_trainer(setup, tmp_path / "all", messages, tok)
+    trainer = small_trainer(setup, tmp_path / "multi", messages, tok, assistant_only_loss=True)
+    assert len(trainer.train_views) == 3  # both assistant turns of the first conversation, one of the second
+    sft = sft_trained_tokens(setup, tmp_path / "multi", messages, tok, assistant_only_loss=True)
+    assert sft == pact_trained_tokens(trainer, [2, 1])
+    assert tok.decode(sft[0]) == "hello there<|im_end|>Mix flour and water.<|im_end|>"
+
+    plain = Dataset.from_dict({"prompt": [p for p, _ in pairs], "completion": [r for _, r in pairs]})
+    with pytest.warns(UserWarning, match="prompt/completion are plain strings: SFTTrainer joins them as raw text"):
+        trainer = small_trainer(setup, tmp_path / "plain", plain)
+    assert sft_trained_tokens(setup, tmp_path / "plain", plain, tiny_tokenizer()) == pact_trained_tokens(trainer,
+                                                                                                        [1, 1])
+
+
+def test_harmful_column_takes_booleans_only(setup, tmp_path):
+    from datasets import Dataset
+
+    rows = {"prompt": [[{"role": "user", "content": p}] for p in "abcd"],
+            "completion": [[{"role": "assistant", "content": "ok"}]] * 4}
+    trainer = small_trainer(setup, tmp_path / "s", Dataset.from_dict({**rows, "harmful": ["true", "false", "0", "1"]}))
+    assert [v.harmful for v in trainer.train_views] == [True, False, False, True]
+    trainer = small_trainer(setup, tmp_path / "i", Dataset.from_dict({**rows, "harmful": [0, 1, 1, 0]}))
+    assert [v.harmful for v in trainer.train_views] == [False, True, True, False]
+    with pytest.raises(ValueError, match=r"train dataset row 2, column 'harmful': 'yes' is not a boolean"):
+        small_trainer(setup, tmp_path / "y", Dataset.from_dict({**rows, "harmful": ["false", "false", "yes", "true"]}))
+
+
+def test_sftconfig_defaults_unless_the_paper_is_asked_for(setup, tmp_path):
+    from trl import SFTConfig
+
+    from pact.trl import PACTTrainerConfig
+
+    keys = ("learning_rate", "lr_scheduler_type", "per_device_train_batch_size", "max_length", "num_train_epochs",
+            "bf16")
+    mine = PACTTrainerConfig(str(tmp_path), safety_tokens=str(setup["tokens"]), use_cpu=True)
+    theirs = SFTConfig(str(tmp_path), use_cpu=True)
+    assert {k: getattr(mine, k) for k in keys} == {k: getattr(theirs, k) for k in keys}
+    assert mine.bf16 is True  # TRL's default when fp16 is unset
+    paper = PACTTrainerConfig.paper(output_dir=str(tmp_path), safety_tokens=str(setup["tokens"]), bf16=False,
+                                    learning_rate=1e-4)
+    assert (paper.learning_rate, paper.num_train_epochs, paper.per_device_train_batch_size, paper.max_length,
+            str(paper.lr_scheduler_type)) == (1e-4, 3.0, 2, 512, "SchedulerType.CONSTANT")
+
+
+def test_refusals_name_the_option(setup, tmp_path):
+    """compute_metrics, a frozen model, modules_to_save=['lm_head'] with the fused loss, a streaming dataset and
+    skip_prepare_dataset are refused before any step, each with a sentence naming the option."""
+    from datasets import Dataset, IterableDataset
+    from peft import LoraConfig
+
+    from pact.models import load_model, load_tokenizer
+    from pact.trl import PACTTrainer, PACTTrainerConfig
+
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": "a"}]] * 2,
+                              "completion": [[{"role": "assistant", "content": "b"}]] * 2})
+    tok = load_tokenizer(str(setup["model"]))
+    args = PACTTrainerConfig(str(tmp_path), safety_tokens=str(setup["tokens"]), bf16=False, report_to=[],
+                             max_steps=1)
+    lora = LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    for name in ("compute_metrics", "preprocess_logits_for_metrics"):
+        with pytest.raises(ValueError, match=f"{name}: .* pass {name}=None"):
+            PACTTrainer(load_model(str(setup["model"])), args, train_dataset=data, processing_class=tok,
+                        peft_config=lora, **{name: lambda *a: {}})
+    with pytest.raises(ValueError, match="model: no parameter requires a gradient"):  # load_model's frozen model
+        PACTTrainer(load_model(str(setup["model"])), args, train_dataset=data, processing_class=tok,
+                    ref_model=load_model(str(setup["model"])))
+    with pytest.raises(ValueError, match="set fused_linear=False in PACTTrainerConfig"):
+        PACTTrainer(load_model(str(setup["model"])), args, train_dataset=data, processing_class=tok,
+                    peft_config=LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"],
+                                           task_type="CAUSAL_LM"))
+    stream = IterableDataset.from_generator(lambda: iter([{"prompt": "a", "completion": "b"}]))
+    with pytest.raises(ValueError, match="train_dataset: a streaming IterableDataset; .* streaming=False"):
+        PACTTrainer(load_model(str(setup["model"])), args, train_dataset=stream, processing_class=tok, peft_config=lora)
+    with pytest.raises(ValueError, match=r"skip_prepare_dataset.*leave skip_prepare_dataset unset"):
+        PACTTrainerConfig(str(tmp_path), safety_tokens=str(setup["tokens"]), bf16=False,
+                          dataset_kwargs={"skip_prepare_dataset": True})
+
+
+def test_modules_to_save_head_trains_unfused(setup, tmp_path):
+    """modules_to_save=['lm_head'] with fused_linear=False: the head's copy trains, the reference keeps its head."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from pact.models import load_model, load_tokenizer
+    from pact.trl import PACTTrainer, PACTTrainerConfig
+
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"q{i}"}] for i in range(4)],
+                              "completion": [[{"role": "assistant", "content": "an answer"}]] * 4})
+    args = PACTTrainerConfig(str(tmp_path), safety_tokens=str(setup["tokens"]), bf16=False, report_to=[],
+                             max_steps=2, fused_linear=False, learning_rate=1e-3, per_device_train_batch_size=2,
+                             logging_steps=1)
+    trainer = PACTTrainer(load_model(str(setup["model"])), args, train_dataset=data,
+                          processing_class=load_tokenizer(str(setup["model"])),
+                          peft_config=LoraConfig(r=2, target_modules=["q_proj"], modules_to_save=["lm_head"],
+                                                 task_type="CAUSAL_LM"))
+    head = dict(trainer.model.named_parameters())
+    name = next(n for n in head if "modules_to_save" in n and n.endswith("weight"))
+    before = head[name].detach().clone()
+    trainer.train()
+    assert (head[name].detach() - before).abs().max().item() > 1e-4
+    history = losses(trainer.state.log_history)
+    plain = PACTTrainer(load_model(str(setup["model"])), args, train_dataset=data,
+                        processing_class=load_tokenizer(str(setup["model"])),
+                        peft_config=LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    plain.train()
+    first = losses(plain.state.log_history)[0]
+    assert len(history) == 2 and history[0]["kl"] == pytest.approx(first["kl"], rel=1e-5)  # the same reference
+    assert history[1]["kl"] != pytest.approx(losses(plain.state.log_history)[1]["kl"], rel=1e-3)  # the head moved
+
+
+def test_entropy_accuracy_and_num_tokens_are_logged(setup, tmp_path):
+    """SFTTrainer's entropy and mean_token_accuracy over the answer rows, and num_tokens, fused and unfused alike,
+    equal to the float64 values from the model's logits."""
+    from datasets import Dataset
+
+    from pact.models import load_model
+
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"question {i}"}] for i in range(4)],
+                              "completion": [[{"role": "assistant", "content": f"answer number {i}"}]
+                                             for i in range(4)]})
+    logs = {}
+    for fused in (True, False):
+        trainer = small_trainer(setup, tmp_path / str(fused), data, fused_linear=fused,
+                                per_device_train_batch_size=4)
+        trainer.train()
+        logs[fused] = losses(trainer.state.log_history)[0]
+    model = load_model(str(setup["model"])).double()
+    ent = hit = rows = tokens = 0
+    for v in trainer.train_views:
+        with torch.no_grad():
+            z = model(torch.tensor([v.full_ids])).logits[0, v.full_prompt_len - 1:-1]
+        logp = torch.log_softmax(z, -1)
+        ent += -(logp.exp() * logp).sum().item()
+        hit += (z.argmax(-1) == torch.tensor(v.full_ids[v.full_prompt_len:])).sum().item()
+        rows, tokens = rows + v.num_answer, tokens + len(v.full_ids)
+    for fused in (True, False):  # step 1: the LoRA update is zero, so the policy is the saved model
+        assert logs[fused]["entropy"] == pytest.approx(ent / rows, rel=1e-5)
+        assert logs[fused]["mean_token_accuracy"] == pytest.approx(hit / rows, abs=1e-9)
+        assert logs[fused]["num_tokens"] == tokens
+
+
+def test_last_partial_batch_is_kept_as_trl_keeps_it(setup, tmp_path):
+    """10 rows, micro-batch 4: 3 steps (the last of 2 rows) as SFTTrainer; dataloader_drop_last=True: 2."""
+    from datasets import Dataset
+
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"q{i}"}] for i in range(10)],
+                              "completion": [[{"role": "assistant", "content": "ok"}]] * 10})
+    trainer = small_trainer(setup, tmp_path / "keep", data, max_steps=-1, num_train_epochs=1,
+                            per_device_train_batch_size=4)
+    assert trainer.train().global_step == 3
+    trainer = small_trainer(setup, tmp_path / "drop", data, max_steps=-1, num_train_epochs=1,
+                            per_device_train_batch_size=4, dataloader_drop_last=True)
+    assert trainer.train().global_step == 2
+
+
+def test_evaluate_takes_the_trainers_own_eval_dataset(setup, tmp_path):
+    from datasets import Dataset
+
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"q{i}"}] for i in range(4)],
+                              "completion": [[{"role": "assistant", "content": "an answer"}]] * 4})
+    trainer = small_trainer(setup, tmp_path, data, eval_dataset=data)
+    first = trainer.evaluate()
+    again = trainer.evaluate(trainer.eval_dataset)
+    fresh = trainer.evaluate(data)
+    assert first["eval_loss"] == pytest.approx(again["eval_loss"], rel=1e-6) == pytest.approx(fresh["eval_loss"])
+    assert "eval_entropy" in first and "eval_mean_token_accuracy" in first
+
+
+def test_reference_cache_is_keyed_by_the_weights_in_memory(setup, tmp_path):
+    """A model changed in memory (a merged adapter) does not reuse the cache of the weights on disk."""
+    from datasets import Dataset
+    from peft import LoraConfig
+
+    from pact.models import load_model, load_tokenizer
+    from pact.trl import PACTTrainer, PACTTrainerConfig
+
+    data = Dataset.from_dict({"prompt": [[{"role": "user", "content": f"q{i}"}] for i in range(4)],
+                              "completion": [[{"role": "assistant", "content": "an answer"}]] * 4})
+    cache = tmp_path / "cache"
+
+    def trainer(model, out):
+        args = PACTTrainerConfig(str(tmp_path / out), safety_tokens=str(setup["tokens"]), bf16=False, report_to=[],
+                                 max_steps=1, ref_cache=str(cache))
+        return PACTTrainer(model, args, train_dataset=data, processing_class=load_tokenizer(str(setup["model"])),
+                           peft_config=LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+
+    trainer(load_model(str(setup["model"])), "a").train()
+    assert trainer(load_model(str(setup["model"])), "b").cache.status() == "valid"
+    merged = load_model(str(setup["model"]))
+    with torch.no_grad():
+        merged.model.layers[0].self_attn.q_proj.weight.add_(0.01)  # e.g. an adapter merged into the weights
+    with pytest.raises(ValueError, match="was built for other data, safety tokens or model"):
+        trainer(merged, "c")

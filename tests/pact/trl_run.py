@@ -27,11 +27,13 @@ def driver_samples(cfg):
     return [sources[kind][int(i)] for kind, i in (o.split(":") for o in record["order"])]
 
 
-def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True, callbacks=None, **trainer_args):
+def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True, callbacks=None, dtype="float32",
+                **trainer_args):
     """A PACTTrainer configured as the driver is by configs/tiny.yaml + ``overrides``.
 
-    ``lora=False``: full fine-tuning, the reference a second (frozen) model. ``trainer_args``: more
-    ``PACTTrainerConfig`` fields (they replace this function's choices, e.g. ``save_strategy``).
+    ``lora=False``: full fine-tuning, the reference a second (frozen) model. ``dtype``: the models' weights
+    (``bfloat16`` with ``bf16=True``: TRL's mixed precision). ``trainer_args``: more ``PACTTrainerConfig``
+    fields (they replace this function's choices, e.g. ``save_strategy``).
     """
     from datasets import Dataset
     from peft import LoraConfig
@@ -56,14 +58,16 @@ def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True,
         max_grad_norm=cfg.max_grad_norm, weight_decay=cfg.weight_decay, adam_beta1=cfg.adam_betas[0],
         adam_beta2=cfg.adam_betas[1], lr_scheduler_type=hf_scheduler_type(cfg.lr_scheduler, cfg.warmup_steps),
         warmup_steps=cfg.warmup_steps, max_length=cfg.max_length, seed=cfg.seed,
-        ref_cache=cfg.ref_cache, fused_linear=cfg.fused_linear, bf16=False, gradient_checkpointing=False,
+        ref_cache=cfg.ref_cache, fused_linear=cfg.fused_linear, loss_normalization=cfg.loss_normalization,
+        bf16=False, gradient_checkpointing=False,
         logging_steps=1, report_to=[], save_strategy="no", deepspeed=deepspeed, disable_tqdm=True,
         accelerator_config={"use_configured_state": True} if deepspeed else None)
     args = PACTTrainerConfig(**{**fields, **trainer_args})
-    model = load_model(str(model_dir))
+    model = load_model(str(model_dir), dtype=dtype)
     if not lora:
         return PACTTrainer(model.requires_grad_(True), args=args, train_dataset=dataset, callbacks=callbacks,
-                           processing_class=load_tokenizer(str(model_dir)), ref_model=load_model(str(model_dir)))
+                           processing_class=load_tokenizer(str(model_dir)),
+                           ref_model=load_model(str(model_dir), dtype=dtype))
     return PACTTrainer(model, args=args, train_dataset=dataset, processing_class=load_tokenizer(str(model_dir)),
                        callbacks=callbacks,
                        peft_config=LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
