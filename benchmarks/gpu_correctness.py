@@ -10,7 +10,13 @@ float16) and reference width (``[rows, K]``, ``[rows, V]``): loss and
 gradient relative errors against the naive backend on float64 copies (SPEC:
 < 1e-5 for float32, < 1e-2 for half precision). On CUDA it then checks the
 64-bit row offsets: at rows = 16384, V = 152064 (past 2**31 elements), the
-triton gradient's last rows against the oracle on those rows alone.
+triton gradient's last rows against the oracle on those rows alone. Then
+the precision matrix of ``tests/kernels/test_precision.py`` on the device
+(``pact_loss`` and the fused head, bf16 autocast over float32 weights, bf16
+weights, float32 hidden rows on a bf16 head, fp16 with a 2**16 loss scale;
+triton, and cuda when built), each backward under
+``torch.cuda.set_sync_debug_mode("error")`` (no host synchronisation), and
+K = 600 (16384-column steps) with column-strided bf16 logits.
 Exits 1 when any case fails; one JSON record per case goes to ``-o``.
 """
 from __future__ import annotations
@@ -132,6 +138,42 @@ def offsets_check(device: str, rows: int, vocab: int, k: int, tail: int, log, ba
     return records
 
 
+def precision_checks(device: str, log, backends=("triton",)) -> list:
+    """The CPU suite's precision matrix (tests/kernels/test_precision.py) on ``device``, backward without a sync."""
+    from tests.kernels import test_precision as matrix
+
+    records = []
+    for backend in backends:
+        for api in ("pact_loss", "fused_linear_pact_loss"):
+            for mode, (h_dtype, w_dtype, amp, _, _) in matrix.MODES.items():
+                if api == "pact_loss" and h_dtype != w_dtype and amp is None:
+                    continue
+                record = {"check": "precision", "backend": backend, "api": api, "mode": mode}
+                try:
+                    cell = matrix.run_cell(api, mode, backend, device=device, no_sync_backward=device == "cuda")
+                    record.update(errors=matrix.check_cell(api, mode, *cell), ok=True)
+                except (AssertionError, RuntimeError) as error:
+                    record.update(error=str(error)[:300], ok=False)
+                records.append(record)
+                log(record)
+    return records
+
+
+def large_k_strided_check(device: str, log) -> list:
+    """triton at K = 600 (K_PAD 1024, 16384-column steps) on column-strided bf16 logits, V = 50257."""
+    batch = random_batch(rows=4, vocab=50257, k=600, dtype=torch.bfloat16, seed=99)
+    cfg = PACTConfig()
+    want, want_grad = oracle(batch, cfg, "cpu")
+    wide = torch.zeros(50257, 4, dtype=torch.bfloat16, device=device).t()  # column stride 4
+    wide.copy_(batch["logits"])
+    out, grad = run_backend(dict(batch, logits=wide), cfg, "triton", False, device)
+    record = {"check": "large_k_strided", "backend": "triton", "k": 600, "dtype": "bfloat16",
+              "loss_err": rel_err(out.loss.cpu(), want.loss), "grad_err": rel_err(grad.cpu(), want_grad)}
+    record["ok"] = record["loss_err"] < 1e-2 and record["grad_err"] < 1e-2
+    log(record)
+    return [record]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda")
@@ -154,6 +196,9 @@ def main(argv=None) -> int:
         records += offsets_check(args.device, rows=16384, vocab=152064, k=50, tail=4, log=log)
         if with_cuda:
             records += offsets_check(args.device, rows=16384, vocab=152064, k=50, tail=4, log=log, backend="cuda")
+    records += precision_checks(args.device, log, ("triton", "cuda") if with_cuda else ("triton",))
+    if not args.small:
+        records += large_k_strided_check(args.device, log)
     failed = [r for r in records if not r["ok"]]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,

@@ -31,13 +31,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def make_tokens(path: Path, vocab: int, k: int) -> None:
+    """A random safety set of ``k`` ids over ``vocab`` rows, stamped with the tiny tokenizer (as `pact identify` does)."""
     from pact.safety_tokens import SafetyTokens
+    from pact.tiny import tiny_tokenizer
 
     ids = torch.randperm(vocab, generator=torch.Generator().manual_seed(0))[:k].tolist()
     SafetyTokens(safe_model="bench", base_model="bench", vocab_size=vocab, k=k, selection="paper", ids=ids,
                  strings=[str(i) for i in ids], weights=[1.0 / (j + 1) for j in range(k)],
                  scores=[1.0 / (j + 1) for j in range(k)], mean_safe_prob=[0.01] * k, prompts="bench",
-                 num_prompts=1, num_steps=1).save(path)
+                 num_prompts=1, num_steps=1).stamp(tiny_tokenizer()).save(path)
 
 
 def train_args(out: Path, model: Path, tokens: Path, steps: int, *overrides: str) -> list:

@@ -3,7 +3,7 @@
 // Checks shapes, dtypes and devices, fills PactParams and launches on the
 // current CUDA stream. Returns (ce_rows, kl_rows, gate, grad): float32 [rows]
 // per-row terms (0 on unlabelled rows) and the gradient buffer it was given
-// (already scaled by 1/n). pact_kernels/cuda_backend.py prepares the inputs.
+// (already scaled by 1/n; float32 for float16 logits, else the logits' dtype). pact_kernels/cuda_backend.py prepares the inputs.
 #include <torch/extension.h>
 
 #include <c10/cuda/CUDAGuard.h>
@@ -45,9 +45,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> forward(
   TORCH_CHECK(z.is_cuda() && z.dim() == 2, "pact_kernels._cuda: logits must be a CUDA [rows, V] tensor");
   TORCH_CHECK(z.size(1) <= 1 || z.stride(1) == 1, "pact_kernels._cuda: logits need a unit column stride");
   const int64_t rows = z.size(0), vocab = z.size(1);
-  TORCH_CHECK(grad.sizes() == z.sizes() && grad.scalar_type() == z.scalar_type() && grad.device() == z.device() &&
+  // float16 logits get a float32 gradient (HeldGrad in pact_loss_kernel.cu), the others their own dtype.
+  const at::ScalarType grad_type = z.scalar_type() == at::kHalf ? at::kFloat : z.scalar_type();
+  TORCH_CHECK(grad.sizes() == z.sizes() && grad.scalar_type() == grad_type && grad.device() == z.device() &&
                   (vocab <= 1 || grad.stride(1) == 1),
-              "pact_kernels._cuda: grad must match the logits (unit column stride)");
+              "pact_kernels._cuda: grad must be a ", grad_type, " tensor of the logits' shape (unit column stride)");
   check_rows(r_full, "r_full", z);
   check_rows(r_post, "r_post", z);
   TORCH_CHECK(r_full.scalar_type() == r_post.scalar_type(), "pact_kernels._cuda: r_full and r_post must share a dtype");

@@ -14,6 +14,11 @@ enum class DType : int { Float32 = 0, BFloat16 = 1, Float16 = 2 };
 // Largest safety set the kernels hold in shared memory.
 constexpr int kMaxK = 1024;
 
+// The dispersion's tie rule (pact_kernels.formulas.DISPERSION_TIE_TOLERANCE): the cumulative mass
+// counts as reaching tau_mass from tau_mass - 1e-6 on, so the summation order cannot change the count
+// at exact ties.
+constexpr float kDispersionTieTolerance = 1e-6f;
+
 struct PactParams {
   // [rows, V] logits (unit column stride) and the gradient (may alias z).
   const void* z;

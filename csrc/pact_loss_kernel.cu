@@ -11,8 +11,8 @@
 //    the K-value work runs in shared memory: restricted softmax at T_g, a
 //    bitonic sort and a warp-scan of the cumulative mass (dispersion), the
 //    sigmoid gate, position decay, mixing, the weighted KL at T.
-// 2. the gradient sweep, written once in the logits' dtype (fresh buffer or
-//    in place): softmax(z)/n over V; after a barrier the target column and
+// 2. the gradient sweep, written once in the logits' dtype (float32 for
+//    float16 logits, HeldGrad; fresh buffer or in place): softmax(z)/n over V; after a barrier the target column and
 //    the S columns get their float32 totals (softmax − 1 at the target,
 //    + λ·T·(p_ft − p_ref) on S, times 1/n), each rounded once.
 //
@@ -43,10 +43,16 @@ template <> __device__ __forceinline__ float to_f<float>(float x) { return x; }
 template <> __device__ __forceinline__ float to_f<__nv_bfloat16>(__nv_bfloat16 x) { return __bfloat162float(x); }
 template <> __device__ __forceinline__ float to_f<__half>(__half x) { return __half2float(x); }
 
+// (no float16 store: float16 logits get a float32 gradient, HeldGrad below)
 template <typename T> __device__ __forceinline__ T from_f(float x);
 template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) { return __float2bfloat16(x); }
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+
+// The gradient's element type for logits of T (pact_kernels.precision.held_gradient_dtype): float16
+// logits get a float32 gradient, so entries below float16's range survive until backward applies the
+// loss scale; the others their own type.
+template <typename T> struct HeldGrad { using type = T; };
+template <> struct HeldGrad<__half> { using type = float; };
 
 // Element j of a 16-byte vector of T, as float32 (bit extraction: no type-punned reads).
 template <typename T> __device__ __forceinline__ float lane_f(const uint4& raw, int j);
@@ -246,11 +252,12 @@ __device__ Lse row_lse_partial(const T* zr, int64_t vocab) {
 // Write g[c] = f(c, z[c], r[c]) over the row, from its end back (the columns
 // sweep 1 read last are the likeliest still in L2); streaming loads/stores.
 // TWO: whether the reference row r is read. g may alias z.
-template <bool TWO, typename T, typename R, typename F>
-__device__ void write_row(const T* zr, const R* rr, T* gr, int64_t vocab, F f) {
+template <bool TWO, typename T, typename R, typename G, typename F>
+__device__ void write_row(const T* zr, const R* rr, G* gr, int64_t vocab, F f) {
   constexpr int kVec = 16 / sizeof(T);
   const uintptr_t off_z = reinterpret_cast<uintptr_t>(zr) & 15u;
-  bool vec = (reinterpret_cast<uintptr_t>(gr) & 15u) == off_z;
+  // 16-byte vectors when g shares z's element size and alignment (a float32 g of float16 z: scalar)
+  bool vec = sizeof(G) == sizeof(T) && (reinterpret_cast<uintptr_t>(gr) & 15u) == off_z;
   if (TWO) vec = vec && sizeof(R) == sizeof(T) && (reinterpret_cast<uintptr_t>(rr) & 15u) == off_z;
   int64_t head = vocab, nvec = 0;
   if (vec) {
@@ -259,7 +266,7 @@ __device__ void write_row(const T* zr, const R* rr, T* gr, int64_t vocab, F f) {
   }
   const int64_t tail = head + nvec * kVec;
   for (int64_t c = tail + threadIdx.x; c < vocab; c += kThreads) {
-    gr[c] = from_f<T>(f(c, to_f(zr[c]), TWO ? to_f(rr[c]) : 0.0f));
+    gr[c] = from_f<G>(f(c, to_f(zr[c]), TWO ? to_f(rr[c]) : 0.0f));
   }
   if (nvec > 0) {
     const uint4* zb = reinterpret_cast<const uint4*>(zr + head);
@@ -277,7 +284,7 @@ __device__ void write_row(const T* zr, const R* rr, T* gr, int64_t vocab, F f) {
     }
   }
   for (int64_t c = threadIdx.x; c < head; c += kThreads) {
-    gr[c] = from_f<T>(f(c, to_f(zr[c]), TWO ? to_f(rr[c]) : 0.0f));
+    gr[c] = from_f<G>(f(c, to_f(zr[c]), TWO ? to_f(rr[c]) : 0.0f));
   }
 }
 
@@ -322,8 +329,8 @@ __device__ void zero_row(T* gr, int64_t vocab) {
 }
 
 // I(softmax(x / T_g)) over the K entries of x (shared): min{k : sum of the k
-// largest ≥ τ_mass} / K, capped at K/K. `buf` holds k_pad floats (k_pad a
-// power of two ≥ 32), `red` kWarps + 1 floats.
+// largest ≥ τ_mass − 1e-6} / K (the tie rule, kDispersionTieTolerance), capped at K/K.
+// `buf` holds k_pad floats (k_pad a power of two ≥ 32), `red` kWarps + 1 floats.
 __device__ float dispersion(const float* x, int k, int k_pad, float temperature, float mass_threshold,
                             float* buf, float* red) {
   float local = kNegInf;
@@ -359,19 +366,21 @@ __device__ float dispersion(const float* x, int k, int k_pad, float temperature,
   if (threadIdx.x < 32) {
     const int lane = threadIdx.x;
     const int chunk = k_pad / 32;
-    float part = 0.0f;
+    // In double (the tie rule, kDispersionTieTolerance): a float32 scan errs by ~1e-5 at K = 1000.
+    double part = 0.0;
     for (int j = 0; j < chunk; ++j) part += buf[lane * chunk + j];
-    float incl = part;
+    double incl = part;
 #pragma unroll
     for (int off = 1; off < 32; off <<= 1) {
-      const float o = __shfl_up_sync(0xffffffffu, incl, off);
+      const double o = __shfl_up_sync(0xffffffffu, incl, off);
       if (lane >= off) incl += o;
     }
-    float running = incl - part;
+    double running = incl - part;
+    const double threshold = static_cast<double>(mass_threshold) - static_cast<double>(kDispersionTieTolerance);
     float count = 0.0f;
     for (int j = 0; j < chunk; ++j) {
       running += buf[lane * chunk + j];
-      count += running < mass_threshold ? 1.0f : 0.0f;
+      count += running < threshold ? 1.0f : 0.0f;
     }
     count = warp_sum(count);
     if (lane == 0) red[kWarps] = count;
@@ -394,7 +403,8 @@ __global__ void __launch_bounds__(kThreads) pact_safety_set_kernel(PactParams p)
   const int64_t row = blockIdx.x;
   const int64_t vocab = p.vocab;
   const T* zr = static_cast<const T*>(p.z) + row * p.stride_z_row;
-  T* gr = static_cast<T*>(p.g) + row * p.stride_g_row;
+  using G = typename HeldGrad<T>::type;
+  G* gr = static_cast<G*>(p.g) + row * p.stride_g_row;
   const int64_t y = p.labels[row];
   if (y == p.ignore_index) {
     zero_row(gr, vocab);
@@ -484,12 +494,12 @@ __global__ void __launch_bounds__(kThreads) pact_safety_set_kernel(PactParams p)
   }
 
   // Sweep 2 (g may alias z: every read of z above is behind the barrier of block_sum).
-  write_row<false, T, T>(zr, static_cast<const T*>(nullptr), gr, vocab,
+  write_row<false, T, T, G>(zr, static_cast<const T*>(nullptr), gr, vocab,
                          [=](int64_t, float x, float) { return __expf(x - lse) * inv_n; });
   __syncthreads();
   // The target and S columns: float32 totals, rounded once, overwrite the sweep's values.
-  if (threadIdx.x == 0 && !y_in_s) gr[y] = from_f<T>((__expf(z_y - lse) - 1.0f) * inv_n);
-  for (int i = threadIdx.x; i < k; i += kThreads) gr[s_ids[i]] = from_f<T>(s_buf[i]);
+  if (threadIdx.x == 0 && !y_in_s) gr[y] = from_f<G>((__expf(z_y - lse) - 1.0f) * inv_n);
+  for (int i = threadIdx.x; i < k; i += kThreads) gr[s_ids[i]] = from_f<G>(s_buf[i]);
 }
 
 template <typename T, typename R>
@@ -500,7 +510,8 @@ __global__ void __launch_bounds__(kThreads) pact_full_vocab_kernel(PactParams p)
   const int64_t vocab = p.vocab;
   const T* zr = static_cast<const T*>(p.z) + row * p.stride_z_row;
   const R* rr = static_cast<const R*>(p.r_full) + row * p.stride_rf_row;
-  T* gr = static_cast<T*>(p.g) + row * p.stride_g_row;
+  using G = typename HeldGrad<T>::type;
+  G* gr = static_cast<G*>(p.g) + row * p.stride_g_row;
   const int64_t y = p.labels[row];
   if (y == p.ignore_index) {
     zero_row(gr, vocab);
@@ -540,7 +551,7 @@ __global__ void __launch_bounds__(kThreads) pact_full_vocab_kernel(PactParams p)
 
   // Sweep 2: ((softmax(z) − onehot(y)) + λT·(softmax(z/T) − softmax(r/T))) / n, in float32 per column.
   const float kl_scale = p.lambda_kl * temp;
-  write_row<true, T, R>(zr, rr, gr, vocab, [=](int64_t c, float x, float r) {
+  write_row<true, T, R, G>(zr, rr, gr, vocab, [=](int64_t c, float x, float r) {
     const float prob = __expf(x - lse);
     const float prob_t = unit ? prob : __expf(x / temp - lse_t);
     const float onehot = c == y ? 1.0f : 0.0f;

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from .config import PACTConfig
+from .precision import held_gradient_dtype
 
 try:
     from . import _cuda  # the compiled extension (csrc/)
@@ -111,13 +112,14 @@ def forward_with_grad(
     rows, vocab = logits.shape
     device = logits.device
     z = logits.detach()
-    if inplace_grad:
+    grad_dtype = held_gradient_dtype(z.dtype)  # float32 for float16 (csrc: HeldGrad)
+    if inplace_grad and grad_dtype == z.dtype:
         if vocab > 1 and z.stride(1) != 1:
             raise ValueError("inplace_grad=True with backend='cuda' needs logits with a unit column stride")
         grad = z
     else:
         z = _unit_columns(z)
-        grad = torch.empty_like(z, memory_format=torch.contiguous_format)
+        grad = torch.empty_like(z, dtype=grad_dtype, memory_format=torch.contiguous_format)
 
     labels64 = labels.to(torch.int64).contiguous()
     n = (labels64 != cfg.ignore_index).sum()

@@ -87,7 +87,9 @@ def pact_loss(
             ``torch`` (row blocks, gradient made in forward), ``triton``, ``cuda``.
         inplace_grad: fused backends only: write the gradient into the logits
             buffer (saves one ``[rows, V]`` buffer; anything else that reads
-            these logits afterwards sees the gradient instead).
+            these logits afterwards sees the gradient instead). float16
+            logits keep their own buffer: their gradient is held in float32
+            until backward (:mod:`pact_kernels.precision`).
 
     Returns:
         :class:`PACTLossOutput` with ``loss`` (differentiable scalar), ``ce``,
@@ -100,6 +102,9 @@ def pact_loss(
     non-finite reference logits its KL, and the loss is then NaN (never inf).
 
     Gradients flow to ``logits`` only; the references are treated as constants.
+    Dtypes: :mod:`pact_kernels.precision` (float32 accumulation; the gradient
+    in the logits' dtype, scaled by the incoming gradient in float32 first
+    for float16 logits).
     """
     cfg = PACTConfig(
         lambda_kl=lambda_kl, mass_threshold=mass_threshold, gate_scale=gate_scale, gate_bias=gate_bias,

@@ -41,7 +41,10 @@ LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 # Norm-wise relative error of loss and gradients against the float64 oracle
 # on the same (rounded) inputs, by compute dtype; what tests/kernels/test_precision.py asserts.
-RELATIVE_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 3e-2, torch.float16: 5e-3}
+# Measured (CPU, torch and triton interpreter, rows 10, H 16, V 96, K 7): float32 ≤ 2.3e-7,
+# bfloat16 ≤ 6.3e-3 (autocast, bf16 weights, float32 hidden on a bf16 head), float16 with a 2**16
+# loss scale ≤ 3.7e-4.
+RELATIVE_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:

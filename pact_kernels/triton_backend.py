@@ -13,9 +13,14 @@ refused: the kernels accumulate in float32, so they cannot honour a float64
 caller's precision; use ``backend="torch"`` or ``"naive"`` for float64.
 
 Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1``.
+Every launch is made on the logits' device and that device's current stream
+(:func:`on_device_of`), as the CUDA backend's launches are: logits on
+``cuda:1`` while ``cuda:0`` is current (a model spread with
+``device_map="auto"``) run where they live.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -35,13 +40,22 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # PACT_TRITON_FULL_VOCAB_BLOCK_V and PACT_TRITON_NUM_WARPS override them
 # (benchmarks/tune_triton.py compares settings on a GPU).
 SAFETY_SET_BLOCK_V = int(os.environ.get("PACT_TRITON_BLOCK_V", "32768"))
+# With more than 512 safety tokens (K_PAD 1024) the K values held across the sweeps leave too few of
+# the 64 registers a thread has at 32 warps: 32768-column steps spill inside the sweep loops for rows
+# not aligned to 16 elements or column-strided logits (bf16: 4 spill instructions in loops, fp16: 6;
+# python -m benchmarks.compile_check); 16384-column steps do not.
+LARGE_K_PAD = 512
+LARGE_K_BLOCK_V = 16384
 FULL_VOCAB_BLOCK_V = int(os.environ.get("PACT_TRITON_FULL_VOCAB_BLOCK_V", "8192"))
 NUM_WARPS = int(os.environ.get("PACT_TRITON_NUM_WARPS", "0"))  # 0: from the block size
 
 
-def launch_config(vocab_size: int, two_streams: bool) -> tuple:
-    """``(BLOCK_V, num_warps)``: the next power of two of V, capped; 256 columns per warp (4 to 32 warps)."""
+def launch_config(vocab_size: int, two_streams: bool, k_pad: int = 2) -> tuple:
+    """``(BLOCK_V, num_warps)``: the next power of two of V, capped (at :data:`LARGE_K_BLOCK_V` too when
+    ``k_pad`` > :data:`LARGE_K_PAD`); 256 columns per warp (4 to 32 warps)."""
     cap = FULL_VOCAB_BLOCK_V if two_streams else SAFETY_SET_BLOCK_V
+    if not two_streams and k_pad > LARGE_K_PAD:
+        cap = min(cap, LARGE_K_BLOCK_V)
     block = min(cap, triton.next_power_of_2(vocab_size))
     warps = NUM_WARPS or min(32, max(4, block // 256))
     return block, warps
@@ -63,6 +77,12 @@ def _check_supported(logits: torch.Tensor) -> None:
             "backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 to run the kernels on the CPU); "
             "use backend='torch' on the CPU"
         )
+
+
+def on_device_of(t: torch.Tensor):
+    """A context making ``t``'s CUDA device the current one (triton launches on the current device and its
+    current stream); a no-op context for CPU tensors (the interpreter)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def triton_interpreting() -> bool:
@@ -137,18 +157,24 @@ def forward_with_grad(
     gate = torch.empty(rows, dtype=torch.float32, device=device)
 
     if rows > 0:
-        if cfg.variant == "full_vocab":
-            _launch_full_vocab(z, grad, _column_strided(ref_full.detach()), labels64, inv_n, ce_rows, kl_rows, gate, cfg)
-        else:
-            _launch_safety_set(
-                z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,
-                ce_rows, kl_rows, gate, cfg,
-            )
+        with on_device_of(z):
+            _launch(z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,
+                    ce_rows, kl_rows, gate, cfg)
 
     ce = ce_rows.sum() * inv_n[0]
     kl = kl_rows.sum() * inv_n[0]
     loss = ce + cfg.lambda_kl * kl
     return loss, ce, kl, gate, n, grad, ce_rows, kl_rows
+
+
+def _launch(z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,
+            ce_rows, kl_rows, gate, cfg: PACTConfig) -> None:
+    """The kernel of ``cfg.variant`` over all rows (the current device is z's)."""
+    if cfg.variant == "full_vocab":
+        _launch_full_vocab(z, grad, _column_strided(ref_full.detach()), labels64, inv_n, ce_rows, kl_rows, gate, cfg)
+    else:
+        _launch_safety_set(z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,
+                           ce_rows, kl_rows, gate, cfg)
 
 
 def _launch_safety_set(z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,
@@ -169,7 +195,7 @@ def _launch_safety_set(z, grad, labels64, ref_full, ref_post, safety_ids, safety
     # Ungated variants never read r_post / answer_pos: pass r_full / labels as placeholders.
     r_post = _column_strided(ref_post.detach()) if cfg.uses_gate else r_full
     pos = answer_pos.to(torch.int64).contiguous() if cfg.uses_decay else labels64
-    block_v, num_warps = launch_config(vocab, two_streams=False)
+    block_v, num_warps = launch_config(vocab, two_streams=False, k_pad=padded_k(k))
     pact_safety_set_kernel[(rows,)](
         z, z.stride(0), z.stride(1),
         grad, grad.stride(0), grad.stride(1),

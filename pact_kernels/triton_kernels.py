@@ -29,6 +29,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# pact_kernels.formulas.DISPERSION_TIE_TOLERANCE (the dispersion's tie rule), as a compile-time constant.
+DISPERSION_TIE_TOLERANCE = tl.constexpr(1e-6)
+
 
 @triton.jit
 def _online_lse_update(m, d, x):
@@ -53,13 +56,15 @@ def _write_zero_row(g_row, stride_g_col, V, BLOCK_V: tl.constexpr):
 def _dispersion(x, kmask, mass_threshold, K):
     """``I(softmax(x))`` over the K valid lanes of ``x`` ([K_PAD] float32, already divided by T_g).
 
-    ``min{k : sum of the k largest q ≥ τ_mass} / K``, capped at ``K/K``.
+    ``min{k : sum of the k largest q ≥ τ_mass − 1e-6} / K`` (the tie rule,
+    ``DISPERSION_TIE_TOLERANCE``), capped at ``K/K``.
     """
     x = tl.where(kmask, x, float("-inf"))
     e = tl.exp(x - tl.max(x, axis=0))
     q = e / tl.sum(e, axis=0)
-    cumulative = tl.cumsum(tl.sort(q, descending=True), axis=0)
-    count = tl.sum((cumulative < mass_threshold).to(tl.int32), axis=0) + 1
+    # float64 sums (the tie rule, pact_kernels.formulas): a float32 scan errs by ~1e-5 at K = 1000
+    cumulative = tl.cumsum(tl.sort(q, descending=True).to(tl.float64), axis=0)
+    count = tl.sum((cumulative < mass_threshold - DISPERSION_TIE_TOLERANCE).to(tl.int32), axis=0) + 1
     count = tl.minimum(count, K)
     return count.to(tl.float32) / K
 

@@ -45,7 +45,7 @@ thread_local Index thread_index;
 Index block_index;
 std::barrier<>* block_barrier = nullptr;
 std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
-float warp_slots[PACT_KERNEL_THREADS / 32][32];
+double warp_slots[PACT_KERNEL_THREADS / 32][32];
 std::atomic<int> vote{0};
 }  // namespace emu
 
@@ -65,18 +65,20 @@ inline int __syncthreads_or(int predicate) {
 }
 
 
-inline float shfl(float v, int src, bool keep_own) {
+template <typename V>
+inline V shfl(V v, int src, bool keep_own) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  emu::warp_slots[warp][lane] = v;
+  emu::warp_slots[warp][lane] = static_cast<double>(v);
   emu::warp_barriers[warp]->arrive_and_wait();
-  const float out = keep_own ? v : emu::warp_slots[warp][src];
+  const V out = keep_own ? v : static_cast<V>(emu::warp_slots[warp][src]);
   emu::warp_barriers[warp]->arrive_and_wait();
   return out;
 }
 
 inline float __shfl_xor_sync(unsigned, float v, int off) { return shfl(v, (threadIdx.x & 31) ^ off, false); }
 
-inline float __shfl_up_sync(unsigned, float v, int off) {
+template <typename V>
+inline V __shfl_up_sync(unsigned, V v, int off) {
   const int lane = threadIdx.x & 31;
   return shfl(v, lane - off, lane < off);
 }

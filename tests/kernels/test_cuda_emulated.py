@@ -25,6 +25,7 @@ import torch
 
 from pact_kernels import VARIANTS, PACTConfig
 from pact_kernels.naive_backend import naive_pact_loss
+from pact_kernels.precision import held_gradient_dtype
 
 from .inputs import random_batch, rel_err
 
@@ -79,7 +80,9 @@ def emulate(lib, b: dict, cfg: PACTConfig, inplace: bool = False, z=None):
     if z is None:
         z = b["logits"].clone()  # a copy: in place, the kernel overwrites it
     rows, vocab = z.shape
-    grad = z if inplace else torch.empty_like(z, memory_format=torch.contiguous_format)
+    grad_dtype = held_gradient_dtype(z.dtype)  # float32 for float16, as cuda_backend passes
+    grad = z if inplace and grad_dtype == z.dtype else torch.empty_like(z, dtype=grad_dtype,
+                                                                          memory_format=torch.contiguous_format)
     labels = b["labels"].to(torch.int64).contiguous()
     n = (labels != cfg.ignore_index).sum()
     inv_n = (1.0 / n.clamp_min(1).to(torch.float32)).reshape(1)
@@ -180,3 +183,15 @@ def test_no_labelled_rows_gives_zeros(lib):
     b["labels"][:] = -100
     loss, ce, kl, gate, grad = emulate(lib, b, PACTConfig())
     assert float(loss) == 0.0 and not grad.any() and not ce.any() and not kl.any() and not gate.any()
+
+
+def test_float16_gradient_is_held_in_float32(lib):
+    """float16 logits: the kernel writes a float32 gradient, so softmax(z)/n below float16's smallest
+    subnormal (2**-24) is kept, not flushed to 0, until backward applies the loss scale."""
+    b = random_batch(rows=4, vocab=300, k=7, dtype=torch.float16, seed=13, ignore_every=0, scale=8.0)
+    want, want_grad = oracle(b, PACTConfig())
+    *_, grad = emulate(lib, b, PACTConfig())
+    assert grad.dtype == torch.float32
+    tiny = (want_grad.abs() < 2.0**-24) & (want_grad != 0)
+    assert tiny.sum() > 20
+    assert rel_err(grad[tiny], want_grad[tiny]) < 1e-4

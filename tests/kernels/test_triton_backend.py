@@ -200,6 +200,25 @@ def test_many_small_blocks(variant, monkeypatch):
     assert_matches_oracle(b, PACTConfig(variant=variant))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_more_than_512_safety_tokens_take_narrower_steps(dtype):
+    """513 ≤ K ≤ 1024 (K_PAD 1024): 16384-column steps (32768 spill in the sweep loops on sm_90,
+    benchmarks/compile_check.py); the loss still matches the oracle, with column-strided logits too."""
+    from pact_kernels import triton_backend
+
+    assert triton_backend.launch_config(152064, two_streams=False, k_pad=512) == (32768, 32)
+    assert triton_backend.launch_config(152064, two_streams=False, k_pad=1024) == (16384, 32)
+    assert triton_backend.launch_config(152064, two_streams=True, k_pad=1024) == (8192, 32)
+    b = make_batch("pact", rows=3, vocab=1500, k=600, dtype=dtype, seed=14)
+    assert_matches_oracle(b, PACTConfig())
+    cfg = PACTConfig()
+    want, want_grad = oracle(b, cfg)
+    wide = torch.zeros(1500, 3, dtype=dtype).t()  # column stride 3
+    wide.copy_(b["logits"])
+    loss, *_, grad, _, _ = forward_with_grad(*on_device(dict(b, logits=wide)).values(), cfg)
+    assert rel_err(loss.cpu(), want.loss) < TOL[dtype] and rel_err(grad.cpu(), want_grad) < TOL[dtype]
+
+
 def test_whole_minus_inf_blocks_large_vocab():
     # V = 50257 spans two 32768-wide blocks; the first is all −inf, so the online
     # log-sum-exp starts from an empty prefix. S and the labels lie in the second block.
@@ -268,6 +287,27 @@ def test_no_labelled_row_gives_zero(variant, inplace_grad):
     assert (grad == 0).all() and (gate == 0).all()
 
 
+@pytest.mark.skipif(DEVICE == "cpu" or torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+@pytest.mark.parametrize("variant", ["pact", "full_vocab"])
+def test_logits_on_another_device_than_the_current_one(variant):
+    """Logits on the last device while device 0 is current (``device_map="auto"``): the launch follows the
+    tensor (loss and gradient as the oracle's, on that device), and the current device is left as it was."""
+    other = torch.device("cuda", torch.cuda.device_count() - 1)
+    b = make_batch(variant, rows=6, vocab=1000, k=7, seed=21)
+    cfg = PACTConfig(variant=variant)
+    want, want_grad = oracle(b, cfg)
+    torch.cuda.set_device(0)
+    d = {name: t.to(other) for name, t in b.items()}
+    logits = d.pop("logits").clone().requires_grad_()
+    out = pact_loss_from_config(logits, *d.values(), cfg, backend="triton")
+    out.loss.backward()
+    torch.cuda.synchronize(other)
+    assert torch.cuda.current_device() == 0
+    assert logits.grad.device == other and out.loss.device == other
+    assert rel_err(out.loss.detach().cpu(), want.loss) < 1e-5
+    assert rel_err(logits.grad.cpu(), want_grad) < 1e-5
+
+
 def test_float64_is_refused():
     b = make_batch("pact", rows=2, vocab=100, k=7, dtype=torch.float64)
     with pytest.raises(TypeError, match="float64"):
@@ -285,7 +325,8 @@ def test_gpu_correctness_script_small(tmp_path):
     out = tmp_path / "correctness.json"
     assert gpu_correctness.main(["--device", "cpu", "--small", "-o", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["failed"] == 0 and len(report["cases"]) == 108
+    assert report["failed"] == 0 and len(report["cases"]) == 108 + 9
+    assert sum(c.get("check") == "precision" for c in report["cases"]) == 9  # the precision matrix, triton
     assert {c["backend"] for c in report["cases"]} == {"naive", "torch", "triton", "triton+inplace"}
 
 
@@ -352,8 +393,12 @@ def test_kernels_compile_for_h100_without_spills_in_loops():
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     repo = Path(__file__).resolve().parents[2]
     run = subprocess.run([sys.executable, "-m", "benchmarks.compile_check"], cwd=repo, env=env,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=450)
     records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert run.returncode == 0, run.stdout + run.stderr
-    assert len(records) == 12 and all(r["spills_in_loops"] == 0 for r in records)
+    assert len(records) == 18 and all(r["spills_in_loops"] == 0 for r in records)
     assert {r["aligned_rows"] for r in records} == {True, False}
+    # K between 513 and 1024 in bf16 / fp16 (the fp16 gradient in float32), column-strided logits too
+    large_k = [r for r in records if r.get("K_PAD") == 1024]
+    assert {(r["dtype"], r["grad_dtype"]) for r in large_k} == {("bf16", "bf16"), ("fp16", "fp32")}
+    assert sum(r["strided_logits"] for r in large_k) == 2

@@ -116,17 +116,17 @@ def test_two_evals_into_one_directory_one_proceeds_the_other_names_it(tiny_path,
            "--max-new-tokens", "6", "--batch-size", "4", "--no-progress", "-o", str(out)]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, cwd=REPO)
     try:
-        deadline = time.time() + 240
+        deadline = time.time() + 600
         while not ((out / LOCK_NAME).exists() and _held(out)):
             assert first.poll() is None, first.communicate()
             assert time.time() < deadline
             time.sleep(0.05)
         os.kill(first.pid, signal.SIGSTOP)  # the first is mid-run, holding the directory
         try:
-            second = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=240)
+            second = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
         finally:
             os.kill(first.pid, signal.SIGCONT)
-        _, err1 = first.communicate(timeout=240)
+        _, err1 = first.communicate(timeout=600)
     finally:
         if first.poll() is None:
             first.kill()

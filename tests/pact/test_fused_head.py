@@ -122,7 +122,8 @@ def test_confidences_from_the_head_rows_equal_those_from_logits(batch):
     with output_head(row) as head:
         from_head.add_confidence_from_head(batch, HeadRows(hidden, head), ce_rows)
     assert from_logits.sums.abs().sum() > 0
-    assert torch.allclose(from_head.sums, from_logits.sums, rtol=1e-5, atol=1e-9)
+    # z_s by the K-row GEMM and by the full-vocabulary GEMM round differently in float32 (~1e-8 here)
+    assert torch.allclose(from_head.sums, from_logits.sums, rtol=1e-5, atol=1e-7)
 
 
 def test_a_lora_adapter_on_the_head_is_refused():
