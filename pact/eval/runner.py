@@ -377,35 +377,6 @@ def load_policy(model: str, *, gguf_file: str | None = None, adapter: str | None
     return m, tok
 
 
-def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path, judge: Judge | str = "keyword",
-             gguf_file: str | None = None, adapter: str | None = None, dtype: str = "float32",
-             device: str | None = None, batch_size: int = 8, max_new_tokens: int = 1024, limit: int | None = None,
-             sizes: dict[str, int] | None = None, files: dict[str, str] | None = None, method: str | None = None,
-             task: str | None = None, judge_options: dict | None = None, overwrite: bool = False,
-             progress: bool = True, model_obj=None, tokenizer_obj=None, log: Callable[[str], None] | None = None,
-             trust_remote_code: bool = False) -> dict:
-    """Evaluate a model on ``suites``; writes ``out_dir`` (module doc) and returns the metrics dict.
-
-    ``model_obj``/``tokenizer_obj``: an already loaded model (tests, notebooks);
-    ``model`` is then only its name in the files (its weights are keyed by
-    their values). ``limit`` caps every suite, ``sizes`` one suite each
-    (``{"agnews": 500}``); ``files`` gives a suite a local file instead of its
-    package / hub data. One writer per ``out_dir``: a second run into it while
-    this one holds its lock raises :class:`~pact.locks.DirectoryLockedError`
-    naming this one, before it has touched anything.
-    """
-    from ..locks import DirectoryLock
-
-    out = Path(out_dir)
-    with DirectoryLock(out, f"the pact eval output directory {out}",
-                       hint="wait for that pact eval to finish, or pass another -o"):
-        return _evaluate(model=model, suites=suites, out_dir=out, judge=judge, gguf_file=gguf_file, adapter=adapter,
-                         dtype=dtype, device=device, batch_size=batch_size, max_new_tokens=max_new_tokens, limit=limit,
-                         sizes=sizes, files=files, method=method, task=task, judge_options=judge_options,
-                         overwrite=overwrite, progress=progress, model_obj=model_obj, tokenizer_obj=tokenizer_obj,
-                         log=log or (lambda m: print(m, file=sys.stderr)), trust_remote_code=trust_remote_code)
-
-
 def _generation_key(model, gguf_file, adapter, dtype, max_new_tokens, model_obj, tokenizer_obj,
                     trust_remote_code: bool = False) -> dict:
     """:func:`generation_key` of this run: digests of the weights (or the given model's values), the adapter's
@@ -428,17 +399,43 @@ def _generation_key(model, gguf_file, adapter, dtype, max_new_tokens, model_obj,
                           dtype=str(dtype), max_new_tokens=max_new_tokens)
 
 
-def _evaluate(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path, judge: Judge | str = "keyword",
+def _one_writer(evaluate: Callable[..., dict]) -> Callable[..., dict]:
+    """``evaluate`` under an exclusive lock on its ``out_dir`` (:class:`~pact.locks.DirectoryLock`)."""
+    import functools
+
+    @functools.wraps(evaluate)
+    def locked(*, out_dir: str | Path, **kwargs) -> dict:
+        from ..locks import DirectoryLock
+
+        with DirectoryLock(out_dir, f"the pact eval output directory {out_dir}",
+                           hint="wait for that pact eval to finish, or pass another -o"):
+            return evaluate(out_dir=out_dir, **kwargs)
+
+    return locked
+
+
+@_one_writer
+def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path, judge: Judge | str = "keyword",
              gguf_file: str | None = None, adapter: str | None = None, dtype: str = "float32",
              device: str | None = None, batch_size: int = 8, max_new_tokens: int = 1024, limit: int | None = None,
              sizes: dict[str, int] | None = None, files: dict[str, str] | None = None, method: str | None = None,
              task: str | None = None, judge_options: dict | None = None, overwrite: bool = False,
              progress: bool = True, model_obj=None, tokenizer_obj=None, log: Callable[[str], None] | None = None,
              trust_remote_code: bool = False) -> dict:
-    """:func:`run_eval` under the directory's lock."""
+    """Evaluate a model on ``suites``; writes ``out_dir`` (module doc) and returns the metrics dict.
+
+    ``model_obj``/``tokenizer_obj``: an already loaded model (tests, notebooks);
+    ``model`` is then only its name in the files (its weights are keyed by
+    their values). ``limit`` caps every suite, ``sizes`` one suite each
+    (``{"agnews": 500}``); ``files`` gives a suite a local file instead of its
+    package / hub data. One writer per ``out_dir``: a second run into it while
+    this one holds its lock raises :class:`~pact.locks.DirectoryLockedError`
+    naming this one, before it has touched anything.
+    """
     import torch
 
     out = Path(out_dir)
+    log = log or (lambda m: print(m, file=sys.stderr))
     sizes, files = dict(sizes or {}), dict(files or {})
     unknown = (set(sizes) | set(files)) - {s.name for s in suites}
     if unknown:

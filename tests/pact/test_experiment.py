@@ -15,6 +15,7 @@ import yaml
 
 from pact.experiment.grid import GridError, grid_from_dict, grid_to_dict, load_grid
 from pact.experiment.plan import make_plan, render_plan
+from tests.pact.test_methods_e2e import save_tiny_pair
 
 REPO = Path(__file__).resolve().parents[2]
 GRIDS = sorted((REPO / "configs" / "experiments").glob("*.yaml"))
@@ -284,30 +285,6 @@ def test_report_tables_and_fig5_from_known_counts(tmp_path):
 # A tiny grid end to end
 # ---------------------------------------------------------------------------
 
-def _tiny_pair(root: Path) -> None:
-    import torch
-
-    from pact.safety_tokens import SafetyTokens
-    from pact.tiny import tiny_model, tiny_tokenizer
-
-    tok = tiny_tokenizer()
-    aligned = tiny_model(tok, seed=0)
-    aligned.save_pretrained(root / "model")
-    tok.save_pretrained(root / "model")
-    base = tiny_model(tok, seed=0)
-    torch.manual_seed(7)
-    with torch.no_grad():
-        for p in base.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    base.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
-    ids = list(range(40, 56))
-    SafetyTokens(safe_model="tiny", base_model="tiny-base", vocab_size=len(tok), k=len(ids), selection="paper",
-                 ids=ids, strings=[tok.decode([i]) for i in ids], weights=[2.0 ** -j for j in range(len(ids))],
-                 scores=[1.0] * len(ids), mean_safe_prob=[0.01] * len(ids), prompts="test", num_prompts=1,
-                 num_steps=1).save(root / "tokens.json")
-
-
 def _trained(stderr: str) -> list[str]:
     """The cells a run trained: the output_dir of each training command it printed."""
     return re.findall(r"\[tiny\] \$ .* output_dir=\S+/3-attack-(\S+)/run(?: resume=true)?$", stderr, re.M)
@@ -315,7 +292,7 @@ def _trained(stderr: str) -> list[str]:
 
 @pytest.mark.slow
 def test_tiny_grid_end_to_end_with_rerun_and_changed_inputs(tmp_path):
-    _tiny_pair(tmp_path)
+    save_tiny_pair(tmp_path)
     grid = {"name": "tiny", "log_name": "tiny",
             "models": {"aligned": str(tmp_path / "model"), "base": str(tmp_path / "base")},
             "safety_tokens": {"file": str(tmp_path / "tokens.json")},

@@ -23,9 +23,9 @@ pytestmark = pytest.mark.slow
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("baselines")
+def save_tiny_pair(root: Path) -> Path:
+    """An aligned tiny model (``root/model``), a perturbed "base" (``root/base``) and a 16-token safety set
+    (``root/tokens.json``); returns ``root``."""
     tok = tiny_tokenizer()
     aligned = tiny_model(tok, seed=0)
     aligned.save_pretrained(root / "model")
@@ -43,6 +43,11 @@ def setup(tmp_path_factory):
                  scores=[1.0] * len(ids), mean_safe_prob=[0.01] * len(ids), prompts="test", num_prompts=1,
                  num_steps=1).save(root / "tokens.json")
     return root
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return save_tiny_pair(tmp_path_factory.mktemp("baselines"))
 
 
 def run(root: Path, method: str, *overrides):
