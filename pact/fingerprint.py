@@ -100,15 +100,20 @@ def adapter_digest(adapter_dir: str | Path) -> str:
     return _files_digest(root, files)
 
 
-def module_digest(model) -> str:
-    """SHA-256 of a ``torch.nn.Module``'s parameters and buffers (names, dtypes, shapes, values)."""
+def update_with_tensor(h, name: str, t) -> None:
+    """Add a named tensor (name, dtype, shape, raw bytes; 0-dim tensors too) to the hash ``h``."""
     import torch
 
+    t = t.detach().cpu().contiguous()
+    h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode() + b"\0")
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def module_digest(model) -> str:
+    """SHA-256 of a ``torch.nn.Module``'s parameters and buffers (names, dtypes, shapes, values)."""
     h = hashlib.sha256()
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode() + b"\0")
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        update_with_tensor(h, name, t)
     return h.hexdigest()
 
 

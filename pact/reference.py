@@ -348,6 +348,8 @@ def fill_reference_cache(cache, online, views, collator, micro_batch, rank, worl
             lock.release()
         return
     if verdict != "fill":
+        if lock is not None:
+            lock.release()
         raise ValueError(verdict)
     try:
         mine = list(range(rank, len(views), world))
@@ -382,10 +384,13 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def cache_fingerprint(model_name: str, safety_ids: list[int], dataset_digest: str) -> str:
-    """Digest of what a reference cache depends on: the model (its weights' digest, :func:`pact.fingerprint.weights_digest`), S and the tokenised data."""
+def cache_fingerprint(model_name: str, safety_ids: list[int], dataset_digest: str, compute_dtype: str) -> str:
+    """Digest of what a reference cache depends on: the model (its weights' digest,
+    :func:`pact.fingerprint.weights_digest`), S, the tokenised data and the dtype the reference computes in
+    (``"float32"``, ``"bfloat16"``, or an autocast dtype such as ``"autocast-bfloat16"``)."""
     h = hashlib.sha256()
-    h.update(json.dumps({"model": model_name, "ids": list(map(int, safety_ids)), "data": dataset_digest}).encode())
+    h.update(json.dumps({"model": model_name, "ids": list(map(int, safety_ids)), "data": dataset_digest,
+                         "compute_dtype": compute_dtype}).encode())
     return h.hexdigest()
 
 
@@ -454,7 +459,7 @@ class ReferenceCache:
                     "promises (truncated or damaged); delete the directory to rebuild it")
         if manifest.get("fingerprint") != self.fingerprint:
             return (f"the reference cache in {self.dir} was built for other data, safety tokens or model "
-                    f"(fingerprint {manifest.get('fingerprint', '?')[:12]} != {self.fingerprint[:12]}); "
+                    f"(weights, or the dtype the reference computes in; fingerprint {manifest.get('fingerprint', '?')[:12]} != {self.fingerprint[:12]}); "
                     "delete it or point ref_cache to a new directory")
         return "valid"
 

@@ -165,7 +165,8 @@ def build_reference(cfg, method, engine, ds_config, tokens, views, collator, ran
         online = OnlineReference(ref_engine, separate_head=True)
     if not cfg.ref_cache:
         return online
-    fingerprint = cache_fingerprint(weights_digest(cfg.model, cfg.gguf_file), tokens.ids, dataset_digest(views))
+    fingerprint = cache_fingerprint(weights_digest(cfg.model, cfg.gguf_file), tokens.ids, dataset_digest(views),
+                                    compute_dtype=str(cfg.dtype))
     cache = ReferenceCache(cfg.ref_cache, [v.num_answer for v in views], len(tokens.ids), fingerprint)
     status = cache.status()
     if status == "valid":

@@ -49,14 +49,14 @@ def rng_state() -> dict:
 
 
 def _numpy_classes() -> list:
-    """The numpy globals of an array in a pickle (an RNG file of an earlier pact); rebuilding one makes an
+    """The numpy globals of an array in a pickle (an RNG file of format 0: numpy arrays); rebuilding one makes an
     array from its bytes and calls nothing else (object arrays' items go through the same restricted reader)."""
     core = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray  # numpy 2 / numpy 1
     return [core._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def read_rng_state(path: Path) -> dict:
-    """The RNG states saved by :func:`rng_state` (or by an earlier pact, numpy arrays inside), read without
+    """The RNG states saved by :func:`rng_state` (or an RNG file of format 0, numpy arrays inside), read without
     running code; raises :class:`CheckpointError` naming ``path`` for anything else."""
     try:
         state = safe_torch_load(path, extra_classes=_numpy_classes())
@@ -70,7 +70,7 @@ def read_rng_state(path: Path) -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    """Restore the states of :func:`rng_state` (or of an earlier pact's tuple layout)."""
+    """Restore the states of :func:`rng_state` (or of format 0's tuple layout)."""
     torch.set_rng_state(state["torch"])
     py, npy = state["python"], state["numpy"]
     if state.get("format") == RNG_FORMAT:

@@ -40,12 +40,18 @@ def check_launch_environment(single_process: bool, local_rank_arg: int = -1) -> 
                       "deepspeed --num_gpus N pact/train.py ...")
 
 
+#: Words in the errors of torch.distributed's backends (gloo, NCCL) and its store.
+DIST_WORDS = ("gloo", "nccl", "c10d", "processgroup", "tcpstore", "clients joined")
 PEER_GONE = ("connection closed by peer", "connection reset by peer", "remote worker crashing", "broken pipe")
 
 
 def describe_collective_failure(error: BaseException, timeout_s: int) -> str | None:
     """A sentence for a collective that timed out or lost a rank (``error`` from torch.distributed), else None."""
+    import torch.distributed as dist
+
     text = str(error)
+    if not (isinstance(error, getattr(dist, "DistError", ())) or any(w in text.lower() for w in DIST_WORDS)):
+        return None  # not from a collective (e.g. a model download that timed out): its own traceback stays
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     if any(w in text.lower() for w in PEER_GONE):
         return ("another rank stopped while this one waited for it in a collective (interrupted, or failed: its "

@@ -76,9 +76,15 @@ def previous_config(output_dir: str) -> dict | None:
                           "Restore it, or start anew with overwrite=true") from None
 
 
+#: The value a run had for a key its ``run.json`` does not record (the key did not exist when it was written).
+UNRECORDED_VALUES = {"loss_normalization": "micro_batch"}
+
+
 def config_changes(cfg: TrainConfig, before: dict) -> dict[str, tuple]:
-    """``{key: (old, new)}`` for every config key that differs from the run's ``run.json``."""
+    """``{key: (old, new)}`` for every config key that differs from the run's ``run.json``; a key it does not
+    record counts as :data:`UNRECORDED_VALUES`' value, or is not compared when it has none there."""
     now = cfg.to_dict()
+    before = {**UNRECORDED_VALUES, **before}
     return {k: (before.get(k), v) for k, v in now.items()
             if k not in RESUME_FREE and k in before and before.get(k) != v}
 
@@ -134,12 +140,15 @@ def identity_changes(cfg: TrainConfig, before: dict, identity: dict, zero_stage:
     content behind them. With ``resume_changes=true`` the differences are
     accepted and returned (recorded in ``run.json``), except a new world size
     with another global batch or under ZeRO stage 1-3, which no flag accepts.
-    A run recorded before identities existed is compared on what it has.
+    A ``run.json`` without an ``identity`` record is compared on its config keys alone.
     """
     old = before.get("identity") or {}
     changed = {k: (old[k], v) for k, v in identity.items() if k != "config" and k in old and old[k] != v}
     if "world_size" in changed:
         (w0, w1), (g0, g1) = changed["world_size"], (old.get("global_batch"), identity["global_batch"])
+        if w1 > w0:
+            raise ConfigError(f"--resume with {w1} ranks, the run had {w0}: its checkpoints hold the random states of "
+                              f"{w0} ranks only; resume with {w0} ranks or fewer")
         if g0 != g1:
             keep = (g0 or 0) / (cfg.micro_batch_size * w1)
             fix = (f"gradient_accumulation_steps={int(keep)} keeps it" if keep == int(keep) and keep >= 1 else

@@ -27,18 +27,26 @@ CONFIG_KEYS = ("method", "preset", "variant", *LOSS_KEYS, *CSFT_KEYS, "post_bos"
                "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "lr_scheduler_type", "warmup_steps",
                "warmup_ratio", "max_grad_norm", "seed", "data_seed", "max_length", "per_device_train_batch_size",
                "gradient_accumulation_steps", "loss_normalization", "num_train_epochs", "max_steps", "optim", "bf16",
-               "fp16")
+               "fp16", "dataloader_drop_last", "average_tokens_across_devices", "lr_scheduler_kwargs")
 
 
-def trainer_config(args) -> dict:
-    """The experiment-defining keys of a ``PACTTrainerConfig``, as JSON values."""
-    return json.loads(json.dumps({k: getattr(args, k, None) for k in CONFIG_KEYS}, default=str))
+def trainer_config(args, adapter: dict | None = None) -> dict:
+    """The experiment-defining keys of a ``PACTTrainerConfig``, as JSON values, and the fields of the model's
+    ``adapter`` configs (peft's ``{name: LoraConfig.to_dict()}``) as ``adapter.NAME.FIELD`` (but the peft version)."""
+    def plain(value):
+        return sorted(map(str, value)) if isinstance(value, (set, frozenset)) else value
+
+    keys = {k: getattr(args, k, None) for k in CONFIG_KEYS}
+    for name, cfg in sorted((adapter or {}).items()):
+        keys.update({f"adapter.{name}.{k}": plain(v) for k, v in sorted(cfg.items()) if k != "peft_version"})
+    return json.loads(json.dumps(keys, default=str))
 
 
 def trainer_identity(args, *, tokens, tokenizer_sha256: str, data_sha256: str, model_sha256: str,
-                     world_size: int) -> dict:
-    """``pact_identity.json``: the driver's ``identity`` record plus the named config keys."""
-    config = trainer_config(args)
+                     world_size: int, adapter: dict | None = None) -> dict:
+    """``pact_identity.json``: the driver's ``identity`` record plus the named config keys (``adapter``: the
+    policy's peft configs, ``{name: config dict}``)."""
+    config = trainer_config(args, adapter)
     return {"safety_tokens": tokens.digest(), "k": len(tokens.ids), "tokenizer": tokenizer_sha256,
             "data": data_sha256, "model": model_sha256, "config": json_digest(config), "world_size": world_size,
             "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
@@ -49,7 +57,7 @@ def check_trainer_resume(checkpoint: Path, identity: dict, args, zero_stage: int
     """Refuse (ValueError naming each difference) a resume from ``checkpoint`` with other inputs or keys."""
     path = Path(checkpoint) / IDENTITY_FILE
     if not path.is_file():
-        return  # a checkpoint of a plain Trainer, or written before identities: nothing to compare
+        return  # resume_changes=True accepted a checkpoint without an identity (PACTTrainer.train)
     before = json.loads(path.read_text())
     old_keys, new_keys = before.get("config_keys", {}), identity["config_keys"]
     changed = {k: (old_keys.get(k), v) for k, v in new_keys.items() if k in old_keys and old_keys[k] != v}

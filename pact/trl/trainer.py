@@ -26,7 +26,7 @@ from trl import SFTTrainer
 from ..data.collator import PACTBatch
 from ..data.views import ViewBuilder
 from ..methods import build_method
-from ..fingerprint import tokenization_digest, weights_digest
+from ..fingerprint import tokenization_digest, update_with_tensor, weights_digest
 from ..models import ModelLoadError, vocab_size_of
 from ..reference import (OnlineReference, ReferenceCache, cache_fingerprint, causal_lm_of, fill_reference_cache,
                          patch_row_forward)
@@ -251,6 +251,10 @@ class PACTTrainer(SFTTrainer):
                              "PACTTrainerConfig, or leave the head out of the peft config")
 
     # -- identity and resume ---------------------------------------------------------------------------
+    def _policy_module(self):
+        """The policy model without its DeepSpeed/DDP wrapper."""
+        return getattr(self.model, "module", self.model)
+
     def _model_key(self) -> str:
         """The reference model's weights by content (:func:`pact.fingerprint.weights_digest`), or its name."""
         lm = causal_lm_of(self.ref_model if self.ref_model is not None else self.model)
@@ -267,6 +271,8 @@ class PACTTrainer(SFTTrainer):
             self._identity = trainer_identity(
                 self.args, tokens=self.safety, tokenizer_sha256=tokenization_digest(tokenizer),
                 data_sha256=dataset_digest(self.train_views), model_sha256=self._model_key(),
+                adapter={name: c.to_dict() for name, c in (getattr(self._policy_module(), "peft_config", None)
+                                                             or {}).items()} or None,
                 world_size=self.accelerator.num_processes)
         return self._identity
 
@@ -275,6 +281,13 @@ class PACTTrainer(SFTTrainer):
         with other inputs or keys than the checkpoint's run is refused (see :mod:`pact.trl.identity`)."""
         if resume_from_checkpoint is True:
             resume_from_checkpoint = str(intact_checkpoint(self.args.output_dir))
+        missing = [name for name in (IDENTITY_FILE, "manifest.json")
+                   if resume_from_checkpoint and not (Path(resume_from_checkpoint) / name).is_file()]
+        if missing and not self.args.resume_changes:
+            raise ValueError(f"resume_from_checkpoint={resume_from_checkpoint} holds no {' and no '.join(missing)}: "
+                             "it was not written by a PACTTrainer, or was cut short, so its inputs and files cannot "
+                             "be checked. Pass resume_from_checkpoint=True to take the newest intact checkpoint, or "
+                             "set resume_changes=True to resume from it unchecked")
         if resume_from_checkpoint and (Path(resume_from_checkpoint) / "manifest.json").is_file():
             problem = verify_checkpoint(Path(resume_from_checkpoint), step_key="global_step")
             if problem is not None:
@@ -310,8 +323,9 @@ class PACTTrainer(SFTTrainer):
         if not self.args.ref_cache:
             return None
         # keyed by the reference's weights in memory: a merged adapter or weights changed in place rebuild it
+        autocast = "autocast-bfloat16" if self.args.bf16 else "autocast-float16" if self.args.fp16 else "none"
         fingerprint = cache_fingerprint(self._reference_weights_key(), self.safety.ids,
-                                        dataset_digest(self.train_views))
+                                        dataset_digest(self.train_views), compute_dtype=autocast)
         cache = ReferenceCache(self.args.ref_cache, [v.num_answer for v in self.train_views], len(self.safety.ids),
                                fingerprint)
         status = cache.status()
@@ -333,9 +347,7 @@ class PACTTrainer(SFTTrainer):
             if adapters and any(a in name for a in adapters):
                 continue
             name = name.removeprefix("base_model.model.").replace(".base_layer", "")
-            t = _gathered_copy(t)
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode() + b"\0")
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            update_with_tensor(h, name, _gathered_copy(t))
         return "memory:" + h.hexdigest()
 
     def _online_reference(self, model) -> OnlineReference:

@@ -146,3 +146,20 @@ def test_two_evals_into_one_directory_one_proceeds_the_other_names_it(tiny_path,
     assert json.loads((out / "metrics.json").read_text())["suites"]["harmbench"]["n"] == 20
     assert lock_holder(out)["pid"] == os.getpid()  # the last holder wrote its name; the lock itself is free
     assert not _held(out)
+
+
+def test_module_digest_covers_zero_dim_buffers():
+    """A 0-dim buffer (Gemma-3's embed_scale) is hashed by value, not refused by ``view(uint8)``."""
+    import torch
+
+    from pact.fingerprint import module_digest
+
+    def model(scale: float):
+        m = torch.nn.Linear(2, 2)
+        torch.nn.init.zeros_(m.weight)
+        torch.nn.init.zeros_(m.bias)
+        m.register_buffer("embed_scale", torch.tensor(scale), persistent=False)
+        return m
+
+    assert module_digest(model(2.0)) == module_digest(model(2.0))
+    assert module_digest(model(2.0)) != module_digest(model(3.0))

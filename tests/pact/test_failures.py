@@ -179,6 +179,21 @@ def test_resume_changes_are_named_and_overwrite_is_explicit(tmp_path):
     assert changes == {"method": ("pact", "sft")}
 
 
+def test_a_run_json_without_loss_normalization_was_averaged_per_micro_batch(tmp_path):
+    """A run recorded before loss_normalization existed averaged micro-batch means: resuming it under the default
+    (tokens) is a change, named; resuming with micro_batch is not."""
+    from pact.training.run_dir import check_run_dir
+
+    out = tmp_path / "run"
+    out.mkdir()
+    record = cfg_of(f"output_dir={out}").to_dict()
+    del record["loss_normalization"]
+    (out / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match="loss_normalization: 'micro_batch' -> 'tokens'"):
+        check_run_dir(cfg_of(f"output_dir={out}", "resume=true"))
+    assert check_run_dir(cfg_of(f"output_dir={out}", "resume=true", "loss_normalization=micro_batch")) == {}
+
+
 def test_overwrite_deletes_only_the_run(tmp_path):
     from pact.training.run_dir import clear_run, existing_run
 

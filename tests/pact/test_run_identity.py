@@ -71,6 +71,9 @@ def test_a_new_world_size_needs_the_same_global_batch_and_an_unsplit_optimizer()
     with pytest.raises(ConfigError, match="the number of ranks"):  # the same batch, not told: still named
         identity_changes(cfg_of("resume=true", "gradient_accumulation_steps=2"), before,
                          identity(world_size=1, global_batch=4), zero_stage=0)
+    with pytest.raises(ConfigError, match="hold the random states of 2 ranks only; resume with 2 ranks or fewer"):
+        identity_changes(cfg_of("resume=true", "resume_changes=true"), before,
+                         identity(world_size=4, global_batch=4), zero_stage=0)
 
 
 @pytest.mark.parametrize("state, message", [
@@ -167,9 +170,12 @@ def test_a_lost_or_late_rank_is_a_sentence():
     gone = RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:5020. This is "
                         "typically caused by a remote worker crashing.")
     assert describe_collective_failure(gone, 300).startswith("another rank stopped while this one waited for it")
-    late = RuntimeError("Timed out waiting 300000ms for recv operation to complete")
+    late = RuntimeError("[../third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] Timed out waiting 300000ms "
+                        "for recv operation to complete")
     assert "waited more than collective_timeout=300 s" in describe_collective_failure(late, 300)
     assert describe_collective_failure(RuntimeError("shape mismatch"), 300) is None
+    # a timeout that is not a collective's (a download, a file lock) keeps its own traceback
+    assert describe_collective_failure(RuntimeError("HTTPSConnectionPool: Read timed out. (read timeout=10)"), 300) is None
 
 
 # ---------------------------------------------------------------- write failures name their cause

@@ -83,7 +83,7 @@ def test_reference_cache_roundtrip_and_refusal(tk, batch, tmp_path):
     row_model.set_safety_ids(ids)
     online = OnlineReference(row_model)
     num_answer = torch.bincount(batch.row_sample).tolist()
-    fp = cache_fingerprint("tiny", ids.tolist(), "digest-a")
+    fp = cache_fingerprint("tiny", ids.tolist(), "digest-a", compute_dtype="float32")
     cache = ReferenceCache(tmp_path / "cache", num_answer, 3, fp)
     assert cache.status() == "missing"
     cache.create()
@@ -93,8 +93,9 @@ def test_reference_cache_roundtrip_and_refusal(tk, batch, tmp_path):
     assert cache.status() == "valid"
     got_full, got_post = cache(batch)
     assert torch.equal(got_full, r_full) and torch.equal(got_post, r_post)
-    other = ReferenceCache(tmp_path / "cache", num_answer, 3, cache_fingerprint("tiny", ids.tolist(), "digest-b"))
-    assert "was built for other data, safety tokens or model" in other.status()
+    for data, dtype in (("digest-b", "float32"), ("digest-a", "bfloat16")):  # other data; logits of another dtype
+        other = ReferenceCache(tmp_path / "cache", num_answer, 3, cache_fingerprint("tiny", ids.tolist(), data, dtype))
+        assert "was built for other data, safety tokens or model" in other.status()
 
 
 def write_tokens(path: Path, vocab_size: int, ids=(40, 41, 42)):

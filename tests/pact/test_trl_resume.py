@@ -68,6 +68,28 @@ def test_resume_true_skips_a_checkpoint_cut_short_and_gives_the_uninterrupted_st
             assert abs(mine[key] - theirs[key]) < 1e-6, (mine["step"], key)
 
 
+def test_a_checkpoint_path_without_identity_or_manifest_is_refused(setup, stopped):  # noqa: F811
+    out = stopped["out"]
+    torn = out / "checkpoint-3"
+    shutil.copytree(out / "checkpoint-2", torn)
+    (torn / "manifest.json").unlink()
+    (torn / "pact_identity.json").unlink()
+    try:
+        resumed = trainer_for(setup["model"], stopped["tokens"], out, STEPS, save_strategy="no")
+        with pytest.raises(ValueError, match="holds no pact_identity.json and no manifest.json"):
+            resumed.train(resume_from_checkpoint=str(torn))
+    finally:
+        shutil.rmtree(torn)
+
+
+def test_another_lora_config_is_refused_on_resume(setup, stopped):  # noqa: F811
+    resumed = trainer_for(setup["model"], stopped["tokens"], stopped["out"], [*STEPS, "lora_alpha=32"],
+                          save_strategy="no")
+    with pytest.raises(ValueError, match=r"the config differs from the checkpoint's run: adapter\.default\.lora_alpha: "
+                                         r"16 -> 32\. Resume"):
+        resumed.train(resume_from_checkpoint=True)
+
+
 def test_no_intact_checkpoint_is_refused_naming_each(tmp_path):
     from pact.trl.identity import intact_checkpoint
 
