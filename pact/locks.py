@@ -81,13 +81,22 @@ class DirectoryLock:
             os.close(fd)
             if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 raise
-            raise DirectoryLockedError(f"{self.what} is being written by {_describe(lock_holder(self.directory))}; "
+            raise DirectoryLockedError(f"{self.what} is being written by {_describe(self._holder())}; "
                                        f"{self.hint}") from None
         record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "argv": sys.argv}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         self._fd = fd
         return self
+
+    def _holder(self, wait_s: float = 2.0) -> dict | None:
+        """The holder's record; a holder that has just locked writes it right after, so wait up to ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            holder = lock_holder(self.directory)
+            if holder or time.monotonic() >= deadline:
+                return holder
+            time.sleep(0.02)
 
     def release(self) -> None:
         """Drop the lock (the file stays: unlinking it would let two writers lock two different files)."""

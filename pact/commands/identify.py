@@ -106,8 +106,10 @@ def _prompts_and_mode(args, opts):
         raise PromptSourceError("--responses FILE|SOURCE brings its own prompts: drop --prompts")
     src = get_source(args.responses, column=opts["prompt_column"], limit=opts["limit"],
                      response_column=opts["response_column"])
-    if isinstance(src, LocalFileSource) and src.response_column is None:
-        src.response_column = opts["response_column"]
+    if isinstance(src, LocalFileSource):
+        src.blank_responses = True  # identification skips an answer that is empty after stripping
+        if src.response_column is None:
+            src.response_column = opts["response_column"]
     if not src.has_responses:
         raise PromptSourceError(f"{args.responses}: not every prompt has a response")
     return src, "given"

@@ -401,6 +401,8 @@ class LocalFileSource(PromptSource):
     """
 
     COLUMN_HINT = "name the prompt column with --prompt-column"
+    #: Accept answers that are only whitespace (``pact identify`` skips them, as the authors' pipeline does).
+    blank_responses = False
 
     def __init__(self, path: str | os.PathLike, column: str = "prompt", response_column: str | None = None,
                  limit: int | None = None, split: str = "all", column_hint: str | None = None) -> None:
@@ -473,15 +475,16 @@ class LocalFileSource(PromptSource):
         out = []
         for i, row in enumerate(rows, 1):
             text = text_field(row, self.column, f"{self.path} row {i}")
-            resp = text_field(row, rc, f"{self.path} row {i}") if rc else None
+            resp = text_field(row, rc, f"{self.path} row {i}", allow_blank=self.blank_responses) if rc else None
             meta = {k: v for k, v in row.items() if k not in (self.column, rc) and k is not None}
             out.append(PromptRecord(text, response=resp, meta=meta))
         return out
 
 
-def text_field(row: dict, key: str, where: str) -> str:
-    """``row[key]`` when it is non-empty text; else a :class:`PromptSourceError` that names ``where`` (file and
-    row) and says what is wrong: no such field, null (an empty cell), another type, or only whitespace."""
+def text_field(row: dict, key: str, where: str, allow_blank: bool = False) -> str:
+    """``row[key]`` when it is non-empty text (``allow_blank``: or only whitespace); else a
+    :class:`PromptSourceError` that names ``where`` (file and row) and says what is wrong: no such field, null (an
+    empty cell), another type, or only whitespace."""
     if key not in row:
         raise PromptSourceError(f"{where} has no {key!r} field (its fields: {sorted(k for k in row if k is not None)})")
     value = row[key]
@@ -490,7 +493,7 @@ def text_field(row: dict, key: str, where: str) -> str:
     if not isinstance(value, str):
         raise PromptSourceError(f"{where} has a non-text {key!r}: {type(value).__name__} {value!r}; write it as "
                                 "text (in quotes in JSON)")
-    if not value.strip():
+    if not value.strip() and not allow_blank:
         raise PromptSourceError(f"{where} has an empty or non-text {key!r}")
     return value
 
