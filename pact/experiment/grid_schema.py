@@ -57,8 +57,8 @@ class IdentifyStage:
     prompts: str = "align"
     limit: int = 24
     k: int = 50
-    new_tokens: int = 32
-    batch_size: int = 8
+    new_tokens: int = 32        # length of the aligned model's greedy answers (the identification steps)
+    batch_size: int = 8         # prompts per generation batch
 
 
 @dataclass
