@@ -232,3 +232,21 @@ def test_readme_starts_with_install_then_pact_demo():
     assert commands[0].startswith("pip install") and "requirements/data.txt" in commands[0]
     assert commands[1:] == ["pact demo"]
     assert "demo" in (README.parent / "pyproject.toml").read_text().split("[project.optional-dependencies]")[1]
+
+
+def test_eval_page_lists_every_suite():
+    """docs/eval.md's suite table has one row per suite of pact.eval.suites, with its column."""
+    from pact.eval.suites import SUITES
+
+    text = (REPO / "docs" / "eval.md").read_text()
+    for name, suite in SUITES.items():
+        assert f"| `{name}` | {suite.column} |" in text, f"docs/eval.md has no row for the suite {name}"
+
+
+def test_identify_page_names_every_prompt_source():
+    """docs/identify.md names every registered prompt source (offline packages and hub sets)."""
+    from pact.data.sources import HUB_SOURCES, PACKAGE_SOURCES
+
+    text = (REPO / "docs" / "identify.md").read_text()
+    for name in [*PACKAGE_SOURCES, *HUB_SOURCES]:
+        assert f"`{name}`" in text, f"docs/identify.md does not name the prompt source {name}"

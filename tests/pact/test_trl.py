@@ -377,7 +377,7 @@ def test_the_three_trl_formats_give_the_driver_views(setup, tmp_path):
 
 
 def test_readme_use_with_trl_example_runs(tmp_path, monkeypatch):
-    """README "Use with TRL": the offline block (at most 15 lines) trains 4 steps from a fresh directory with
+    """README "Fine-tune with TRL": the offline block (at most 15 lines) trains 4 steps from a fresh directory with
     TRL's defaults, bf16=True among them (on the CPU with use_cpu=True, which a GPU does not need)."""
     import functools
 
