@@ -68,3 +68,21 @@ def heading_anchors(path: Path) -> set[str]:
     text = FENCE.sub("", path.read_text())
     return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
             for h in re.findall(r"^#{1,6} (.*)$", text, re.M)}
+
+
+#: a repository path in backticks: `pact/train.py`, `configs/paper/`, `benchmarks/results/cpu.md`
+REPO_PATH = re.compile(r"`((?:pact|pact_kernels|tests|benchmarks|configs|csrc|scripts|docs|requirements|\.ci)/[\w./-]*)`")
+
+
+def named_paths(path: Path) -> list[str]:
+    """The repository paths a Markdown file names in backticks (outside code blocks)."""
+    return REPO_PATH.findall(FENCE.sub("", path.read_text()))
+
+
+#: a dotted name of this project in backticks: `pact.eval.judges`, `pact_kernels.PACTLoss`
+DOTTED_NAME = re.compile(r"`((?:pact|pact_kernels)(?:\.\w+)+)`")
+
+
+def named_objects(path: Path) -> list[str]:
+    """The dotted module / object names of this project a Markdown file names in backticks (outside code blocks)."""
+    return DOTTED_NAME.findall(FENCE.sub("", path.read_text()))
