@@ -168,7 +168,7 @@ def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path,
         torch.cuda.empty_cache()
 
     # 3. judge the harmful suites and the refusals of the over-refusal suites, score the task suites
-    results, j = _judge_and_score(suites, gens, out, judge, judge_options, progress)
+    results, used_judge = _judge_and_score(suites, gens, out, judge, judge_options, progress)
     for s in suites:  # which prompts each number is over
         results[s.name].update(suite=s.name, prompts_sha256=suite_digest(suite_items[s.name]))
 
@@ -179,8 +179,8 @@ def run_eval(*, model: str | None, suites: Sequence[Suite], out_dir: str | Path,
         "adapter": str(adapter) if adapter else None,
         "method": method or (run_cfg or {}).get("method") or ("initial" if not adapter else None),
         "task": task or (run_cfg or {}).get("task"),
-        "judge": j.label if j is not None else None,
-        "judge_settings": judge_settings(j) if j is not None else None,
+        "judge": used_judge.label if used_judge is not None else None,
+        "judge_settings": judge_settings(used_judge) if used_judge is not None else None,
         "max_new_tokens": max_new_tokens,
         "generation": key,
         "generation_key": key_digest(key),
@@ -241,24 +241,24 @@ def _judge_and_score(suites: Sequence[Suite], gens: dict[str, list[dict]], out: 
     results: dict[str, dict] = {}
     harmful = [s for s in suites if s.kind == "harmful"]
     benign = [s for s in suites if s.kind == "overrefusal"]
-    j = None
+    judge_obj = None
     if harmful or benign:
-        j = judge if isinstance(judge, Judge) else get_judge(judge, progress=progress, **(judge_options or {}))
+        judge_obj = judge if isinstance(judge, Judge) else get_judge(judge, progress=progress, **(judge_options or {}))
         for s in harmful:
-            judged = judge_records(gens[s.name], j, out_path=out / s.name / "verdicts.jsonl", progress=progress,
-                                   desc=f"judge {s.name}")
-            results[s.name] = {"kind": "harmful", "column": s.column, "judge": j.label,
-                               "judge_settings": judge_settings(j), **harmful_summary(judged)}
-        j.close()
-        rj = refusal_judge(j)
+            judged = judge_records(gens[s.name], judge_obj, out_path=out / s.name / "verdicts.jsonl",
+                                   progress=progress, desc=f"judge {s.name}")
+            results[s.name] = {"kind": "harmful", "column": s.column, "judge": judge_obj.label,
+                               "judge_settings": judge_settings(judge_obj), **harmful_summary(judged)}
+        judge_obj.close()
+        refusals_judge = refusal_judge(judge_obj)
         for s in benign:
-            judged = refusal_records(gens[s.name], rj, out_path=out / s.name / "verdicts.jsonl", progress=progress,
-                                     desc=f"judge refusals {s.name}")
-            results[s.name] = {"kind": "overrefusal", "column": s.column, "judge": rj.label,
-                               "judge_settings": judge_settings(rj), **overrefusal_summary(judged)}
+            judged = refusal_records(gens[s.name], refusals_judge, out_path=out / s.name / "verdicts.jsonl",
+                                     progress=progress, desc=f"judge refusals {s.name}")
+            results[s.name] = {"kind": "overrefusal", "column": s.column, "judge": refusals_judge.label,
+                               "judge_settings": judge_settings(refusals_judge), **overrefusal_summary(judged)}
     for s in suites:
         if s.kind == "task":
             scored = score_records(gens[s.name], s.source)
             write_jsonl_atomic(out / s.name / "scored.jsonl", scored)
             results[s.name] = {"kind": "task", "column": s.column, **task_summary(scored)}
-    return results, j
+    return results, judge_obj
