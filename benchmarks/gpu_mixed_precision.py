@@ -84,7 +84,7 @@ def check_trl(cpu: bool, tolerance: float) -> int:
 
 def driver_setup(root: Path) -> tuple[Path, Path]:
     """A tiny model and a safety-token file of ids its answers use (no identify run: seconds, not minutes)."""
-    from pact.safety_tokens import SafetyTokens
+    from pact.identify import SafetyTokens
     from pact.tiny import save_tiny, tiny_tokenizer
 
     model = save_tiny(str(root / "model"))
