@@ -1,7 +1,7 @@
 """The typed values a reference gives a method (:meth:`pact.methods.Method.reference_for`)."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -29,7 +29,7 @@ class ReferenceHidden(NamedTuple):
     """
 
     hidden: torch.Tensor
-    source: "object"
+    source: Any
 
     def head(self):
         """Context giving the reference's :class:`~pact.model_rows.OutputHead`, or None when it is the
