@@ -27,14 +27,13 @@ from ..data.collator import PACTBatch
 from ..data.views import ViewBuilder
 from ..methods import build_method
 from ..fingerprint import tokenization_digest, update_with_tensor, weights_digest
-from ..models import ModelLoadError, vocab_size_of
-from ..reference import (OnlineReference, ReferenceCache, cache_fingerprint, causal_lm_of, fill_reference_cache,
-                         patch_row_forward)
-from ..safety_tokens import SafetyTokens
+from ..models import ModelLoadError
+from ..reference import OnlineReference, ReferenceCache, causal_lm_of, patch_row_forward
 from ..training.checkpoint import verify_checkpoint
 from ..training.safe_load import weights_only_loading
 from ..training.data import StepSampler, dataset_digest
 from ..training.metrics import KINDS, POSITIONS, StepMetrics
+from ..training.setup import fill_missing_cache, load_safety_tokens, model_vocab_size, open_reference_cache
 from ..training.step import micro_batch_loss, step_loss_weight, token_statistics
 from .config import PACTTrainerConfig
 from .data import VIEW_COLUMNS, ViewCollator, build_views, completion_tail_warning, format_warnings, views_dataset
@@ -155,9 +154,9 @@ class PACTTrainer(SFTTrainer):
         for name, data in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             _check_map_style(name, data)
         trust = bool((getattr(args, "model_init_kwargs", None) or {}).get("trust_remote_code", False))
-        vocab = _vocab_size(model, trust)
-        self.safety = SafetyTokens.load(args.safety_tokens, vocab_size=vocab,  # SafetyTokensError before any work
-                                        tokenizer=getattr(processing_class, "tokenizer", processing_class))
+        vocab = model_vocab_size(model, trust_remote_code=trust)
+        self.safety = load_safety_tokens(args.safety_tokens, vocab,  # SafetyTokensError before any work
+                                         getattr(processing_class, "tokenizer", processing_class))
         self.method = build_method(args, self.safety, backend=args.pact_backend)  # the driver's objectives
         peft_policy = peft_config is not None or is_peft_model(model)
         if peft_policy and ref_model is not None:
@@ -168,8 +167,9 @@ class PACTTrainer(SFTTrainer):
         if not peft_policy and ref_model is None and self.method.needs_reference:
             raise ValueError("ref_model: the policy is not a peft model; pass ref_model= (a frozen copy of the "
                              "aligned model) or peft_config= (e.g. peft.LoraConfig) to train an adapter")
-        if ref_model is not None and _vocab_size(ref_model, trust) != vocab:
-            raise ValueError(f"ref_model has {_vocab_size(ref_model, trust)} output tokens, the model {vocab}")
+        if ref_model is not None and model_vocab_size(ref_model, trust_remote_code=trust) != vocab:
+            raise ValueError(f"ref_model has {model_vocab_size(ref_model, trust_remote_code=trust)} output tokens, "
+                             f"the model {vocab}")
         self.collator = ViewCollator()
         self.train_views = None
         self.dropped = {}
@@ -324,14 +324,8 @@ class PACTTrainer(SFTTrainer):
             return None
         # keyed by the reference's weights in memory: a merged adapter or weights changed in place rebuild it
         autocast = "autocast-bfloat16" if self.args.bf16 else "autocast-float16" if self.args.fp16 else "none"
-        fingerprint = cache_fingerprint(self._reference_weights_key(), self.safety.ids,
-                                        dataset_digest(self.train_views), compute_dtype=autocast)
-        cache = ReferenceCache(self.args.ref_cache, [v.num_answer for v in self.train_views], len(self.safety.ids),
-                               fingerprint)
-        status = cache.status()
-        if status not in ("valid", "missing"):
-            raise ValueError(f"ref_cache: {status}")
-        return cache
+        return open_reference_cache(self.args.ref_cache, self.train_views, self.safety,
+                                    self._reference_weights_key(), compute_dtype=autocast)
 
     def _reference_weights_key(self) -> str:
         """SHA-256 of the reference's weights as they are in memory: ``ref_model``'s, or with a peft policy the
@@ -358,13 +352,13 @@ class PACTTrainer(SFTTrainer):
             return None
         if self.cache is None or not training:
             return self._online_reference(model)
-        if not self._cache_ready and self.cache.status() == "missing":
+        if not self._cache_ready:
             from ..data.collator import PACTCollator
 
-            fill_reference_cache(self.cache, self._online_reference(model), self.train_views,
-                                 PACTCollator(self.collator.pad_id), self.args.per_device_train_batch_size,
-                                 self.accelerator.process_index, self.accelerator.num_processes,
-                                 self.accelerator.device)
+            fill_missing_cache(self.cache, self._online_reference(model), self.train_views,
+                               PACTCollator(self.collator.pad_id), self.args.per_device_train_batch_size,
+                               self.accelerator.process_index, self.accelerator.num_processes,
+                               self.accelerator.device)
         self._cache_ready = True
         return self.cache
 
@@ -475,12 +469,3 @@ def _check_map_style(name: str, dataset) -> None:
                          "its step order before training: load it with streaming=False (or "
                          "datasets.Dataset.from_generator)")
 
-
-def _vocab_size(model, trust_remote_code: bool = False) -> int:
-    """Output vocabulary of a model instance, or of a name/path from its config alone (code shipped with the
-    model runs only with ``trust_remote_code``, TRL's ``model_init_kwargs`` key)."""
-    if isinstance(model, (str, Path)):
-        from ..models import load_model_config
-
-        return int(load_model_config(str(model), trust_remote_code=trust_remote_code).get_text_config().vocab_size)
-    return vocab_size_of(causal_lm_of(model))
