@@ -11,7 +11,7 @@ import sys
 if __name__ == "__main__":  # run as a script: keep pact/ itself off the import path
     sys.path = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-from pact.training.entry import main  # noqa: E402
+from pact.training.entry import main, parse_args  # noqa: E402,F401
 from pact.training.loop import train  # noqa: E402,F401
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ TRAINER_METHODS = ("pact", "sft", "constrained_sft")
 class PACTTrainerConfig(ObjectiveSettings, LossSettings, SFTConfig):
     r"""Configuration of [`PACTTrainer`]: every key of TRL's `SFTConfig`, plus PACT's.
 
+    The PACT keys are the driver's own fields (`pact.training.settings`: `ObjectiveSettings` and
+    `LossSettings`, one name, default, help and check each); `safety_tokens` and `pact_backend` are this
+    config's.
+
     Parameters:
         safety_tokens (`str`):
             The `tokens.json` of `pact identify` (or of `pact.safety_tokens.identify(...).tokens.save(path)`):
@@ -37,7 +41,8 @@ class PACTTrainerConfig(ObjectiveSettings, LossSettings, SFTConfig):
             `finetuning_pact.py`: λ = 1, α = 2, T = 2). See SPEC §3.
         variant (`str`, *optional*, defaults to `"pact"`):
             The rung of the paper's ablation ladder (Table 5): `"full_vocab"` (alias `"full_vocab_kl"`),
-            `"safety_tokens"`, `"safety_weights"`, `"response_only_ref"`, `"pact"`.
+            `"safety_tokens"`, `"safety_weights"`, `"response_only_ref"`, `"pact"`. A rung's name given as
+            `method` (`method="full_vocab"`) means `method="pact"` with that variant, as in the driver.
         lambda_kl (`float`, *optional*):
             λ of `L = CE + λ·KL` (paper Eq. 9: 3). `None`: the preset's value. The same holds for the keys below.
         mass_threshold (`float`, *optional*):

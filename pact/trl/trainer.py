@@ -26,65 +26,19 @@ from trl import SFTTrainer
 from ..data.collator import PACTBatch
 from ..data.views import ViewBuilder
 from ..methods import build_method
-from ..fingerprint import tokenization_digest, update_with_tensor, weights_digest
+from ..fingerprint import tokenization_digest, weights_digest
 from ..models import ModelLoadError
 from ..reference import OnlineReference, ReferenceCache, causal_lm_of, patch_row_forward
 from ..training.checkpoint import verify_checkpoint
 from ..training.safe_load import weights_only_loading
 from ..training.data import StepSampler, dataset_digest
-from ..training.metrics import KINDS, POSITIONS, StepMetrics
+from ..training.metrics import StepMetrics
 from ..training.setup import fill_missing_cache, load_safety_tokens, model_vocab_size, open_reference_cache
 from ..training.step import micro_batch_loss, step_loss_weight, token_statistics
 from .config import PACTTrainerConfig
+from .bridge import RowCaller, StepOrderSampler, flat_record, memory_weights_key
 from .data import VIEW_COLUMNS, ViewCollator, build_views, completion_tail_warning, format_warnings, views_dataset
 from .identity import IDENTITY_FILE, check_trainer_resume, intact_checkpoint, trainer_identity
-
-
-class RowCaller:
-    """Calls a (wrapped) model patched by :func:`pact.reference.patch_row_forward` with the driver's signature.
-
-    ``RowCaller(model)(input_ids, attention_mask, rows, mode)`` is what the
-    driver's ``engine(input_ids, attention_mask, rows, mode=mode)`` is, so
-    :class:`pact.reference.OnlineReference` works on it unchanged.
-    """
-
-    def __init__(self, model):
-        self.model = model
-
-    @property
-    def module(self):
-        """The model inside the wrappers (what :func:`pact.reference.output_head` reads the head of)."""
-        return getattr(self.model, "module", self.model)
-
-    def __call__(self, input_ids, attention_mask, rows, mode=None, labels=None):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, pact_rows=rows,
-                          pact_mode=mode or "policy", pact_labels=labels)
-
-
-class StepOrderSampler(torch.utils.data.Sampler):
-    """The driver's sample order: each epoch's seeded permutation, with its last partial step (fewer
-    micro-batches, or a smaller last one; ``dataloader_drop_last=False``, TRL's default) or cut to whole
-    steps as the driver does (``keep_last=False``).
-
-    With the ``DataLoader``'s ``batch_size`` = micro-batch and ``accelerate``
-    dealing micro-batches to ranks in turn, rank r gets micro-batches
-    ``g*world + r`` of each step's block: the driver's
-    :meth:`~pact.training.data.StepSampler.micro_batches`.
-    """
-
-    def __init__(self, steps: StepSampler, keep_last: bool = True):
-        self.steps = steps
-        self.keep_last = keep_last
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.steps.num_samples if self.keep_last else self.steps.steps_per_epoch * self.steps.block
-
-    def __iter__(self):
-        return iter(self.steps.permutation(self.epoch)[:len(self)])
 
 
 class PACTTrainer(SFTTrainer):
@@ -328,21 +282,8 @@ class PACTTrainer(SFTTrainer):
                                     self._reference_weights_key(), compute_dtype=autocast)
 
     def _reference_weights_key(self) -> str:
-        """SHA-256 of the reference's weights as they are in memory: ``ref_model``'s, or with a peft policy the
-        weights its disabled adapter leaves (every parameter and buffer but the adapters'), named as in the
-        plain model (peft's ``base_model.model.`` and ``.base_layer`` left out)."""
-        import hashlib
-
-        model = self.ref_model if self.ref_model is not None else self.model
-        model = getattr(model, "module", model)
-        adapters = tuple(f".{name}." for name in getattr(model, "peft_config", {}) or {})
-        h = hashlib.sha256()
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if adapters and any(a in name for a in adapters):
-                continue
-            name = name.removeprefix("base_model.model.").replace(".base_layer", "")
-            update_with_tensor(h, name, _gathered_copy(t))
-        return "memory:" + h.hexdigest()
+        """The reference's weights in memory by content (:func:`pact.trl.bridge.memory_weights_key`)."""
+        return memory_weights_key(self.ref_model if self.ref_model is not None else self.model)
 
     def _online_reference(self, model) -> OnlineReference:
         return OnlineReference(RowCaller(self.ref_model if self.ref_model is not None else model))
@@ -432,30 +373,6 @@ class PACTTrainer(SFTTrainer):
             logs.update({prefix + "entropy": entropy / max(rows, 1), prefix + "mean_token_accuracy": top1 / max(rows, 1),
                          prefix + "num_tokens": float(self._total_train_tokens)})
         super().log(logs, start_time)
-
-
-def flat_record(record: dict) -> dict[str, float]:
-    """The driver's step record (:meth:`StepMetrics.reduce`) as flat scalar log keys (None values left out)."""
-    out = {k: record[k] for k in ("ce", "kl", "gate_mean")}
-    for kind in KINDS:
-        part = record[kind]
-        for key in ("ce", "kl"):
-            if part[key] is not None:
-                out[f"{kind}/{key}"] = part[key]
-        if part["safety_prob"] is not None:
-            out[f"{kind}/safety_prob"] = sum(part["safety_prob"]) / POSITIONS
-            out.update({f"{kind}/safety_prob_t{t}": p for t, p in enumerate(part["safety_prob"])})
-    return out
-
-
-def _gathered_copy(t: torch.Tensor) -> torch.Tensor:
-    """A CPU copy of a parameter or buffer, whole also when ZeRO-3 partitions it."""
-    if hasattr(t, "ds_id"):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters([t]):
-            return t.detach().cpu().contiguous()
-    return t.detach().cpu().contiguous()
 
 
 def _check_map_style(name: str, dataset) -> None:
