@@ -86,7 +86,7 @@ def test_triton_example_equals_the_oracle_and_writes_the_gradient_in_place():
 def test_identify_example_runs_on_tiny_models(monkeypatch, tmp_path):
     """docs/identify.md: identify gives [V] float64 sums; the authors' preset on one given pair writes a tokens
     file that loads against the model, ids in the file's order, weights non-negative."""
-    from pact.safety_tokens import SafetyTokens
+    from pact.identify import SafetyTokens
 
     ns = run_block("identify-example", monkeypatch, tmp_path)
     vocab = ns["safe_model"].config.vocab_size
@@ -287,3 +287,12 @@ def test_identify_page_names_every_prompt_source():
     text = (REPO / "docs" / "identify.md").read_text()
     for name in [*PACKAGE_SOURCES, *HUB_SOURCES]:
         assert f"`{name}`" in text, f"docs/identify.md does not name the prompt source {name}"
+
+
+def test_readme_layout_names_folders_that_exist():
+    """The README's Layout block: each line's first word (`pact_kernels/`, `scripts/test.sh`) exists."""
+    text = README.read_text()
+    layout = re.search(r"^## Layout\n\n```\n(.*?)^```", text, re.S | re.M).group(1)
+    named = [line.split()[0] for line in layout.splitlines() if line and not line[0].isspace()]
+    assert len(named) >= 6
+    assert all((REPO / p.rstrip("/")).exists() for p in named), [p for p in named if not (REPO / p).exists()]

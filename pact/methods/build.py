@@ -12,7 +12,7 @@ def build_method(cfg, tokens, backend: str = "auto") -> Method:
 
     ``cfg``: the driver's ``TrainConfig`` or a ``PACTTrainerConfig`` (both are
     :class:`~pact.training.settings.ObjectiveSettings`: ``method``, ``csft_*``, ``loss_config()``; ``safe_lora``
-    and ``asft`` read the driver's model keys). ``tokens``: the :class:`~pact.safety_tokens.SafetyTokens`
+    and ``asft`` read the driver's model keys). ``tokens``: the :class:`~pact.identify.SafetyTokens`
     (needed by ``pact``). ``method="pact"`` trains the rung ``cfg.variant`` (in ``cfg.loss_config()``).
     """
     if cfg.method == "sft":

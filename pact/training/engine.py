@@ -10,8 +10,10 @@ import torch
 import torch.distributed as dist
 
 from ..fingerprint import weights_digest
+from ..model_rows import RowModel
 from ..models import load_model
-from ..reference import OnlineReference, RowModel
+from ..reference import OnlineReference
+from .deepspeed_shm import unlink_shm_buffer
 from .schema import ConfigError
 from .setup import fill_missing_cache, open_reference_cache
 
@@ -32,6 +34,7 @@ def init_distributed(timeout_s: int = 300):
         os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     backend = get_accelerator().communication_backend_name() if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
+    unlink_shm_buffer(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(get_accelerator().device_name(local_rank)) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":

@@ -22,7 +22,7 @@ from ..data.views import ViewBuilder
 from ..fingerprint import tokenization_digest, weights_digest, write_base_record
 from ..methods import build_method
 from ..models import load_tokenizer
-from ..safety_tokens import SafetyTokens
+from ..identify import SafetyTokens
 from .checkpoint import export_final, latest_checkpoint, load_checkpoint, resume_point, save_checkpoint
 from .config import ConfigError, TrainConfig
 from .data import StepSampler, dataset_digest, load_views

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from ..fingerprint import ARCHITECTURE_KEYS
 from ..models import load_model_config, resolve_model_ref, vocab_size_of
-from ..reference import ReferenceCache, ReferenceCacheBusyError, cache_fingerprint, causal_lm_of, fill_reference_cache
-from ..safety_tokens import SafetyTokens
+from ..identify import SafetyTokens
+from ..model_rows import causal_lm_of
+from ..reference import ReferenceCache, ReferenceCacheBusyError, cache_fingerprint, fill_reference_cache
 from .data import dataset_digest
 from .schema import ConfigError
 
@@ -36,7 +37,7 @@ def model_vocab_size(model, gguf_file: str | None = None, trust_remote_code: boo
 
 def load_safety_tokens(path: str | None, vocab_size: int, tokenizer=None) -> SafetyTokens | None:
     """The safety set of ``path``, checked against the model's vocabulary and tokenizer before any weights
-    are loaded (:class:`~pact.safety_tokens.SafetyTokensError` naming the mismatch); None without a path."""
+    are loaded (:class:`~pact.identify.SafetyTokensError` naming the mismatch); None without a path."""
     if not path:
         return None
     return SafetyTokens.load(path, vocab_size=vocab_size, tokenizer=tokenizer)

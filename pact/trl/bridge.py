@@ -9,12 +9,13 @@ import hashlib
 import torch
 
 from ..fingerprint import update_with_tensor
+from ..model_rows import RowMode
 from ..training.data import StepSampler
 from ..training.metrics import KINDS, POSITIONS
 
 
 class RowCaller:
-    """Calls a (wrapped) model patched by :func:`pact.reference.patch_row_forward` with the driver's signature.
+    """Calls a (wrapped) model patched by :func:`pact.model_rows.patch_row_forward` with the driver's signature.
 
     ``RowCaller(model)(input_ids, attention_mask, rows, mode)`` is what the
     driver's ``engine(input_ids, attention_mask, rows, mode=mode)`` is, so
@@ -26,12 +27,12 @@ class RowCaller:
 
     @property
     def module(self):
-        """The model inside the wrappers (what :func:`pact.reference.output_head` reads the head of)."""
+        """The model inside the wrappers (what :func:`pact.model_rows.output_head` reads the head of)."""
         return getattr(self.model, "module", self.model)
 
     def __call__(self, input_ids, attention_mask, rows, mode=None, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, pact_rows=rows,
-                          pact_mode=mode or "policy", pact_labels=labels)
+                          pact_mode=mode or RowMode.POLICY, pact_labels=labels)
 
 
 class StepOrderSampler(torch.utils.data.Sampler):

@@ -28,7 +28,8 @@ from ..data.views import ViewBuilder
 from ..methods import build_method
 from ..fingerprint import tokenization_digest, weights_digest
 from ..models import ModelLoadError
-from ..reference import OnlineReference, ReferenceCache, causal_lm_of, patch_row_forward
+from ..model_rows import causal_lm_of, patch_row_forward
+from ..reference import OnlineReference, ReferenceCache
 from ..training.checkpoint import verify_checkpoint
 from ..training.safe_load import weights_only_loading
 from ..training.data import StepSampler, dataset_digest

@@ -123,7 +123,7 @@ def test_lists_and_mappings_from_the_command_line():
 
 def test_one_reference_cache_check_for_the_driver_and_the_trainer(tmp_path):
     """A cache of other inputs is refused with one sentence naming ref_cache (the driver's and PACTTrainer's)."""
-    from pact.safety_tokens import SafetyTokens
+    from pact.identify import SafetyTokens
     from pact.training.setup import open_reference_cache
 
     class View:
