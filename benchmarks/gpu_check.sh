@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One script for a lent GPU (issue 4): checks every backend and variant against
+# One script for a lent GPU: checks every backend and variant against
 # the float64 oracle on the GPU, then runs the benchmark; logs and tables go to $OUT.
 # Installs nothing from the network. Budget: the stage timeouts add up to 540 s
 # (80 + 50 + 60 + 125 + 25 + 100 + 45 + 55), so the whole script fits one 600 s command of the lent GPU (each
@@ -23,7 +23,7 @@
 #
 # Files in $OUT: gpu_check.log (everything printed, versions first), build_cuda.log,
 # pytest_triton.log, correctness.json, gpu_bench.md, gpu_bench.json, gpu_bench.raw.json, tune.json,
-# gpu_fused_linear.md, gpu_fused_linear.json (the fused linear head, issue 13), mixed_precision.log (stages 6-7).
+# gpu_fused_linear.md, gpu_fused_linear.json (the fused linear head), mixed_precision.log (stages 6-7).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu-check}
@@ -107,7 +107,7 @@ else
   rc=${PIPESTATUS[0]}; [ $rc = 0 ] || say "tuning failed or timed out (exit $rc; the benchmark above stands)"
 fi
 
-say "5/5 fused linear head (issue 13): correctness vs the float64 oracle, then rows 16384, H 4096, V 152064, bf16 next to Liger's FLCE"
+say "5/5 fused linear head: correctness vs the float64 oracle, then rows 16384, H 4096, V 152064, bf16 next to Liger's FLCE"
 timeout 100 "$PY" -m benchmarks.gpu_fused_linear --device "$DEVICE" $SMALL -o "$OUT/gpu_fused_linear" >>"$LOG" 2>&1
 rc=$?; [ $rc = 0 ] || { status=1; say "fused linear check failed or timed out (exit $rc)"; }
 grep -E "^FAIL" "$LOG" | tail -n 10

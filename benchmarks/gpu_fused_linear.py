@@ -1,5 +1,5 @@
 """The fused linear head on a GPU: correctness against the float64 oracle, then time and peak memory
-next to Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss`` (issue 13).
+next to Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss``.
 
     python -m benchmarks.gpu_fused_linear -o OUT            # CUDA: rows 16384, H 4096, V 152064, bf16
     python -m benchmarks.gpu_fused_linear --device cpu --small -o OUT   # CPU smoke run (TRITON_INTERPRET=1)

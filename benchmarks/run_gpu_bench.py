@@ -6,7 +6,7 @@
 
 Writes ``OUT.json`` (one summary per shape, plus the raw per-case numbers),
 ``OUT.md`` (the tables the README carries) and ``OUT.raw.json``
-(pytest-benchmark's own file). The acceptance lines of issue 4 are checked
+(pytest-benchmark's own file). The speed and memory targets (the acceptance lines) are checked
 on rows = 16384, V = 152064, bfloat16 when that shape was run.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def collect(raw: dict) -> dict:
 
 
 def summarise(key, cases: dict) -> dict:
-    """One shape's times (ms), peaks (MiB) and the ratios issue 4 asks about (None where a case is missing)."""
+    """One shape's times (ms), peaks (MiB) and the ratios the acceptance lines check (None where a case is missing)."""
     rows, vocab, dtype = key
 
     def ms(name):
@@ -140,7 +140,7 @@ def markdown(summaries: list, versions: str) -> str:
 
 
 def acceptance_lines(summaries: list) -> list:
-    """Issue 4's acceptance on rows = 16384, V = 152064, bfloat16 (PASS / FAIL / not measured per line)."""
+    """The speed and memory targets on rows = 16384, V = 152064, bfloat16 (PASS / FAIL / not measured per line)."""
     target = [s for s in summaries if (s["rows"], s["vocab"], s["dtype"]) == TARGET_SHAPE]
     if not target:
         return ["Acceptance shape (rows=16384, V=152064, bfloat16) not run."]

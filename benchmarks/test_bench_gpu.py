@@ -3,7 +3,7 @@
     python -m pytest benchmarks/test_bench_gpu.py --benchmark-only          # on a CUDA machine
     python -m benchmarks.run_gpu_bench -o benchmarks/results/gpu            # + JSON and markdown table
 
-Grid (issue 4): rows in {4096, 16384} × V in {32000, 128256, 152064}, K = 50,
+Grid: rows in {4096, 16384} × V in {32000, 128256, 152064}, K = 50,
 bfloat16 and float32, variant ``pact``; each backend forward (under no_grad)
 and forward + backward, ``triton`` and ``cuda`` (the csrc/ extension, when
 built) also with ``inplace_grad``. On CUDA also

@@ -39,6 +39,7 @@ from pact.safety_tokens import SafetyTokens
 from pact.training.checkpoint import (CheckpointError, export_final, latest_checkpoint, load_checkpoint,
                                       resume_point, save_checkpoint)
 from pact.training.config import ConfigError, TrainConfig, deepspeed_config, load_config
+from pact.training.deepspeed_shm import unlink_shm_buffer
 from pact.training.data import StepSampler, dataset_digest, load_views
 from pact.training.faults import fault_point
 from pact.training.metrics import StepMetrics, TrainLogger
@@ -119,6 +120,7 @@ def init_distributed(timeout_s: int = 300):
         os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     backend = get_accelerator().communication_backend_name() if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
+    unlink_shm_buffer(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(get_accelerator().device_name(local_rank)) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":

@@ -1,25 +1,24 @@
-"""The README's measured tables are the benchmark scripts' own outputs, and the GPU script fits one device command."""
+"""The measured tables of the README and docs/ are the benchmark scripts' own outputs, and the GPU script fits one device command."""
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-README = (REPO / "README.md").read_text()
+from tests.doc_text import REPO, doc_files, flat, marked_tables
 
-#: README marker -> the file its benchmark script writes
+#: marker in README.md or docs/*.md -> the file its benchmark script writes
 TABLES = {"cpu-table": "cpu.md", "fused-linear-table": "fused_linear.md",
           "train-memory-table": "train_memory_mb8.md", "train-step-table": "train_step.md"}
 
 
 @pytest.mark.parametrize("marker, result", sorted(TABLES.items()))
 def test_marked_table_is_the_results_file(marker, result):
-    found = re.findall(rf"<!-- {marker} -->\n(.*?)<!-- /{marker} -->", README, re.S)
-    assert len(found) == 1, f"README.md has {len(found)} {marker} blocks"
-    assert found[0].strip() == (REPO / "benchmarks" / "results" / result).read_text().strip(), (
-        f"README's {marker} differs from benchmarks/results/{result}: paste the file again")
+    found = marked_tables(marker)
+    assert len(found) == 1, f"README.md and docs/*.md hold {len(found)} {marker} blocks"
+    path, table = found[0]
+    assert table.strip() == (REPO / "benchmarks" / "results" / result).read_text().strip(), (
+        f"{path.relative_to(REPO)}'s {marker} differs from benchmarks/results/{result}: paste the file again")
 
 
 def test_gpu_check_stage_timeouts_fit_one_device_command():
@@ -28,4 +27,4 @@ def test_gpu_check_stage_timeouts_fit_one_device_command():
     assert len(timeouts) == 8  # build, triton, correctness, benchmark, tuning, fused head, TRL bf16, driver bf16
     total = sum(timeouts)
     assert total <= 540, f"stage timeouts add up to {total} s; a lent GPU runs one command for at most 600 s"
-    assert f"add up to {total} s" in script and f"add up to {total} s" in " ".join(README.split())
+    assert f"add up to {total} s" in script and any(f"add up to {total} s" in flat(p) for p in doc_files())

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress = not args.no_progress
     t0 = time.time()
-    _check_output(args.output)  # before any work: a bad -o used to fail after identification
+    _check_output(args.output)  # before any work: a bad -o fails before identification
     opts = resolve_options(args)
     if not opts["base_bos"] and opts["base_format"] != "plain":
         raise ValueError("--no-base-bos applies to --base-format plain (a chat template decides its own BOS)")

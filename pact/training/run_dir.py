@@ -133,6 +133,14 @@ def _short(value):
     return value[:12] if isinstance(value, str) and len(value) == 64 else value
 
 
+def refuse_unless_resume_changes(cfg: TrainConfig, what: str, own: str, listed: str) -> None:
+    """Raise :class:`ConfigError` for a ``--resume`` with ``what`` (the differences ``listed``) unless
+    ``resume_changes=true`` accepts them; ``own``: what of the run's to resume with instead (files, settings)."""
+    if not cfg.resume_changes:
+        raise ConfigError(f"--resume with {what}: {listed}. Resume with the run's own {own}, or pass "
+                          "resume_changes=true to continue with the new ones (recorded in run.json)")
+
+
 def identity_changes(cfg: TrainConfig, before: dict, identity: dict, zero_stage: int) -> dict[str, tuple]:
     """Refuse a resume whose inputs differ from the run's (``run.json``'s ``identity``), naming each difference.
 
@@ -159,11 +167,10 @@ def identity_changes(cfg: TrainConfig, before: dict, identity: dict, zero_stage:
         if zero_stage:
             raise ConfigError(f"--resume with {w1} ranks, the run had {w0}: DeepSpeed's ZeRO-{zero_stage} optimizer "
                               f"state in its checkpoints is split over {w0} ranks; resume with {w0} ranks")
-    if changed and not cfg.resume_changes:
-        listed = "; ".join(f"{IDENTITY_NAMES.get(k, k)} ({k}: {_short(a)} -> {_short(b)})" for k, (a, b) in changed.items())
-        raise ConfigError(f"--resume with other inputs than the run in {cfg.output_dir} was made with: {listed}. "
-                          "Resume with the run's own files, or pass resume_changes=true to continue with the new ones "
-                          "(recorded in run.json)")
+    if changed:
+        refuse_unless_resume_changes(
+            cfg, f"other inputs than the run in {cfg.output_dir} was made with", "files",
+            "; ".join(f"{IDENTITY_NAMES.get(k, k)} ({k}: {_short(a)} -> {_short(b)})" for k, (a, b) in changed.items()))
     return changed
 
 
@@ -180,11 +187,9 @@ def check_run_dir(cfg: TrainConfig) -> dict[str, tuple]:
     if before is None:
         return {}
     changes = config_changes(cfg, before)
-    if changes and not cfg.resume_changes:
-        listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items())
-        raise ConfigError(f"--resume with a config that differs from the run in {cfg.output_dir}: {listed}. "
-                          "Resume with the run's own settings, or pass resume_changes=true to continue with "
-                          "the new ones (recorded in run.json)")
+    if changes:
+        refuse_unless_resume_changes(cfg, f"a config that differs from the run in {cfg.output_dir}", "settings",
+                                     "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()))
     return changes
 
 

@@ -305,16 +305,13 @@ def test_triton_cross_entropy_matches_torch():
 
 
 def test_readme_fused_linear_example_runs_and_matches_pact_loss(capsys):
-    """The README's "Fused linear head" example runs as written and equals pact_loss on hidden @ weight.T."""
-    import re
-    from pathlib import Path
-
+    """docs/kernels.md's "Fused linear head" example runs as written and equals pact_loss on hidden @ weight.T."""
     from pact_kernels import pact_loss
+    from tests.doc_text import marked_block
 
-    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    code = re.search(r"<!-- fused-linear-example.*?-->\s*```python\n(.*?)```", text, re.S).group(1)
+    block = marked_block("fused-linear-example")
     ns: dict = {}
-    exec(compile(code, "README.md", "exec"), ns)
+    exec(compile(block.code, block.where, "exec"), ns)
     assert "loss " in capsys.readouterr().out
     h = ns["hidden"].detach().clone().requires_grad_()
     w = ns["lm_head"].weight.detach().clone().requires_grad_()

@@ -553,7 +553,7 @@ def test_confusion_matrices_in_docs_are_the_judges_on_the_stored_labels():
         matrix, (agree, n) = _docs_confusion(docs, split)
         assert matrix == got, split
         assert (agree, n) == (sum(got[o][o] for o in OUTCOMES), sum(x["split"] == split for x in labels)), split
-    docs_flat, readme_flat = " ".join(docs.split()), " ".join((REPO / "README.md").read_text().split())
+    docs_flat, eval_flat = " ".join(docs.split()), " ".join((REPO / "docs" / "eval.md").read_text().split())
     for split in ("test", "dev"):
         rows = [x for x in labels if x["split"] == split]
         gcg = sum(KeywordJudge(degenerate=None)(x["prompt"], x["response"]).outcome == x["label"] for x in rows)
@@ -562,7 +562,7 @@ def test_confusion_matrices_in_docs_are_the_judges_on_the_stored_labels():
     agree = sum(KeywordJudge()(x["prompt"], x["response"]).outcome == x["label"] for x in test_rows)
     gcg = sum(KeywordJudge(degenerate=None)(x["prompt"], x["response"]).outcome == x["label"] for x in test_rows)
     assert f"{agree} of {len(test_rows)} on the test split against {gcg} of {len(test_rows)} for the GCG rule" \
-        in readme_flat
+        in eval_flat
 
 
 def test_dev_answers_are_the_demos_m_base_answers_and_what_degenerate_changes_there():

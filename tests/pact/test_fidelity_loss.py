@@ -1,4 +1,4 @@
-"""README "Fidelity": ``pact_loss(..., **PACTConfig.authors().as_kwargs())`` equals the loss of the authors'
+"""docs/fidelity.md: ``pact_loss(..., **PACTConfig.authors().as_kwargs())`` equals the loss of the authors'
 ``finetuning_pact.py`` (Glresearch1/PACT) on samples with one contiguous answer.
 
 ``authors_loss`` below re-derives their training step's loss from their code, written independently of

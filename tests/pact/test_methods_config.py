@@ -147,7 +147,7 @@ def test_overlay_errors(tmp_path):
 
 
 def test_adam_betas_from_the_command_line():
-    """README: method=constrained_sft adam_betas=[0.5,0.999] (a YAML list of numbers)."""
+    """docs/methods.md: method=constrained_sft adam_betas=[0.5,0.999] (a YAML list of numbers)."""
     assert cfg("method=sft", "adam_betas=[0.5,0.999]").adam_betas == [0.5, 0.999]
     assert cfg("method=sft", "adam_betas=[5e-1,0.999]").adam_betas == [0.5, 0.999]
     with pytest.raises(ConfigError, match="must be a number"):

@@ -379,15 +379,14 @@ def test_the_three_trl_formats_give_the_driver_views(setup, tmp_path):
 
 
 def test_readme_use_with_trl_example_runs(tmp_path, monkeypatch):
-    """README "Use with TRL": the offline block (at most 15 lines) trains 4 steps from a fresh directory with
+    """README "Fine-tune with TRL": the offline block (at most 15 lines) trains 4 steps from a fresh directory with
     TRL's defaults, bf16=True among them (on the CPU with use_cpu=True, which a GPU does not need)."""
     import functools
-    import re
 
     import pact.trl
+    from tests.doc_text import marked_block
 
-    text = (REPO / "README.md").read_text()
-    code = re.search(r"<!-- trl-example.*?-->\s*```python\n(.*?)```", text, re.S).group(1)
+    code = marked_block("trl-example").code
     assert len([line for line in code.splitlines() if line.strip()]) <= 15 and "bf16" not in code
     if not torch.cuda.is_available():
         monkeypatch.setattr(pact.trl, "PACTTrainerConfig", functools.partial(pact.trl.PACTTrainerConfig, use_cpu=True))

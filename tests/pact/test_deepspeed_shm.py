@@ -1,0 +1,52 @@
+"""DeepSpeed's CPU shm allreduce buffers are gone from /dev/shm when a run under the launcher ends."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from pact.training.deepspeed_shm import SHM_DIR, shm_buffer_path
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="no /dev/shm")
+
+#: two ranks start the process group the driver's way, check that their own buffer name is gone while the shm
+#: allreduce (DeepSpeed's inference_all_reduce, which reads the mapped buffers) still sums over both ranks
+SCRIPT = textwrap.dedent("""
+    import os, torch, deepspeed.comm as dist
+    from pact.train import init_distributed
+    from pact.training.deepspeed_shm import shm_buffer_path
+    rank, world, _ = init_distributed(60)
+    assert not shm_buffer_path(rank).exists(), shm_buffer_path(rank)
+    t = torch.full((1024,), float(rank + 1))
+    dist.inference_all_reduce(t)
+    assert torch.all(t == 3.0), t[:4]
+    print("shm ok", rank, flush=True)
+""")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_rank_run_leaves_no_shm_buffer(tmp_path):
+    script = tmp_path / "ranks.py"
+    script.write_text(SCRIPT)
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=str(REPO), TORCH_EXTENSIONS_DIR=os.environ.get(
+        "TORCH_EXTENSIONS_DIR", str(tmp_path / "ext")))
+    proc = subprocess.run([sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port",
+                           str(port), str(script)], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert out.count("shm ok") == 2, out[-3000:]
+    names = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    left = [p for p in (shm_buffer_path(r, names) for r in range(2)) if p.exists()]
+    assert not left, f"left in /dev/shm: {left}"
