@@ -1,21 +1,18 @@
-"""The fused linear head on a GPU: correctness against the float64 oracle, then time and peak memory
-next to Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss``.
+"""The fused linear head on a GPU: time and peak memory next to Liger-Kernel's
+``LigerFusedLinearCrossEntropyLoss`` (its correctness: ``checks/gpu_fused_linear.py``).
 
     python -m benchmarks.gpu_fused_linear -o OUT            # CUDA: rows 16384, H 4096, V 152064, bf16
     python -m benchmarks.gpu_fused_linear --device cpu --small -o OUT   # CPU smoke run (TRITON_INTERPRET=1)
 
-1. Correctness (a small shape, float32 and bf16): ``fused_linear_pact_loss`` on the
-   triton backend (and cuda when built) vs the naive loss on float64 logits
-   ``hidden @ weight.T + bias``, soft-cap on: loss and gradients of hidden, weight, bias.
-2. Benchmark, every case from ``hidden [rows, H]`` and a trainable ``weight [V, H]``
-   (full fine-tuning: gradients to both), forward + backward: ``liger flce``
+Every case from ``hidden [rows, H]`` and a trainable ``weight [V, H]``
+(full fine-tuning: gradients to both), forward + backward: ``liger flce``
    (CE only, when ``liger_kernel`` imports), ``ce fused``, ``pact fused``
    (triton; ``pact fused cuda`` when built), ``pact unfused`` (``hidden @ weight.T``
    then ``pact_loss(..., inplace_grad=True)``). Time: median of CUDA-synchronised
    rounds after a warm-up; peak: ``max_memory_allocated`` above the inputs
    (gradients included). Goal: ``pact fused`` ≤ 1.2× Liger's time at no more than its memory.
 
-Writes ``OUT.json`` and ``OUT.md``; exit status 1 when a correctness check fails.
+Writes ``OUT.json`` and ``OUT.md``.
 """
 from __future__ import annotations
 
@@ -43,6 +40,7 @@ def inputs(rows, width, vocab, dtype, device, seed=0):
 
 
 def backends_here(device) -> list:
+    """The fused backends to run on ``device``: triton, and cuda when ``pact_kernels._cuda`` is built."""
     names = ["triton"]
     if device.type == "cuda":
         from pact_kernels.backends import cuda_extension as cuda_backend
@@ -50,55 +48,6 @@ def backends_here(device) -> list:
         if cuda_backend.is_built():
             names.append("cuda")
     return names
-
-
-def check(device, small: bool = False) -> list:
-    """Fused vs the float64 oracle on a small shape (tinier with ``small``); a list of result dicts (``ok`` each)."""
-    from pact_kernels import VARIANTS, PACTConfig, fused_linear_pact_loss
-    from pact_kernels import PACTInputs
-    from pact_kernels.backends.naive import naive_pact_loss
-
-    results = []
-    rows, width, vocab = (9, 8, 120) if small else (37, 48, 1000)
-    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
-        for backend in backends_here(device):
-            for variant in VARIANTS:
-                x = inputs(rows, width, vocab, dtype, device, seed=VARIANTS.index(variant))
-                bias = (0.5 * torch.randn(vocab, generator=torch.Generator().manual_seed(1))).to(device, dtype)
-                bias.requires_grad_()
-                full = variant == "full_vocab"
-                ref_hidden = (torch.randn(rows, width, generator=torch.Generator().manual_seed(2))
-                              .to(device, dtype)) if full else None
-                cfg = PACTConfig(variant=variant)
-                leaves = [t.detach().double().cpu().requires_grad_() for t in (x["hidden"], x["weight"], bias)]
-                z = leaves[0] @ leaves[1].T + leaves[2]
-                z = 5.0 * torch.tanh(z / 5.0)
-                if full:
-                    r = ref_hidden.double().cpu() @ leaves[1].detach().T + leaves[2].detach()
-                    rf, rp = 5.0 * torch.tanh(r / 5.0), None
-                else:
-                    rf, rp = x["ref_full"].double().cpu(), x["ref_post"].double().cpu()
-                want = naive_pact_loss(z, PACTInputs(x["labels"].cpu(), rf, rp, x["ids"].cpu(),
-                                                     x["weights"].double().cpu(), x["answer_pos"].cpu()), cfg)
-                want.loss.backward()
-                refs = (None, None) if full else (x["ref_full"], x["ref_post"])
-                got = fused_linear_pact_loss(x["hidden"], x["weight"], x["labels"], *refs, x["ids"], x["weights"],
-                                             x["answer_pos"], bias=bias, softcap=5.0, backend=backend, chunk_rows=4,
-                                             ref_hidden=ref_hidden, **cfg.as_kwargs())
-                got.loss.backward()
-                errs = {"loss": rel_err(got.loss, want.loss)}
-                for name, a, b in zip(("hidden", "weight", "bias"), (x["hidden"], x["weight"], bias), leaves):
-                    errs[f"d_{name}"] = rel_err(a.grad, b.grad)
-                ok = all(v < tol for v in errs.values())
-                results.append(dict(backend=backend, variant=variant, dtype=str(dtype).split(".")[-1], ok=ok, **errs))
-                print(("ok  " if ok else "FAIL") + f" fused {backend} {variant} {dtype}: " +
-                      ", ".join(f"{k} {v:.1e}" for k, v in errs.items()), flush=True)
-    return results
-
-
-def rel_err(a, b) -> float:
-    a, b = a.detach().double().cpu(), b.detach().double().cpu()
-    return float((a - b).norm() / b.norm().clamp_min(1e-300))
 
 
 def liger_flce():
@@ -185,16 +134,15 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--out", default="benchmarks/results/gpu_fused_linear")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
-    checks = check(device, args.small)
     shape = SMALL_SHAPE if args.small else FULL_SHAPE
     results = bench(shape, device, 2 if args.small else args.rounds)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (interpreted triton)"
     text = markdown(results, name)
     out = Path(args.out)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(dict(checks=checks, results=results), indent=2) + "\n")
+    write_text_atomic(out.with_suffix(".json"), json.dumps(dict(results=results), indent=2) + "\n")
     write_text_atomic(out.with_suffix(".md"), text)
     print(text)
-    return 0 if all(c["ok"] for c in checks) else 1
+    return 0
 
 
 if __name__ == "__main__":

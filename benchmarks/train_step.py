@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def make_tokens(path: Path, vocab: int, k: int) -> None:
     """A random safety set of ``k`` ids over ``vocab`` rows, stamped with the tiny tokenizer (as `pact identify` does)."""
-    from pact.safety_tokens import SafetyTokens
+    from pact.identify import SafetyTokens
     from pact.tiny import tiny_tokenizer
 
     ids = torch.randperm(vocab, generator=torch.Generator().manual_seed(0))[:k].tolist()

@@ -7,7 +7,7 @@ bfloat16, and ``full_vocab`` at a quarter of the rows) for each setting, by
 setting :mod:`pact_kernels.backends.triton_launch`'s ``SAFETY_SET_BLOCK_V``,
 ``FULL_VOCAB_BLOCK_V`` and ``NUM_WARPS`` in process (the same knobs as the
 ``PACT_TRITON_*`` environment variables). The defaults there were chosen
-without a GPU (no register spills at sm_90, benchmarks/compile_check.py);
+without a GPU (no register spills at sm_90, checks/compile_check.py);
 this tells a GPU session whether another setting is faster. Each setting
 applies to both kernels (the pact rows measure the one-stream kernel, the
 full_vocab rows the two-stream one).

@@ -33,9 +33,10 @@ from pact.fingerprint import ARCHITECTURE_KEYS, tokenization_digest, weights_dig
 from pact.locks import DirectoryLockedError
 from pact.methods import build_method
 from pact.models import ModelLoadError, load_model, load_model_config, load_tokenizer, resolve_model_ref
-from pact.reference import (OnlineReference, ReferenceCache, ReferenceCacheBusyError, RowModel, cache_fingerprint,
+from pact.model_rows import RowModel
+from pact.reference import (OnlineReference, ReferenceCache, ReferenceCacheBusyError, cache_fingerprint,
                             fill_reference_cache)
-from pact.safety_tokens import SafetyTokens
+from pact.identify import SafetyTokens
 from pact.training.checkpoint import (CheckpointError, export_final, latest_checkpoint, load_checkpoint,
                                       resume_point, save_checkpoint)
 from pact.training.config import ConfigError, TrainConfig, deepspeed_config, load_config

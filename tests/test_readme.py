@@ -86,7 +86,7 @@ def test_triton_example_equals_the_oracle_and_writes_the_gradient_in_place():
 def test_identify_example_runs_on_tiny_models(monkeypatch, tmp_path):
     """docs/identify.md: identify gives [V] float64 sums; the authors' preset on one given pair writes a tokens
     file that loads against the model, ids in the file's order, weights non-negative."""
-    from pact.safety_tokens import SafetyTokens
+    from pact.identify import SafetyTokens
 
     ns = run_block("identify-example", monkeypatch, tmp_path)
     vocab = ns["safe_model"].config.vocab_size

@@ -5,7 +5,7 @@ import argparse
 import sys
 import time
 
-from ..identify_presets import IDENTIFY_PRESETS, PRESET_COLUMNS, WEIGHT_DTYPE_NAMES
+from ..identify.presets import IDENTIFY_PRESETS, PRESET_COLUMNS, WEIGHT_DTYPE_NAMES
 from .common import add_model_args, add_prompt_args, add_runtime_args, add_trust_remote_code_arg, resolve_device
 
 HELP = "identify the safety tokens of an aligned model against its base model (paper §2.1)"
@@ -117,7 +117,7 @@ def _prompts_and_mode(args, opts):
 
 def run(args: argparse.Namespace) -> int:
     from ..models import load_model, load_tokenizer, resolve_model_ref
-    from ..safety_tokens import identify
+    from ..identify import identify
 
     progress = not args.no_progress
     t0 = time.time()

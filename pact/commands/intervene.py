@@ -33,10 +33,10 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from ..data import get_source
-    from ..generation import encode_chat_prompt, end_of_turn_ids, generate_greedy
-    from ..intervention import TokenSetLogitsProcessor, random_control_set
+    from ..identify.generation import encode_chat_prompt, end_of_turn_ids, generate_greedy
+    from ..identify.intervention import TokenSetLogitsProcessor, random_control_set
     from ..models import load_model, load_tokenizer, resolve_model_ref, vocab_size_of
-    from ..safety_tokens import SafetyTokens
+    from ..identify import SafetyTokens
 
     t0 = time.time()
     source = get_source(args.prompts, column=args.prompt_column, limit=args.limit)

@@ -305,7 +305,7 @@ class LlamaGuardJudge(Judge):
 
     def raw_outputs(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
         """The guard's decoded greedy outputs (special tokens dropped), one per pair."""
-        from ..generation import end_of_turn_ids, generate_greedy
+        from ..identify.generation import end_of_turn_ids, generate_greedy
 
         _check_lengths(prompts, responses)
         model, tok = self._load()

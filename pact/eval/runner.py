@@ -335,7 +335,7 @@ def find_run_config(adapter: str | Path | None) -> dict | None:
 
 def make_generator(model, tokenizer, max_new_tokens: int, batch_size: int) -> Callable[[list[str]], list[dict]]:
     """A function from prompts to greedy chat answers: ``{"response", "num_tokens", "finish"}`` per prompt."""
-    from ..generation import encode_chat_prompt, end_of_turn_ids, generate_greedy
+    from ..identify.generation import encode_chat_prompt, end_of_turn_ids, generate_greedy
 
     eos = end_of_turn_ids(model, tokenizer)
 

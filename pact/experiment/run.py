@@ -218,7 +218,7 @@ class Runner:
                 t0 = time.time()
                 self.start(d, key)
                 from ..models import load_model, load_tokenizer, resolve_model_ref
-                from ..safety_tokens import identify
+                from ..identify import identify
 
                 tok = load_tokenizer(resolve_model_ref(self.plan.aligned, g.models.gguf_file))
                 safe = load_model(resolve_model_ref(self.plan.aligned, g.models.gguf_file), device=device()).eval()

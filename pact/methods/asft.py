@@ -87,7 +87,7 @@ class ASFT(SFT):
         pairs = lora_pairs(model.named_parameters())
         if not pairs:
             raise ValueError("asft regularises LoRA factors, and the model has none (set lora=true)")
-        from ..reference import causal_lm_of
+        from ..model_rows import causal_lm_of
 
         aligned = module_weights(causal_lm_of(model.model), pairs)
         alignment = load_alignment("", self.base_model, pairs, base_gguf=self.base_gguf_file, dtype=self.dtype,
@@ -112,5 +112,5 @@ class ASFT(SFT):
     def loss(self, batch, policy, reference=None) -> LossResult:
         sft = super().loss(batch, policy)
         penalty = self.penalty()
-        return LossResult(sft.loss + penalty.to(sft.loss.dtype), sft.ce_rows, sft.kl_rows, sft.gate,
+        return LossResult(sft.loss + penalty.to(sft.loss.dtype), sft.ce_rows, sft.kl_rows, sft.row_weight,
                           penalty.detach())

@@ -17,7 +17,8 @@ import torch
 from pact_kernels import PACTConfig, fused_linear_cross_entropy, fused_linear_pact_loss, pact_loss_from_config
 
 from ..data.collator import PACTBatch
-from ..reference import OutputHead
+from ..model_rows import OutputHead
+from ..reference.values import ReferenceHidden, ReferenceLogits
 
 
 @dataclass
@@ -59,39 +60,43 @@ def policy_cross_entropy(policy, labels: torch.Tensor, backend: str = "auto", ro
 class LossResult:
     """Loss of one micro-batch and the per-row numbers the logger splits by kind.
 
-    ``loss``: differentiable scalar; ``ce_rows``/``kl_rows``/``gate``: ``[rows]``
-    float32, detached (``gate`` is a method's per-row weight: PACT's gate,
-    constrained SFT's token weight); ``penalty``: a detached scalar added to
-    the loss on top of the rows (AsFT's regulariser, already times λ), or None.
+    ``loss``: differentiable scalar; ``ce_rows``/``kl_rows``/``row_weight``:
+    ``[rows]`` float32, detached. ``row_weight`` is the method's weight of
+    each row (logged as ``gate_mean``): PACT's gate c̃_t on the KL term,
+    constrained SFT's token weight w_t on the cross-entropy, 0 for SFT.
+    ``penalty``: a detached scalar added to the loss on top of the rows
+    (AsFT's regulariser, already times λ), or None.
     """
 
     loss: torch.Tensor
     ce_rows: torch.Tensor
     kl_rows: torch.Tensor
-    gate: torch.Tensor
+    row_weight: torch.Tensor
     penalty: torch.Tensor | None = None
 
 
 class Method:
     """Base class. ``needs_reference``: whether the driver must set up a frozen reference;
-    ``full_vocab``: whether ``r_full`` must cover the whole vocabulary (``r_post`` is then None)."""
+    ``full_vocab``: whether the reference's full-view logits must cover the whole vocabulary (and it gives no
+    no-prompt view's)."""
 
     name = "method"
     needs_reference = False
     full_vocab = False
 
     def setup(self, model) -> None:
-        """Called with the :class:`~pact.reference.RowModel` after it is built, before DeepSpeed wraps it."""
+        """Called with the :class:`~pact.model_rows.RowModel` after it is built, before DeepSpeed wraps it."""
 
     def place(self, device) -> None:
         """Called once the model is on ``device`` (after DeepSpeed places it): move the method's own tensors
         there, so that no step copies them."""
 
     def reference_for(self, reference, batch: PACTBatch, fused: bool = False):
-        """What :meth:`loss` gets as ``reference``: by default ``(r_full, r_post)`` of the batch
-        (``fused`` and ``full_vocab``: the reference's hidden rows instead of ``r_full``, see :class:`PACT`)."""
+        """What :meth:`loss` gets as ``reference`` from an :class:`~pact.reference.OnlineReference` or a
+        :class:`~pact.reference.ReferenceCache`: by default the batch's :class:`~pact.reference.ReferenceLogits`
+        (``fused`` and ``full_vocab``: a :class:`~pact.reference.ReferenceHidden`, see :class:`PACT`)."""
         if fused and self.full_vocab:
-            return reference.hidden(batch), reference
+            return ReferenceHidden(reference.hidden(batch), reference)
         return reference(batch, self.full_vocab)
 
     def loss(self, batch: PACTBatch, policy, reference=None) -> LossResult:
@@ -145,28 +150,30 @@ class PACT(Method):
         """True when the reference must give full-vocabulary logits on the full view (``full_vocab``)."""
         return self.config.variant == "full_vocab"
 
-    def loss(self, batch, policy, reference=None) -> LossResult:
-        """``reference``: ``(r_full, r_post)``; fused ``full_vocab``: ``(ref_hidden [rows, H], OnlineReference)``."""
-        r_full, r_post = reference
+    def loss(self, batch, policy, reference: ReferenceLogits | ReferenceHidden | None = None) -> LossResult:
+        """``reference``: :class:`~pact.reference.ReferenceLogits` (or a ``(full, post)`` pair); with fused
+        ``full_vocab``, :class:`~pact.reference.ReferenceHidden`."""
         if isinstance(policy, HeadRows):
-            return self._fused_loss(batch, policy, r_full, r_post)
+            return self._fused_loss(batch, policy, reference)
         logits = policy
+        ref_full, ref_post = reference
         out = pact_loss_from_config(
-            logits, batch.labels, r_full, r_post, *self._safety_set(logits.device), batch.answer_pos, self.config,
+            logits, batch.labels, ref_full, ref_post, *self._safety_set(logits.device), batch.answer_pos, self.config,
             backend=self.backend, inplace_grad=True,  # the head's backward never reads its output
         )
         return LossResult(out.loss, out.ce_rows, out.kl_rows, out.gate)
 
-    def _fused_loss(self, batch, policy: HeadRows, r_full, r_post) -> LossResult:
+    def _fused_loss(self, batch, policy: HeadRows, reference) -> LossResult:
         """:func:`fused_linear_pact_loss` on the hidden rows; ``full_vocab`` makes the reference's logits
-        chunk by chunk from its hidden rows (``r_full``) and head (``r_post``, the :class:`OnlineReference`)."""
+        chunk by chunk from its hidden rows and head (a :class:`~pact.reference.ReferenceHidden`)."""
         common = dict(backend=self.backend, **policy.head_args(), **self.config.as_kwargs())
         args = (policy.hidden, policy.head.weight, batch.labels)
         tail = (*self._safety_set(policy.hidden.device), batch.answer_pos)
         if not self.full_vocab:
-            out = fused_linear_pact_loss(*args, r_full, r_post, *tail, **common)
+            ref_full, ref_post = reference
+            out = fused_linear_pact_loss(*args, ref_full, ref_post, *tail, **common)
         else:
-            with r_post.head() as ref_head:  # None: the policy's own (frozen) head, LoRA
+            with reference.head() as ref_head:  # None: the policy's own (frozen) head, LoRA
                 ref = {} if ref_head is None else dict(ref_weight=ref_head.weight, ref_bias=ref_head.bias)
-                out = fused_linear_pact_loss(*args, None, None, *tail, ref_hidden=r_full, **ref, **common)
+                out = fused_linear_pact_loss(*args, None, None, *tail, ref_hidden=reference.hidden, **ref, **common)
         return LossResult(out.loss, out.ce_rows, out.kl_rows, out.gate)

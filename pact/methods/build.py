@@ -12,7 +12,7 @@ def build_method(cfg, tokens, backend: str = "auto") -> Method:
 
     ``cfg``: the driver's ``TrainConfig`` or a ``PACTTrainerConfig`` (the same key names: ``method``,
     ``csft_*``, ``loss_config()``; ``safe_lora`` and ``asft`` read the driver's model keys). ``tokens``: the
-    :class:`~pact.safety_tokens.SafetyTokens` (needed by every PACT variant). Any other method than the
+    :class:`~pact.identify.SafetyTokens` (needed by every PACT variant). Any other method than the
     baselines is a PACT variant (its rung is in ``cfg.loss_config()``).
     """
     if cfg.method == "sft":

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ..atomic_files import write_text_atomic
-from ..reference import _barrier, _gathered
+from ..distributed import barrier, gathered
 from .faults import fault_point
 from .safe_load import UnsafeCheckpointError, safe_deepspeed_loading, safe_torch_load
 
@@ -92,7 +92,7 @@ def export_weights(engine, out_dir: Path, rank: int) -> None:
     model = engine.module.model  # RowModel -> peft model or causal LM
     params = [p for p in model.parameters() if p.requires_grad] if hasattr(model, "peft_config") else list(
         model.parameters())
-    with _gathered(params):
+    with gathered(params):
         if rank == 0:
             model.save_pretrained(str(out_dir), safe_serialization=True)
 
@@ -103,13 +103,13 @@ def export_final(engine, run_dir: Path, rank: int) -> Path:
     tmp = Path(run_dir) / "final.tmp"
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-    _barrier()
+    barrier()
     export_weights(engine, tmp, rank)
-    _barrier()
+    barrier()
     if rank == 0:
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-    _barrier()
+    barrier()
     return final
 
 
@@ -250,12 +250,12 @@ def save_checkpoint(engine, run_dir: Path, step: int, trainer_state: dict, rank:
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    _barrier()
+    barrier()
     engine.save_checkpoint(str(tmp), tag="state", save_latest=False, exclude_frozen_parameters=True)
     fault_point("checkpoint-write")
     torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
     export_weights(engine, tmp / "weights", rank)
-    _barrier()
+    barrier()
     if rank == 0:
         write_text_atomic(tmp / "trainer_state.json", json.dumps(trainer_state, indent=2))
         write_manifest(tmp)
@@ -266,7 +266,7 @@ def save_checkpoint(engine, run_dir: Path, step: int, trainer_state: dict, rank:
         write_text_atomic(root / "latest", final.name)
         for old in step_checkpoints(run_dir)[keep:] if keep > 0 else []:  # newest first: keep the first `keep`
             shutil.rmtree(old, ignore_errors=True)
-    _barrier()
+    barrier()
     return final
 
 

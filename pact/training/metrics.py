@@ -115,11 +115,11 @@ class StepMetrics:
 
     @torch.no_grad()
     def add_loss(self, loss: torch.Tensor, result, batch) -> None:
-        """One micro-batch's loss and the method's per-row CE, KL and gate."""
+        """One micro-batch's loss and the method's per-row CE, KL and weight (``row_weight``: PACT's gate)."""
         s = self.sums
         s[0] += loss.detach().double()
         s[1] += 1
-        s[2] += result.gate.double().sum()
+        s[2] += result.row_weight.double().sum()
         s[3] += batch.labels.numel()
         s[-2] += loss.detach().double() * batch.labels.numel()
         if result.penalty is not None:

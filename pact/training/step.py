@@ -6,7 +6,7 @@ import contextlib
 import torch
 
 from ..methods import HeadRows, Method
-from ..reference import output_head
+from ..model_rows import RowMode, output_head
 from .metrics import StepMetrics
 
 
@@ -17,7 +17,7 @@ def micro_batch_loss(cfg, engine, method: Method, reference, batch, metrics: Ste
 
     ``cfg``: anything with a ``fused_linear`` flag (the driver's ``TrainConfig``,
     ``PACTTrainerConfig``); ``engine``: called as ``engine(ids, mask, rows, mode=...)``
-    (a DeepSpeed engine around :class:`~pact.reference.RowModel`, or
+    (a DeepSpeed engine around :class:`~pact.model_rows.RowModel`, or
     :class:`pact.trl.trainer.RowCaller`).
 
     ``fused_linear``: the policy forward stops at the hidden rows ``[rows, H]``
@@ -40,7 +40,7 @@ def micro_batch_loss(cfg, engine, method: Method, reference, batch, metrics: Ste
         ref = method.reference_for(reference, batch) if reference is not None else None
         yield method.loss(batch, logits, ref)
         return
-    hidden = engine(batch.full_ids, batch.full_mask, batch.full_rows, mode="policy_hidden")  # [rows, H]
+    hidden = engine(batch.full_ids, batch.full_mask, batch.full_rows, mode=RowMode.POLICY_HIDDEN)  # [rows, H]
     ref = method.reference_for(reference, batch, fused=True) if reference is not None else None
     with output_head(engine) as head:
         policy = HeadRows(hidden, head)

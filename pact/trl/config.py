@@ -23,7 +23,7 @@ class PACTTrainerConfig(SFTConfig):
 
     Parameters:
         safety_tokens (`str`):
-            The `tokens.json` of `pact identify` (or of `pact.safety_tokens.identify(...).tokens.save(path)`):
+            The `tokens.json` of `pact identify` (or of `pact.identify.identify(...).tokens.save(path)`):
             the safety set S and its weights w (SPEC §1, the paper's §3.1). Required; checked against the
             model's vocabulary before any step.
         method (`str`, *optional*, defaults to `"pact"`):
@@ -138,7 +138,7 @@ class PACTTrainerConfig(SFTConfig):
             self._refill_deepspeed_config()
         if not self.safety_tokens:
             raise ValueError("PACTTrainerConfig: safety_tokens is not set; pass the tokens.json of `pact identify` "
-                             "(see pact.safety_tokens.identify for doing it from Python)")
+                             "(see pact.identify.identify for doing it from Python)")
         if not Path(self.safety_tokens).is_file():
             raise ValueError(f"PACTTrainerConfig: safety_tokens file not found: {self.safety_tokens}")
         if self.method not in TRAINER_METHODS:

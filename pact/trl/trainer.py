@@ -28,9 +28,9 @@ from ..data.views import ViewBuilder
 from ..methods import build_method
 from ..fingerprint import tokenization_digest, update_with_tensor, weights_digest
 from ..models import ModelLoadError, vocab_size_of
-from ..reference import (OnlineReference, ReferenceCache, cache_fingerprint, causal_lm_of, fill_reference_cache,
-                         patch_row_forward)
-from ..safety_tokens import SafetyTokens
+from ..model_rows import RowMode, causal_lm_of, patch_row_forward
+from ..reference import OnlineReference, ReferenceCache, cache_fingerprint, fill_reference_cache
+from ..identify import SafetyTokens
 from ..training.checkpoint import verify_checkpoint
 from ..training.safe_load import weights_only_loading
 from ..training.data import StepSampler, dataset_digest
@@ -42,7 +42,7 @@ from .identity import IDENTITY_FILE, check_trainer_resume, intact_checkpoint, tr
 
 
 class RowCaller:
-    """Calls a (wrapped) model patched by :func:`pact.reference.patch_row_forward` with the driver's signature.
+    """Calls a (wrapped) model patched by :func:`pact.model_rows.patch_row_forward` with the driver's signature.
 
     ``RowCaller(model)(input_ids, attention_mask, rows, mode)`` is what the
     driver's ``engine(input_ids, attention_mask, rows, mode=mode)`` is, so
@@ -54,12 +54,12 @@ class RowCaller:
 
     @property
     def module(self):
-        """The model inside the wrappers (what :func:`pact.reference.output_head` reads the head of)."""
+        """The model inside the wrappers (what :func:`pact.model_rows.output_head` reads the head of)."""
         return getattr(self.model, "module", self.model)
 
     def __call__(self, input_ids, attention_mask, rows, mode=None, labels=None):
         return self.model(input_ids=input_ids, attention_mask=attention_mask, pact_rows=rows,
-                          pact_mode=mode or "policy", pact_labels=labels)
+                          pact_mode=mode or RowMode.POLICY, pact_labels=labels)
 
 
 class StepOrderSampler(torch.utils.data.Sampler):

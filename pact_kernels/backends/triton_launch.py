@@ -36,7 +36,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Columns of z one program holds per step of a sweep, with 32 warps (8 to 32
 # columns a thread). Wide steps keep many bytes in flight per SM; these widths
 # compile for sm_90 without register spills in the sweep loops, for rows
-# aligned to 16 elements or not (python -m benchmarks.compile_check): 32768 for
+# aligned to 16 elements or not (python -m checks.compile_check): 32768 for
 # the one-stream kernel (as Liger-Kernel's cross-entropy), 8192 for the
 # two-stream full_vocab one. PACT_TRITON_BLOCK_V,
 # PACT_TRITON_FULL_VOCAB_BLOCK_V and PACT_TRITON_NUM_WARPS override them
@@ -45,7 +45,7 @@ SAFETY_SET_BLOCK_V = int(os.environ.get("PACT_TRITON_BLOCK_V", "32768"))
 # With more than 512 safety tokens (K_PAD 1024) the K values held across the sweeps leave too few of
 # the 64 registers a thread has at 32 warps: 32768-column steps spill inside the sweep loops for rows
 # not aligned to 16 elements or column-strided logits (bf16: 4 spill instructions in loops, fp16: 6;
-# python -m benchmarks.compile_check); 16384-column steps do not.
+# python -m checks.compile_check); 16384-column steps do not.
 LARGE_K_PAD = 512
 LARGE_K_BLOCK_V = 16384
 FULL_VOCAB_BLOCK_V = int(os.environ.get("PACT_TRITON_FULL_VOCAB_BLOCK_V", "8192"))

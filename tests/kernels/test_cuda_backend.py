@@ -4,7 +4,7 @@ Where ``pact_kernels._cuda`` is not built, ``backend="cuda"`` must say so
 and how to build it; the module must import without the extension and
 without the training stack; it refuses what its kernels cannot do. Its
 numbers against the oracle are checked on a GPU by
-``benchmarks/gpu_correctness.py`` (run by ``benchmarks/gpu_check.sh``).
+``checks/gpu_correctness.py`` (run by ``benchmarks/gpu_check.sh``).
 """
 from __future__ import annotations
 

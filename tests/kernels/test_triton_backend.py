@@ -204,7 +204,7 @@ def test_many_small_blocks(variant, monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_more_than_512_safety_tokens_take_narrower_steps(dtype):
     """513 ≤ K ≤ 1024 (K_PAD 1024): 16384-column steps (32768 spill in the sweep loops on sm_90,
-    benchmarks/compile_check.py); the loss still matches the oracle, with column-strided logits too."""
+    checks/compile_check.py); the loss still matches the oracle, with column-strided logits too."""
 
     assert triton_backend.launch_config(152064, two_streams=False, k_pad=512) == (32768, 32)
     assert triton_backend.launch_config(152064, two_streams=False, k_pad=1024) == (16384, 32)
@@ -315,13 +315,13 @@ def test_float64_is_refused():
         triton(b, PACTConfig())
 
 
-# The Python parts of benchmarks/gpu_check.sh, smoke-run on the CPU so that a typo
+# The Python parts of checks/gpu_check.sh, smoke-run on the CPU so that a typo
 # cannot wait for the next GPU session to show.
 
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="the GPU run covers these scripts itself")
 def test_gpu_correctness_script_small(tmp_path):
-    from benchmarks import gpu_correctness
+    from checks import gpu_correctness
 
     out = tmp_path / "correctness.json"
     assert gpu_correctness.main(["--device", "cpu", "--small", "-o", str(out)]) == 0
@@ -393,7 +393,7 @@ def test_kernels_compile_for_h100_without_spills_in_loops():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_DEFAULT_FP_FUSION"] = "1"
     repo = Path(__file__).resolve().parents[2]
-    run = subprocess.run([sys.executable, "-m", "benchmarks.compile_check"], cwd=repo, env=env,
+    run = subprocess.run([sys.executable, "-m", "checks.compile_check"], cwd=repo, env=env,
                          capture_output=True, text=True, timeout=450)
     records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert run.returncode == 0, run.stdout + run.stderr

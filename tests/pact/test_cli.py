@@ -12,7 +12,7 @@ import torch
 
 from conftest import PROMPTS
 from pact.cli import COMMANDS, build_parser, main
-from pact.safety_tokens import SafetyTokens
+from pact.identify import SafetyTokens
 
 
 def _subcommands() -> dict:
@@ -71,7 +71,7 @@ def _identify_args(tiny_dir, prompts_csv, out, *extra):
 
 def test_identify_cli_matches_python_api(tiny_dir, prompts_csv, tmp_path, tok, safe_model, base_model, capsys):
     from pact.data import get_source
-    from pact.safety_tokens import identify
+    from pact.identify import identify
 
     out = tmp_path / "tokens.json"
     assert main(_identify_args(tiny_dir, prompts_csv, out, "--select", "authors", "--save-responses",

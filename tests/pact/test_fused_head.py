@@ -9,7 +9,8 @@ import torch
 from pact.data.collator import PACTCollator
 from pact.data.views import ViewBuilder
 from pact.methods import PACT, SFT, ConstrainedSFT, HeadRows
-from pact.reference import OnlineReference, RowModel, causal_lm_of, full_logits, output_head
+from pact.model_rows import RowModel, causal_lm_of, full_logits, output_head
+from pact.reference import OnlineReference
 from pact.tiny import tiny_model, tiny_tokenizer
 from pact.training.metrics import StepMetrics
 from pact_kernels import VARIANTS, PACTConfig
@@ -69,7 +70,7 @@ def both_paths(method, row, batch, reference, separate_reference=None):
 def assert_same(a, b, tol=1e-5):
     (ra, ha, wa), (rb, hb, wb) = a, b
     assert float(ra.loss.detach()) == pytest.approx(float(rb.loss.detach()), rel=tol)
-    for name in ("ce_rows", "kl_rows", "gate"):
+    for name in ("ce_rows", "kl_rows", "row_weight"):
         assert torch.allclose(getattr(ra, name), getattr(rb, name), rtol=tol, atol=1e-6), name
     assert torch.allclose(ha, hb, rtol=tol, atol=1e-7)
     assert (wa is None) == (wb is None)
@@ -108,7 +109,7 @@ def test_sft_and_constrained_sft_fused_equal_logits(batch):
 
     logits_path, fused_path = both_paths(ConstrainedSFT(), row, batch, Ref())
     assert_same(fused_path, logits_path)
-    w = fused_path[0].gate
+    w = fused_path[0].row_weight
     assert w.min() < 0.9 and w.max() > 1.1  # the token weights differ from 1 both ways
 
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import PROMPTS, make_model
 from pact.data import ListSource, PromptRecord
-from pact.safety_tokens import identify, select_tokens
+from pact.identify import identify, select_tokens
 
 
 def _chat_ids(tok, prompt):

@@ -21,7 +21,7 @@ import torch
 
 from pact.cli import main
 from pact.data import ListSource, PromptRecord
-from pact.safety_tokens import IDENTIFY_PRESETS, SafetyTokens, identify, identify_authors, select_tokens
+from pact.identify import IDENTIFY_PRESETS, SafetyTokens, identify, identify_authors, select_tokens
 
 NUM_LIVE = 30          # tokens with ordinary logits
 NUM_FAINT = 15         # logit bias -22: p ~ 1e-11 in both models

@@ -6,8 +6,8 @@ import torch
 from transformers import LogitsProcessorList
 
 from conftest import PROMPTS
-from pact.generation import encode_chat_prompt, pad_left
-from pact.intervention import ABLATE_VALUE, TokenSetLogitsProcessor, random_control_set
+from pact.identify.generation import encode_chat_prompt, pad_left
+from pact.identify.intervention import ABLATE_VALUE, TokenSetLogitsProcessor, random_control_set
 
 S = [5, 9, 14, 20, 33]
 

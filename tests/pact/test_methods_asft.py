@@ -73,7 +73,7 @@ def test_fast_form_equals_the_dense_formula_and_sums_over_modules():
 def test_setup_pairs_lora_factors_by_module_and_the_loss_adds_lambda_times_the_penalty(tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from pact.reference import RowModel
+    from pact.model_rows import RowModel
     from pact.tiny import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()

@@ -75,7 +75,7 @@ def test_every_method_name_builds_its_method_with_the_config_values():
 
 
 def test_full_vocab_kl_is_the_full_vocab_rung(tmp_path):
-    from pact.safety_tokens import SafetyTokens
+    from pact.identify import SafetyTokens
 
     tokens = SafetyTokens(safe_model="a", base_model="b", vocab_size=10, k=2, selection="paper", ids=[3, 4],
                           strings=["x", "y"], weights=[1.0, 0.5], scores=[1.0, 0.5], mean_safe_prob=[0.1, 0.1],

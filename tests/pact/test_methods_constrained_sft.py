@@ -11,7 +11,8 @@ from pact.data.collator import PACTCollator
 from pact.data.views import ViewBuilder
 from pact.methods import ConstrainedSFT
 from pact.methods.constrained_sft import beta_schedule, token_weights
-from pact.reference import OnlineReference, RowModel, label_log_probs
+from pact.model_rows import RowModel, label_log_probs
+from pact.reference import OnlineReference
 from pact.tiny import tiny_model, tiny_tokenizer
 
 
@@ -49,7 +50,7 @@ def test_loss_and_gradient_by_hand():
     nll = [-math.log(0.75), -math.log(0.75), math.log(2.0)]
     assert out.loss.item() == pytest.approx(sum(a * b for a, b in zip(w, nll)) / 3, rel=1e-6)
     assert out.loss.item() == pytest.approx((0.210600 + 0.057536 + 0.693147) / 3, abs=1e-5)  # 0.320428
-    assert out.gate.tolist() == pytest.approx(w, rel=1e-6)
+    assert out.row_weight.tolist() == pytest.approx(w, rel=1e-6)
     assert out.ce_rows.tolist() == pytest.approx(nll, rel=1e-6)
     out.loss.backward()
     # d/dz of w·(-log softmax(z)[y]) = w·(softmax(z) - onehot(y)); mean over 3 rows; w is a constant
@@ -64,7 +65,7 @@ def test_policy_equal_to_reference_gives_sft():
     ref = torch.log_softmax(logits, -1).gather(1, batch.labels[:, None])[:, 0]
     out = ConstrainedSFT().loss(batch, logits, ref)
     sft = torch.nn.functional.cross_entropy(logits, batch.labels)
-    assert out.loss.item() == pytest.approx(sft.item(), rel=1e-6) and out.gate.tolist() == pytest.approx([1.0] * 6)
+    assert out.loss.item() == pytest.approx(sft.item(), rel=1e-6) and out.row_weight.tolist() == pytest.approx([1.0] * 6)
 
 
 def test_label_log_probs_row_chunked_with_softcap():

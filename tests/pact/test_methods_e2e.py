@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pact.methods.alignment import AlignmentMatrix
-from pact.safety_tokens import SafetyTokens
+from pact.identify import SafetyTokens
 from pact.tiny import tiny_model, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,5 +1,5 @@
 """A run's identity is content, one writer per place, failures as sentences (pact/training/{run_dir,launch,
-write_errors}.py, pact/reference.py's cache fill, pact/safety_tokens.py's tokenizer check).
+write_errors}.py, pact/reference/cache.py's fill, pact/identify/tokens.py's tokenizer check).
 
 Cheap checks run in this process; the driver runs (two at once into one output_dir, a resume after the tokens
 file was regenerated, a file-size limit, a missing rank, Ctrl-C) are subprocesses on the tiny model.
@@ -111,7 +111,7 @@ def _shuffled_tokenizer(tok, keep: list[int]):
 
 
 def test_a_tokens_file_of_another_tokenizer_with_the_same_vocabulary_size_is_refused(tmp_path, tok):
-    from pact.safety_tokens import SafetyTokens, SafetyTokensError
+    from pact.identify import SafetyTokens, SafetyTokensError
 
     ids = [5, 6, 7]
     st = write_tokens(tmp_path / "t.json", ids, tok)
@@ -131,7 +131,7 @@ def test_a_tokens_file_of_another_tokenizer_with_the_same_vocabulary_size_is_ref
 def test_identify_writes_its_tokenizer_into_the_tokens_file(tmp_path, tok, safe_model, base_model):
     from conftest import PROMPTS
     from pact.fingerprint import vocab_digest
-    from pact.safety_tokens import SafetyTokens, SafetyTokensError, identify
+    from pact.identify import SafetyTokens, SafetyTokensError, identify
 
     tokens = identify(safe_model, base_model, tok, PROMPTS[:2], k=4, max_new_tokens=3, batch_size=2,
                       progress=False).tokens
@@ -332,7 +332,7 @@ def test_a_tokens_file_regenerated_in_place_is_refused_on_resume(setup, solo):  
 
 @pytest.mark.slow
 def test_a_tokens_file_of_another_tokenizer_is_refused_by_the_driver(setup, solo, tmp_path):  # noqa: F811
-    from pact.safety_tokens import SafetyTokens
+    from pact.identify import SafetyTokens
     from pact.tiny import tiny_tokenizer
 
     tokens = SafetyTokens.load(setup["root"] / "tokens-id.json")

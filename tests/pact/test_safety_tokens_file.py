@@ -9,7 +9,7 @@ import torch
 
 from conftest import PROMPTS, make_model
 from pact.models import ModelLoadError, load_model, load_tokenizer, resolve_model_ref
-from pact.safety_tokens import SafetyTokens, SafetyTokensError, identify
+from pact.identify import SafetyTokens, SafetyTokensError, identify
 
 SPEC_KEYS = {"safe_model", "base_model", "vocab_size", "k", "selection", "ids", "strings", "weights", "scores",
              "mean_safe_prob", "prompts", "num_prompts", "num_steps"}

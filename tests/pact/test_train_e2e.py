@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pact.data.tasks import load_harmful
-from pact.safety_tokens import SafetyTokens
+from pact.identify import SafetyTokens
 from pact.tiny import tiny_model, tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]

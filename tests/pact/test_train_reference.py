@@ -9,7 +9,8 @@ import torch
 
 from pact.data.collator import PACTCollator
 from pact.data.views import ViewBuilder
-from pact.reference import OnlineReference, ReferenceCache, RowModel, SafetyHead, cache_fingerprint, full_logits
+from pact.model_rows import RowModel, SafetyHead, full_logits
+from pact.reference import OnlineReference, ReferenceCache, cache_fingerprint
 from pact.tiny import tiny_model, tiny_tokenizer
 from pact.training.config import ConfigError, load_config
 
@@ -99,7 +100,7 @@ def test_reference_cache_roundtrip_and_refusal(tk, batch, tmp_path):
 
 
 def write_tokens(path: Path, vocab_size: int, ids=(40, 41, 42)):
-    from pact.safety_tokens import SafetyTokens
+    from pact.identify import SafetyTokens
 
     SafetyTokens(safe_model="s", base_model="b", vocab_size=vocab_size, k=len(ids), selection="paper", ids=list(ids),
                  strings=["x"] * len(ids), weights=[1.0] * len(ids), scores=[0.1] * len(ids),

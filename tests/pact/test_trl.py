@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pact.data.views import ChatTemplateError, ViewBuilder
-from pact.safety_tokens import SafetyTokensError
+from pact.identify import SafetyTokensError
 from pact.tiny import tiny_tokenizer
 from pact.training.config import load_config
 from pact.training.data import StepSampler
@@ -102,7 +102,7 @@ def oracle_losses(model_dir, samples, cfg, tokens) -> list[tuple[float, int]]:
 def test_first_step_equals_the_naive_oracle_and_evaluate_uses_the_same_loss(setup, trained, tmp_path):
     from datasets import Dataset
 
-    from pact.safety_tokens import SafetyTokens
+    from pact.identify import SafetyTokens
 
     cfg = load_config(str(REPO / "configs" / "tiny.yaml"), [f"model={setup['model']}",
                       f"safety_tokens={setup['tokens']}", "deepspeed=null", *STEPS])

@@ -127,7 +127,7 @@ def test_a_tokens_file_regenerated_in_place_is_refused_on_resume(setup, stopped)
 
 
 def test_a_tokens_file_of_another_tokenizer_is_refused_by_the_trainer(setup, stopped, tmp_path):  # noqa: F811
-    from pact.safety_tokens import SafetyTokens, SafetyTokensError
+    from pact.identify import SafetyTokens, SafetyTokensError
 
     other = SafetyTokens.load(stopped["tokens"])
     other.extra["tokenizer_vocab_sha256"] = "0" * 64  # identified with another tokenizer of the same size

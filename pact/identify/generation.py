@@ -36,7 +36,7 @@ def encode_chat_prompt(tokenizer, prompt: str) -> list[int]:
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError("the tokenizer has no chat template; use --base-format plain for a base model, "
                          "and an aligned (chat) model as --safe")
-    from .data.chat import encode_chat
+    from ..data.chat import encode_chat
 
     return encode_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
 

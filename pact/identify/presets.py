@@ -1,4 +1,4 @@
-"""Named keyword sets of :func:`pact.safety_tokens.identify` (no torch import: the CLI reads them at parse time).
+"""Named keyword sets of :func:`pact.identify.identify` (no torch import: the CLI reads them at parse time).
 
 ``authors``: ``compute_safety_tokens/compute_safety_tokens_pact.py`` of the authors'
 code (``Glresearch1/PACT``), run as their README does (``--K 512 --max_resp_len 64

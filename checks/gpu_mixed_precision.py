@@ -1,11 +1,11 @@
-"""Mixed precision where users run it (benchmarks/gpu_check.sh stages 6 and 7).
+"""Mixed precision where users run it (checks/gpu_check.sh stages 6 and 7).
 
-``python -m benchmarks.gpu_mixed_precision trl``: the README's "Use with TRL"
+``python -m checks.gpu_mixed_precision trl``: the README's "Use with TRL"
 block as a TRL user runs it (``bf16=True``, TRL's default when fp16 is unset),
 then again with ``bf16=False``; prints both step-loss lists and their largest
 relative difference.
 
-``python -m benchmarks.gpu_mixed_precision driver``: the driver under the
+``python -m checks.gpu_mixed_precision driver``: the driver under the
 ``deepspeed`` launcher, one rank, on a tiny model, with ``dtype=bfloat16``
 (DeepSpeed's ``bf16: {enabled: true}``) and with ``dtype=float32``; the same
 comparison. Without DeepSpeed importable it says so and exits 0.
@@ -84,7 +84,7 @@ def check_trl(cpu: bool, tolerance: float) -> int:
 
 def driver_setup(root: Path) -> tuple[Path, Path]:
     """A tiny model and a safety-token file of ids its answers use (no identify run: seconds, not minutes)."""
-    from pact.safety_tokens import SafetyTokens
+    from pact.identify import SafetyTokens
     from pact.tiny import save_tiny, tiny_tokenizer
 
     model = save_tiny(str(root / "model"))

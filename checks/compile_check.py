@@ -1,6 +1,6 @@
 """Compile the triton kernels for a GPU target without a GPU, and report registers and spills.
 
-    python -m benchmarks.compile_check [--arch 90] [--vocab 152064] [--block-v N --num-warps W]
+    python -m checks.compile_check [--arch 90] [--vocab 152064] [--block-v N --num-warps W]
 
 Uses triton's own compiler and bundled ptxas and cuobjdump (no device
 needed), so a machine without a GPU still catches what the CPU interpreter

@@ -1,7 +1,7 @@
 """Every backend, variant and dtype against the float64 oracle, on the device.
 
-    python -m benchmarks.gpu_correctness -o OUT/correctness.json             # CUDA
-    TRITON_INTERPRET=1 python -m benchmarks.gpu_correctness --device cpu --small -o /tmp/c.json
+    python -m checks.gpu_correctness -o OUT/correctness.json             # CUDA
+    TRITON_INTERPRET=1 python -m checks.gpu_correctness --device cpu --small -o /tmp/c.json
 
 For each backend (``naive`` in the input's precision, ``torch``, ``triton``,
 ``triton`` with ``inplace_grad``, and ``cuda`` with and without it when
