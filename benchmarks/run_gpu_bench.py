@@ -5,7 +5,7 @@
     python -m benchmarks.run_gpu_bench --from-json raw.json -o out          # summarise an existing run
 
 Writes ``OUT.json`` (one summary per shape, plus the raw per-case numbers),
-``OUT.md`` (the tables the README carries) and ``OUT.raw.json``
+``OUT.md`` (the tables docs/benchmarks.md carries) and ``OUT.raw.json``
 (pytest-benchmark's own file). The speed and memory targets (the acceptance lines) are checked
 on rows = 16384, V = 152064, bfloat16 when that shape was run.
 """

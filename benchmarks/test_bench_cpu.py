@@ -4,7 +4,7 @@
 
 Peak memory is measured in a fresh process per case (see peak_memory.py) and
 stored in each result's ``extra_info``; ``python -m benchmarks.cpu_report``
-writes the table that the README carries.
+writes the table that docs/benchmarks.md carries.
 """
 from __future__ import annotations
 

@@ -35,9 +35,10 @@ CASES = [("sft", "false"), ("sft", "true"), ("pact", "false"), ("pact", "true")]
 
 def child(args: list) -> None:
     """Run the driver in this process, the high-water mark reset when the first micro-batch starts."""
-    import pact.train as train
+    import pact.training.loop as loop
+    from pact.training.entry import main
 
-    inner = train.micro_batch_loss
+    inner = loop.micro_batch_loss
     state = {}
 
     def first_reset(*a, **kw):
@@ -46,8 +47,8 @@ def child(args: list) -> None:
             state["base"] = _rss_field("VmRSS")
         return inner(*a, **kw)
 
-    train.micro_batch_loss = first_reset
-    assert train.main(args) == 0
+    loop.micro_batch_loss = first_reset
+    assert main(args) == 0
     print(json.dumps({"peak_bytes": _rss_field("VmHWM") - state["base"]}))
 
 

@@ -1,6 +1,6 @@
 """Mixed precision where users run it (checks/gpu_check.sh stages 6 and 7).
 
-``python -m checks.gpu_mixed_precision trl``: the README's "Use with TRL"
+``python -m checks.gpu_mixed_precision trl``: the README's "Fine-tune with TRL"
 block as a TRL user runs it (``bf16=True``, TRL's default when fp16 is unset),
 then again with ``bf16=False``; prints both step-loss lists and their largest
 relative difference.

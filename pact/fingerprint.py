@@ -101,7 +101,10 @@ def adapter_digest(adapter_dir: str | Path) -> str:
 
 
 def update_with_tensor(h, name: str, t) -> None:
-    """Add a named tensor (name, dtype, shape, raw bytes; 0-dim tensors too) to the hash ``h``."""
+    """Add a named tensor to the hash ``h`` (a :mod:`hashlib` object): its name, dtype, shape and raw bytes.
+
+    ``t``: a tensor of any shape (0-dim too), dtype and device; it is read from a contiguous CPU copy.
+    """
     import torch
 
     t = t.detach().cpu().contiguous()

@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .common import ExitOn, run_reporting
+
 HELP = "reproduce the paper's claim offline on SmolLM2-135M-Instruct: align, identify, attack (SFT vs PACT), evaluate, report"
 
 
@@ -31,12 +33,6 @@ def run(args: argparse.Namespace) -> int:
     if args.lambda_kl is not None:
         s.lambda_kl = args.lambda_kl
     out = args.out or ("runs/demo-quick" if args.quick else "runs/demo")
-    try:
-        run_demo(out, settings=s, seeds=args.seeds)
-    except DemoSettingsError as e:
-        print(f"pact demo: error: {e}", file=sys.stderr)
-        return 2
-    except DemoCheckError as e:
-        print(f"pact demo: check failed: {e}", file=sys.stderr)
-        return 3
-    return 0
+    code, _ = run_reporting("pact demo", lambda: run_demo(out, settings=s, seeds=args.seeds),
+                            ExitOn(DemoSettingsError, 2), ExitOn(DemoCheckError, 3, "{command}: check failed: {error}"))
+    return code

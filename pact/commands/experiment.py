@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
+
+from .common import ExitOn, run_reporting
 
 HELP = ("run a grid of cells (methods, ladder rungs, lambda/N/K, seeds): train each with deepspeed pact/train.py, "
         "evaluate with pact eval, report Table 2 / Table 5 / Fig. 5")
@@ -26,35 +27,41 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..experiment.grid import GridError, load_grid
-    from ..experiment.plan import make_plan, render_plan
+    from ..experiment.grid import GridError
+    from ..experiment.plan import render_plan
 
-    try:
-        grid = load_grid(args.grid)
-        if args.num_gpus is not None:
-            grid.launch.num_gpus = args.num_gpus
-        if args.hostfile is not None:
-            grid.launch.hostfile = args.hostfile
-        plan = make_plan(grid, args.out)
-    except GridError as e:
-        print(f"pact experiment: error: {e}", file=sys.stderr)
-        return 2
+    code, planned = run_reporting("pact experiment", lambda: _grid_and_plan(args), ExitOn(GridError, 2))
+    if code:
+        return code
+    grid, plan = planned
     if args.plan:
         print(render_plan(plan))
         return 0
     from ..experiment.run import CellFailedError, run_experiment
     from ..locks import DirectoryLockedError
 
-    try:
-        rep = run_experiment(grid, plan.out, cells=args.cells, plan=plan)["report"]
-    except DirectoryLockedError as e:
-        print(f"pact experiment: error: {e}", file=sys.stderr)
-        return 2
-    except CellFailedError as e:
-        print(f"pact experiment: {e}; a rerun resumes (finished stages are kept)", file=sys.stderr)
-        return 1
+    code, rep = run_reporting(
+        "pact experiment", lambda: run_experiment(grid, plan.out, cells=args.cells, plan=plan)["report"],
+        ExitOn(DirectoryLockedError, 2),
+        ExitOn(CellFailedError, 1, "{command}: {error}; a rerun resumes (finished stages are kept)"))
+    if code:
+        return code
     for name, t in rep["tables"].items():
         print(f"{name}:\n{t['markdown']}")
     for f in rep["files"]:
         print(f"wrote {f}")
     return 0
+
+
+def _grid_and_plan(args: argparse.Namespace):
+    """The grid file with the command line's launch options over it, and its plan (:class:`GridError` when
+    either is invalid)."""
+    from ..experiment.grid import load_grid
+    from ..experiment.plan import make_plan
+
+    grid = load_grid(args.grid)
+    if args.num_gpus is not None:
+        grid.launch.num_gpus = args.num_gpus
+    if args.hostfile is not None:
+        grid.launch.hostfile = args.hostfile
+    return grid, make_plan(grid, args.out)

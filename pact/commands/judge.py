@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..eval.runner import judge_file
+    from ..eval.verdicts import judge_file
 
     summary = judge_file(args.input, args.output, args.judge, chunk_size=args.batch_size,
                          progress=not args.no_progress, judge_options=judge_options(args))

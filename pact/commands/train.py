@@ -1,28 +1,24 @@
-"""``pact train``: fine-tune with PACT (or SFT / an ablation rung) in this process.
+"""``pact train``: fine-tune with PACT (or a baseline, or a rung of PACT's ablation ladder) in this process.
 
 For several GPUs or nodes use the DeepSpeed launcher on the same entry point:
-``deepspeed pact/train.py --config CONFIG.yaml [key=value ...]``.
+``deepspeed pact/train.py --config CONFIG.yaml [key=value ...]`` (the same arguments).
 """
 from __future__ import annotations
 
 import argparse
 
+from ..training.arguments import add_train_arguments
+
 HELP = "fine-tune with PACT, SFT or an ablation variant (one process; use `deepspeed pact/train.py` for more)"
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("train", help=HELP, description=HELP)
-    p.add_argument("--config", help="YAML run config (see configs/)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="delete the run already in output_dir")
-    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. method=sft loss.lambda_kl=1 lora_r=16")
+    p = add_train_arguments(sub.add_parser("train", help=HELP, description=HELP, add_help=False))
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..train import main
+    from ..training.entry import run_training
 
-    argv = (["--config", args.config] if args.config else []) + (["--resume"] if args.resume else []) + (
-        ["--overwrite"] if args.overwrite else [])
-    return main(argv + list(args.overrides), single_process=True)
+    return run_training(args, single_process=True)

@@ -16,36 +16,7 @@ One interface for every source (:class:`PromptSource`: ``name``, ``split``,
     src = get_source("strongreject:small") # name:split
     src = get_source("my_prompts.jsonl", column="text")
 """
-from .sources import (
-    HUB_SOURCES,
-    PACKAGE_SOURCES,
-    DataPackageMissingError,
-    HubSource,
-    ListSource,
-    LocalFileSource,
-    PackageSource,
-    PromptRecord,
-    PromptSource,
-    PromptSourceError,
-    SourceUnavailableError,
-    available_sources,
-    get_source,
-    package_file,
-)
+from . import sources
+from .sources import *  # noqa: F403 -- the names of sources.__all__
 
-__all__ = [
-    "HUB_SOURCES",
-    "PACKAGE_SOURCES",
-    "DataPackageMissingError",
-    "HubSource",
-    "ListSource",
-    "LocalFileSource",
-    "PackageSource",
-    "PromptRecord",
-    "PromptSource",
-    "PromptSourceError",
-    "SourceUnavailableError",
-    "available_sources",
-    "get_source",
-    "package_file",
-]
+__all__ = list(sources.__all__)

@@ -48,7 +48,9 @@ class PACTBatch:
         return self.harmful[self.row_sample]
 
 
-def _pad(seqs, pad_id: int):
+def _pad(seqs, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), both ``[len(seqs), W]`` int64 with W the longest sequence: the ids right-padded with
+    ``pad_id``, the mask 1 on each sequence's own tokens and 0 on padding."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)

@@ -1,12 +1,15 @@
 """The evaluation harness (paper §2.2, §4.1): attack success rate, task accuracy, over-refusal, tables and plots.
 
 * :mod:`pact.eval.judges` — ``keyword`` (GCG refusal phrases + :mod:`pact.eval.degenerate`, a coarse proxy),
-  ``llama-guard`` (the paper's judge) and pluggable callables, one interface.
+  ``llama-guard`` (:mod:`pact.eval.llama_guard`, the paper's judge) and pluggable callables, one interface
+  (:mod:`pact.eval.judge_base`).
 * :mod:`pact.eval.answers` — SST-2 / AG News / GSM8K / BBQ answer rules.
 * :mod:`pact.eval.metrics` — ASR, accuracy and over-refusal (percent), with counts and 95 % Wilson intervals.
 * :mod:`pact.eval.suites` — harmbench, strongreject, jailbreakbench, sst2, agnews, gsm8k, bbq, overrefusal.
-* :mod:`pact.eval.runner` — ``pact eval`` / ``pact judge``: resumable generation and judging.
-* :mod:`pact.eval.report` — ``pact report``: the Table 2 layout (markdown/CSV) and Figures 3, 5, 6, 7.
+* :mod:`pact.eval.runner` — ``pact eval``: generate (:mod:`pact.eval.generations`, keyed by content and resumable),
+  judge (:mod:`pact.eval.verdicts`, also ``pact judge``), score, write ``metrics.json``.
+* :mod:`pact.eval.report` — ``pact report``: the RUN directories (:mod:`pact.eval.runs`), the Table 2 layout
+  (:mod:`pact.eval.table`, markdown/CSV) and Figures 3, 5, 6, 7 (:mod:`pact.eval.plots`).
 * :mod:`pact.eval.intervention_report` — ``pact intervention-report``: Table 1.
 """
 from .answers import agnews_matches, gsm8k_extract, is_correct, sst2_prediction

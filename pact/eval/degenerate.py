@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, fields
 __all__ = ["DEFAULT_RULE", "FICTION_WORDS", "STOPWORDS", "DegenerateRule", "asks_for_fiction", "content_terms",
            "degenerate_reason", "stem", "words"]
 
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
+APOSTROPHE_FOLDING = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'"})
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
 _LETTER = re.compile(r"[^\W\d_]")
 
@@ -82,7 +82,7 @@ _SUFFIXES = ("ations", "ation", "ments", "ment", "ings", "ing", "ers", "er", "ie
 
 def words(text: str) -> list[str]:
     """The words of ``text``: maximal runs of letters (any script) with inner apostrophes, as written."""
-    return _WORD.findall((text or "").translate(_APOSTROPHES))
+    return _WORD.findall((text or "").translate(APOSTROPHE_FOLDING))
 
 
 def stem(word: str, stem_chars: int = 5) -> str:
@@ -148,7 +148,7 @@ class DegenerateRule:
     def reason(self, prompt: str, response: str) -> str | None:
         """Why ``response`` (to ``prompt``) is degenerate, e.g. ``repetitive: 3-gram repeat share 0.62``; None
         when it is not."""
-        text = (response or "").translate(_APOSTROPHES).strip()
+        text = (response or "").translate(APOSTROPHE_FOLDING).strip()
         if not text:
             return "empty"
         ws = words(text)

@@ -29,7 +29,7 @@ from typing import Sequence
 from .io import read_jsonl, write_json_atomic, write_text_atomic
 from .judges import Judge, get_judge
 from .metrics import RATE_CSV_PARTS, Rate, harmful_summary, rate_csv_fields
-from .runner import judge_records
+from .verdicts import judge_records
 
 __all__ = ["intervention_report", "intervention_table"]
 

@@ -20,11 +20,12 @@ import dataclasses
 import itertools
 import json
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .eval_jobs import eval_command, eval_jobs, eval_model
 from .grid import BASELINE_METHODS, Grid, GridError
+from .launch import train_command
 
 __all__ = ["Cell", "Plan", "make_plan"]
 
@@ -297,87 +298,6 @@ def _base_seed(grid, load_config, ConfigError, common) -> int:
     return 0
 
 
-# ---------------------------------------------------------------------------
-# Commands
-# ---------------------------------------------------------------------------
-
-def launcher_args(launch, port: int | str = "PORT") -> list[str]:
-    """``deepspeed`` launcher arguments: ``--hostfile``/``--include``/``--num_gpus`` (default one device)."""
-    args = []
-    if launch.hostfile:
-        args += ["--hostfile", launch.hostfile]
-    if launch.include:
-        args += ["--include", launch.include]
-    if launch.num_gpus is not None or not (launch.hostfile or launch.include):
-        args += ["--num_gpus", str(launch.num_gpus or 1)]
-    return args + ["--master_port", str(port)]
-
-
-def train_command(plan: Plan, cell: Cell, port: int | str = "PORT") -> list[str]:
-    return ["deepspeed", *launcher_args(plan.grid.launch, port), "pact/train.py", *cell.train_args(plan.out)]
-
-
-def plan_tasks(plan: Plan) -> list[str]:
-    """The fine-tuning tasks of the plan's cells, in order."""
-    out: list[str] = []
-    for c in plan.cells:
-        if c.task not in out:
-            out.append(c.task)
-    return out
-
-
-def eval_jobs(plan: Plan, tasks: list[str] | None = None) -> list[dict]:
-    """The ``pact eval`` calls of one evaluation: the harmful and over-refusal suites (``safety/``) and the task
-    suites (``task/``, with their own answer cap): ``tasks`` (a cell's task; default every cell's task);
-    each ``{"sub", "suites", "max_new_tokens"}``."""
-    from ..eval.suites import parse_suite_list
-
-    e = plan.grid.eval
-    suites = parse_suite_list(e.suites)
-    safety = [s.name for s in suites if s.kind != "task"]
-    task = list(tasks if tasks is not None else plan_tasks(plan))
-    jobs = []
-    if safety:
-        jobs.append({"sub": "safety", "suites": safety, "max_new_tokens": e.max_new_tokens})
-    if task:
-        jobs.append({"sub": "task", "suites": task, "max_new_tokens": e.task_new_tokens or e.max_new_tokens})
-    return jobs
-
-
-def suite_files(plan: Plan) -> dict[str, str]:
-    """suite -> local file: the grid's eval.files, and with organism data its held-out files."""
-    files = dict(plan.grid.eval.files)
-    if plan.grid.data.organism is not None:
-        d = plan.out / "3-attack-data" / "eval"
-        for s in plan.grid.eval.suites + [plan.grid.data.task]:
-            files.setdefault(s, str(d / f"{s}.jsonl"))
-    return files
-
-
-def eval_model(plan: Plan, cell: Cell) -> tuple[str, str | None]:
-    """(model, adapter) to evaluate a cell with: the aligned model + the LoRA, or the full fine-tune."""
-    final = str(plan.out / cell.run_dir / "run" / "final")
-    return (plan.aligned, final) if cell.lora else (final, None)
-
-
-def eval_command(plan: Plan, model: str, adapter: str | None, out_dir: Path, job: dict, method: str | None) -> list[str]:
-    e = plan.grid.eval
-    files = suite_files(plan)
-    cmd = ["pact", "eval", "--model", model]
-    if adapter:
-        cmd += ["--adapter", adapter]
-    cmd += ["--suite", ",".join(job["suites"]), "--judge", e.judge, "--max-new-tokens", str(job["max_new_tokens"]),
-            "--batch-size", str(e.batch_size), "--dtype", e.dtype]
-    for s in job["suites"]:
-        if s in e.sizes:
-            cmd += ["--size", f"{s}={e.sizes[s]}"]
-        if s in files:
-            cmd += ["--suite-file", f"{s}={files[s]}"]
-    if method:
-        cmd += ["--method", method]
-    return cmd + ["-o", str(out_dir / job["sub"])]
-
-
 def render_plan(plan: Plan) -> str:
     """Every stage and cell with its commands (``pact experiment --plan``)."""
     lines = [f"grid {plan.grid.name}: {len(plan.cells)} cells, output {plan.out}"]
@@ -403,11 +323,3 @@ def render_plan(plan: Plan) -> str:
         lines.append("same config as another cell (run once): " +
                      ", ".join(f"{a} = {b}" for a, b in plan.duplicates.items()))
     return "\n".join(lines)
-
-
-def python_launcher() -> str:
-    """The ``deepspeed`` launcher beside this Python, else on PATH; None when not installed."""
-    import shutil
-
-    launcher = Path(sys.executable).with_name("deepspeed")
-    return str(launcher) if launcher.is_file() else shutil.which("deepspeed")

@@ -13,69 +13,22 @@ its last written answer) when its key is unchanged, else starts over.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import json
-import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 from ..atomic_files import write_json_atomic
+from .eval_jobs import eval_jobs, eval_model, suite_files
 from .grid import Grid
-from .plan import Cell, Plan, eval_jobs, eval_model, launcher_args, make_plan, python_launcher, suite_files
+from .keys import DONE, STARTED, ContentDigests, digest, read_json
+from .launch import CellFailedError, device, run_training
+from .plan import Cell, Plan, make_plan
+from .token_files import figure2, top_k
 
-__all__ = ["Runner", "device", "run_experiment"]
-
-DONE = "done.json"
-STARTED = "started.json"
-
-
-def device() -> str:
-    """Where the runner generates and identifies: the GPU when there is one (training picks its own)."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def digest(obj) -> str:
-    """SHA-256 of ``obj`` as canonical JSON."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, or of a directory's files (relative names and bytes, sorted)."""
-    p = Path(path)
-    h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    for f in files:
-        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return d if isinstance(d, dict) else None
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class CellFailedError(RuntimeError):
-    """A training subprocess failed; the message names the command (its own error is printed above it)."""
+__all__ = ["CellFailedError", "Runner", "device", "figure2", "run_experiment", "top_k"]
 
 
 class Runner:
@@ -86,7 +39,7 @@ class Runner:
         self.out = plan.out
         self.name = log_name or plan.grid.log_name
         self._log = log
-        self._digests: dict[str, str] = {}
+        self.digests = ContentDigests()
         self.keys: dict[str, str] = {}       # stage dir -> its key (this run's)
         self.trained: list[str] = []         # cells trained in this run
         self.evaluated: list[str] = []       # evaluations run (not cached) in this run
@@ -101,10 +54,10 @@ class Runner:
     def fresh(self, d: Path, key: str, what: str) -> dict | None:
         """The marker of stage ``d`` when it finished with ``key``; a finished or started stage of another key
         is removed (it is redone)."""
-        done = _read(d / DONE)
+        done = read_json(d / DONE)
         if done is not None and done.get("key") == key:
             return done
-        started = _read(d / STARTED)
+        started = read_json(d / STARTED)
         old = (done or started or {}).get("key")
         if old is not None and old != key:
             self.log(f"{what}: its inputs or config changed (key {old[:12]} -> {key[:12]}): redone")
@@ -117,51 +70,20 @@ class Runner:
     def mark(self, d: Path, key: str, info: dict) -> None:
         write_json_atomic(d / DONE, {"key": key, **info})
 
-    # -- digests ----------------------------------------------------------
+    # -- digests, training -------------------------------------------------
     def model_digest(self, name: str | None, gguf: str | None = None) -> str | None:
-        if not name:
-            return None
-        k = f"{name}|{gguf}"
-        if k not in self._digests:
-            from ..fingerprint import weights_digest
-
-            self._digests[k] = weights_digest(name, gguf)
-        return self._digests[k]
+        return self.digests.model_digest(name, gguf)
 
     def path_digest(self, path: str | Path) -> str:
-        k = f"file|{Path(path).resolve()}"
-        if k not in self._digests:
-            self._digests[k] = file_digest(path)
-        return self._digests[k]
+        return self.digests.path_digest(path)
 
     def forget(self, path: str | Path) -> None:
         """Drop cached digests under ``path`` (it was just rewritten)."""
-        p = str(Path(path).resolve())
-        self._digests = {k: v for k, v in self._digests.items() if p not in k}
+        self.digests.forget(path)
 
-    # -- training ---------------------------------------------------------
     def train(self, overrides: list[str], run_dir: Path, config: str | None = None) -> None:
-        """``deepspeed pact/train.py [--config C] key=value ...`` (one CPU process without a GPU; the grid's or
-        the command line's --num_gpus / --hostfile otherwise); ``python pact/train.py`` without the launcher."""
-        script = Path(__file__).resolve().parent.parent / "train.py"
-        launcher = python_launcher()
-        launch = self.plan.grid.launch
-        if launcher:
-            where = launcher_args(launch, _free_port())
-            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-            if not (launch.num_gpus or launch.hostfile or launch.include) and visible and device() == "cuda":
-                # the launcher ignores CUDA_VISIBLE_DEVICES given --num_gpus: name the first visible GPU instead
-                where = ["--include", f"localhost:{visible}"] + where[2:]
-            cmd = [launcher, *where, str(script)]
-        else:
-            cmd = [sys.executable, str(script)]
-        # continue a run this runner started (its run.json is there); a new one otherwise (resume needs a run)
-        cmd += (["--config", config] if config else []) + overrides + [f"output_dir={run_dir}"] + (
-            ["resume=true"] if (Path(run_dir) / "run.json").is_file() else [])
-        self.log("$ " + " ".join(cmd))
-        r = subprocess.run(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        if r.returncode != 0:
-            raise CellFailedError(f"training failed (exit {r.returncode}; its error is above): {' '.join(cmd)}")
+        """Train into ``run_dir`` (:func:`~pact.experiment.launch.run_training` with the grid's launch settings)."""
+        run_training(self.plan.grid.launch, overrides, run_dir, config, self.log)
 
     # -- stages -----------------------------------------------------------
     def organism_data(self) -> dict | None:
@@ -347,33 +269,6 @@ class Runner:
         return metrics
 
 
-def top_k(tokens: Path, k: int, out: Path) -> None:
-    """``out``: the first ``k`` tokens of ``tokens`` (ordered by d(v); with the paper's selection, whose weights
-    are d(v) itself, the set ``pact identify -k K`` picks), written when its content differs."""
-    t = json.loads(Path(tokens).read_text())
-    if t.get("selection", "paper") != "paper":
-        raise ValueError(f"K sweep: {tokens} was identified with selection={t.get('selection')!r}, whose weights "
-                         "depend on K; identify each K with pact identify -k K and give the files instead")
-    if k > len(t["ids"]):
-        raise ValueError(f"K = {k} > the {len(t['ids'])} tokens of {tokens}; identify more (safety_tokens.identify.k)")
-    sub = dict(t, k=k, **{key: t[key][:k] for key in ("ids", "strings", "weights", "scores", "mean_safe_prob")
-                          if isinstance(t.get(key), list)})
-    if not out.is_file() or _read(out) != json.loads(json.dumps(sub)):
-        write_json_atomic(out, sub)
-
-
-def figure2(tokens_file: Path, top: int = 10) -> str:
-    """The safety tokens as the paper's Figure 2 lists them: rank, token, id, D(v), mean p_safe."""
-    t = json.loads(Path(tokens_file).read_text())
-    lines = [f"Safety tokens of M_safe vs M_base (Figure 2 style, top {top} of K = {len(t['ids'])}):",
-             f"{'rank':>4}  {'token':<16} {'id':>6}  {'D(v)':>8}  {'mean p_safe':>11}"]
-    for i, (tid, sv, sc, mp) in enumerate(zip(t["ids"], t["strings"], t["scores"], t["mean_safe_prob"])):
-        if i >= top:
-            break
-        lines.append(f"{i + 1:>4}  {json.dumps(sv)[:16]:<16} {tid:>6}  {sc:>8.4f}  {mp:>11.4f}")
-    return "\n".join(lines)
-
-
 def run_experiment(grid: Grid, out: str | Path | None = None, *, cells: list[str] | None = None,
                    log_name: str | None = None, report: bool = True, plan: Plan | None = None) -> dict:
     """Run (or resume) ``grid`` in ``out``: align, identify, data, the untrained models' evaluations, then each
@@ -421,7 +316,7 @@ def _run(grid: Grid, plan: Plan, cells: list[str] | None, log_name: str | None, 
                                                grid.models.gguf_file if cell.lora else None, [cell.task], cell.task)
     for cell in plan.cells:  # cells finished by earlier runs (--cells) go into the report when still current
         if cell.name not in results:
-            done = _read(out / cell.eval_dir / DONE)
+            done = read_json(out / cell.eval_dir / DONE)
             key = runner.eval_key(runner.cell_key(cell), [cell.task]) if done else None
             if done and done.get("key") == key:
                 results[cell.name] = json.loads((out / cell.eval_dir / "metrics.json").read_text())

@@ -10,10 +10,10 @@ from .safe_lora import SafeLoRA
 def build_method(cfg, tokens, backend: str = "auto") -> Method:
     """The objective of ``cfg.method`` with its hyper-parameters from ``cfg``.
 
-    ``cfg``: the driver's ``TrainConfig`` or a ``PACTTrainerConfig`` (the same key names: ``method``,
-    ``csft_*``, ``loss_config()``; ``safe_lora`` and ``asft`` read the driver's model keys). ``tokens``: the
-    :class:`~pact.identify.SafetyTokens` (needed by every PACT variant). Any other method than the
-    baselines is a PACT variant (its rung is in ``cfg.loss_config()``).
+    ``cfg``: the driver's ``TrainConfig`` or a ``PACTTrainerConfig`` (both are
+    :class:`~pact.training.settings.ObjectiveSettings`: ``method``, ``csft_*``, ``loss_config()``; ``safe_lora``
+    and ``asft`` read the driver's model keys). ``tokens``: the :class:`~pact.identify.SafetyTokens`
+    (needed by ``pact``). ``method="pact"`` trains the rung ``cfg.variant`` (in ``cfg.loss_config()``).
     """
     if cfg.method == "sft":
         return SFT()
@@ -29,4 +29,6 @@ def build_method(cfg, tokens, backend: str = "auto") -> Method:
         return ASFT(cfg.base_model, base_gguf_file=cfg.base_gguf_file, lambda_=cfg.asft_lambda,
                     dtype=cfg.alignment_dtype, scale=cfg.asft_scale,
                     gradient_accumulation_steps=cfg.gradient_accumulation_steps)
+    if cfg.method != "pact":
+        raise ValueError(f"method={cfg.method!r} is unknown; use one of sft, constrained_sft, safe_lora, asft, pact")
     return PACT(cfg.loss_config(), tokens.ids_tensor(), tokens.weights_tensor(), backend=backend)

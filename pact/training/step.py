@@ -18,7 +18,7 @@ def micro_batch_loss(cfg, engine, method: Method, reference, batch, metrics: Ste
     ``cfg``: anything with a ``fused_linear`` flag (the driver's ``TrainConfig``,
     ``PACTTrainerConfig``); ``engine``: called as ``engine(ids, mask, rows, mode=...)``
     (a DeepSpeed engine around :class:`~pact.model_rows.RowModel`, or
-    :class:`pact.trl.trainer.RowCaller`).
+    :class:`pact.trl.bridge.RowCaller`).
 
     ``fused_linear``: the policy forward stops at the hidden rows ``[rows, H]``
     and the method's fused loss applies the output head chunk by chunk; the

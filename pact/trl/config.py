@@ -7,10 +7,7 @@ from pathlib import Path
 
 from trl import SFTConfig
 
-from pact_kernels.config import PRESETS, VARIANT_ALIASES, VARIANTS, PACTConfig
-
-from ..methods.constrained_sft import check_csft_keys
-from ..training.config import CSFT_KEYS, LOSS_KEYS, LOSS_NORMALIZATIONS, TrainConfig
+from ..training.settings import LossSettings, ObjectiveSettings, split_method
 
 #: The objectives PACTTrainer trains with (the driver's classes); safe_lora and asft need the base model's
 #: weights and run through `pact train`.
@@ -18,8 +15,12 @@ TRAINER_METHODS = ("pact", "sft", "constrained_sft")
 
 
 @dataclass
-class PACTTrainerConfig(SFTConfig):
+class PACTTrainerConfig(ObjectiveSettings, LossSettings, SFTConfig):
     r"""Configuration of [`PACTTrainer`]: every key of TRL's `SFTConfig`, plus PACT's.
+
+    The PACT keys are the driver's own fields (`pact.training.settings`: `ObjectiveSettings` and
+    `LossSettings`, one name, default, help and check each); `safety_tokens` and `pact_backend` are this
+    config's.
 
     Parameters:
         safety_tokens (`str`):
@@ -40,7 +41,8 @@ class PACTTrainerConfig(SFTConfig):
             `finetuning_pact.py`: λ = 1, α = 2, T = 2). See SPEC §3.
         variant (`str`, *optional*, defaults to `"pact"`):
             The rung of the paper's ablation ladder (Table 5): `"full_vocab"` (alias `"full_vocab_kl"`),
-            `"safety_tokens"`, `"safety_weights"`, `"response_only_ref"`, `"pact"`.
+            `"safety_tokens"`, `"safety_weights"`, `"response_only_ref"`, `"pact"`. A rung's name given as
+            `method` (`method="full_vocab"`) means `method="pact"` with that variant, as in the driver.
         lambda_kl (`float`, *optional*):
             λ of `L = CE + λ·KL` (paper Eq. 9: 3). `None`: the preset's value. The same holds for the keys below.
         mass_threshold (`float`, *optional*):
@@ -94,32 +96,8 @@ class PACTTrainerConfig(SFTConfig):
     """
 
     safety_tokens: str | None = field(default=None, metadata={"help": "tokens.json of `pact identify` (required)."})
-    method: str = field(default="pact", metadata={"help": "Objective: " + " | ".join(TRAINER_METHODS)})
-    csft_beta: float = field(default=TrainConfig.csft_beta, metadata={"help": "constrained_sft β (Qi et al.: 0.1)."})
-    csft_bias_factor: float = field(default=TrainConfig.csft_bias_factor, metadata={"help": "β factor, tokens 2..L."})
-    csft_first_token_bias_factor: float = field(default=TrainConfig.csft_first_token_bias_factor,
-                                                metadata={"help": "β factor of the first answer token."})
-    csft_bias_length: int = field(default=TrainConfig.csft_bias_length, metadata={"help": "L of the β schedule."})
-    csft_min_weight: float = field(default=TrainConfig.csft_min_weight, metadata={"help": "Token weight clamp."})
-    preset: str = field(default="paper", metadata={"help": "Loss defaults: paper | authors (SPEC §3)."})
-    variant: str = field(default="pact", metadata={"help": "Rung of the ablation ladder: " + ", ".join(VARIANTS)})
-    lambda_kl: float | None = field(default=None, metadata={"help": "λ (paper: 3). None: the preset's."})
-    mass_threshold: float | None = field(default=None, metadata={"help": "τ_mass (paper: 0.9)."})
-    gate_scale: float | None = field(default=None, metadata={"help": "α (paper: 1)."})
-    gate_bias: float | None = field(default=None, metadata={"help": "β (paper: 0)."})
-    gate_temperature: float | None = field(default=None, metadata={"help": "T_g (paper: 1)."})
-    decay_start: int | None = field(default=None, metadata={"help": "N (authors' code: 8)."})
-    decay_tau: float | None = field(default=None, metadata={"help": "τ (authors' code: 8)."})
-    kl_temperature: float | None = field(default=None, metadata={"help": "T (paper: 1)."})
-    post_bos: bool = field(default=False, metadata={"help": "BOS before the no-prompt view (SPEC §4)."})
-    ref_cache: str | None = field(default=None, metadata={"help": "Directory of the precomputed reference."})
-    fused_linear: bool = field(default=True, metadata={"help": "Fused linear loss (no [rows, V] logits)."})
-    pact_backend: str = field(default="auto", metadata={"help": "pact_kernels backend."})
-    loss_normalization: str = field(default="tokens", metadata={"help": "tokens | micro_batch: the mean over the "
-                                                                "step's labelled rows, or of micro-batch means."})
-    resume_changes: bool = field(default=False, metadata={
-        "help": "Resume although the safety tokens, tokenizer, data, model, PACT/optimisation keys or ranks differ "
-                "from the checkpoint's (pact_identity.json); otherwise such a resume is refused, naming each."})
+    pact_backend: str = field(default="auto", metadata={"help": "pact_kernels backend: auto | torch | triton | "
+                                                                "cuda | naive."})
 
     #: The paper's optimisation (§4.1) and the driver's defaults, for :meth:`paper`.
     PAPER_DEFAULTS = {"learning_rate": 3e-5, "num_train_epochs": 3.0, "per_device_train_batch_size": 2,
@@ -141,27 +119,19 @@ class PACTTrainerConfig(SFTConfig):
                              "(see pact.identify.identify for doing it from Python)")
         if not Path(self.safety_tokens).is_file():
             raise ValueError(f"PACTTrainerConfig: safety_tokens file not found: {self.safety_tokens}")
+        try:
+            self.method, self.variant = split_method(self.method, self.variant)
+        except ValueError as e:
+            raise ValueError(f"PACTTrainerConfig: {e}") from None
         if self.method not in TRAINER_METHODS:
             raise ValueError(f"PACTTrainerConfig: method={self.method!r}; use one of {', '.join(TRAINER_METHODS)} "
                              "(safe_lora and asft need the base model's weights: run them with `pact train`)")
+        unused = self.unused_pact_keys() + ["ref_cache"] * (self.method != "pact" and bool(self.ref_cache))
+        if unused:  # PACT's keys given to a baseline: a mistake, never ignored silently
+            raise ValueError(f"PACTTrainerConfig: method={self.method!r} does not use {', '.join(unused)}; "
+                             "leave them unset or use method='pact'")
         try:
-            check_csft_keys(*(getattr(self, k) for k in CSFT_KEYS))
-        except ValueError as e:
-            raise ValueError(f"PACTTrainerConfig: {e}") from None
-        if self.method != "pact":  # PACT's keys given to a baseline: a mistake, never ignored silently
-            unused = [k for k in LOSS_KEYS if getattr(self, k) is not None]
-            unused += ["variant"] * (self.variant != "pact") + ["ref_cache"] * bool(self.ref_cache)
-            if unused:
-                raise ValueError(f"PACTTrainerConfig: method={self.method!r} does not use {', '.join(unused)}; "
-                                 "leave them unset or use method='pact'")
-        if self.loss_normalization not in LOSS_NORMALIZATIONS:
-            raise ValueError(f"PACTTrainerConfig: loss_normalization={self.loss_normalization!r}; use tokens (the "
-                             "mean over the step's labelled rows) or micro_batch (the mean of the micro-batch means)")
-        if self.preset not in PRESETS:
-            raise ValueError(f"PACTTrainerConfig: preset={self.preset!r}; use one of {', '.join(PRESETS)}")
-        if self.variant not in VARIANTS + tuple(VARIANT_ALIASES):
-            raise ValueError(f"PACTTrainerConfig: variant={self.variant!r}; use one of {', '.join(VARIANTS)}")
-        try:
+            self.check_objective(sep="; ")
             config = self.loss_config()
         except ValueError as e:
             raise ValueError(f"PACTTrainerConfig: {e}") from e
@@ -209,8 +179,3 @@ class PACTTrainerConfig(SFTConfig):
         self.hf_deepspeed_config = HfTrainerDeepSpeedConfig(self.deepspeed)
         self.hf_deepspeed_config.trainer_config_process(self)
         self.deepspeed_plugin = DeepSpeedPlugin(hf_ds_config=self.hf_deepspeed_config)
-
-    def loss_config(self) -> PACTConfig:
-        """The :class:`PACTConfig` of the run: the preset, the variant and every loss key that is not None."""
-        overrides = {k: getattr(self, k) for k in LOSS_KEYS if getattr(self, k) is not None}
-        return PACTConfig.preset(self.preset, variant=self.variant, **overrides)

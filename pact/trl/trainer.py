@@ -26,66 +26,20 @@ from trl import SFTTrainer
 from ..data.collator import PACTBatch
 from ..data.views import ViewBuilder
 from ..methods import build_method
-from ..fingerprint import tokenization_digest, update_with_tensor, weights_digest
-from ..models import ModelLoadError, vocab_size_of
-from ..model_rows import RowMode, causal_lm_of, patch_row_forward
-from ..reference import OnlineReference, ReferenceCache, cache_fingerprint, fill_reference_cache
-from ..identify import SafetyTokens
+from ..fingerprint import tokenization_digest, weights_digest
+from ..models import ModelLoadError
+from ..model_rows import causal_lm_of, patch_row_forward
+from ..reference import OnlineReference, ReferenceCache
 from ..training.checkpoint import verify_checkpoint
 from ..training.safe_load import weights_only_loading
 from ..training.data import StepSampler, dataset_digest
-from ..training.metrics import KINDS, POSITIONS, StepMetrics
+from ..training.metrics import StepMetrics
+from ..training.setup import fill_missing_cache, load_safety_tokens, model_vocab_size, open_reference_cache
 from ..training.step import micro_batch_loss, step_loss_weight, token_statistics
 from .config import PACTTrainerConfig
+from .bridge import RowCaller, StepOrderSampler, flat_record, memory_weights_key
 from .data import VIEW_COLUMNS, ViewCollator, build_views, completion_tail_warning, format_warnings, views_dataset
 from .identity import IDENTITY_FILE, check_trainer_resume, intact_checkpoint, trainer_identity
-
-
-class RowCaller:
-    """Calls a (wrapped) model patched by :func:`pact.model_rows.patch_row_forward` with the driver's signature.
-
-    ``RowCaller(model)(input_ids, attention_mask, rows, mode)`` is what the
-    driver's ``engine(input_ids, attention_mask, rows, mode=mode)`` is, so
-    :class:`pact.reference.OnlineReference` works on it unchanged.
-    """
-
-    def __init__(self, model):
-        self.model = model
-
-    @property
-    def module(self):
-        """The model inside the wrappers (what :func:`pact.model_rows.output_head` reads the head of)."""
-        return getattr(self.model, "module", self.model)
-
-    def __call__(self, input_ids, attention_mask, rows, mode=None, labels=None):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask, pact_rows=rows,
-                          pact_mode=mode or RowMode.POLICY, pact_labels=labels)
-
-
-class StepOrderSampler(torch.utils.data.Sampler):
-    """The driver's sample order: each epoch's seeded permutation, with its last partial step (fewer
-    micro-batches, or a smaller last one; ``dataloader_drop_last=False``, TRL's default) or cut to whole
-    steps as the driver does (``keep_last=False``).
-
-    With the ``DataLoader``'s ``batch_size`` = micro-batch and ``accelerate``
-    dealing micro-batches to ranks in turn, rank r gets micro-batches
-    ``g*world + r`` of each step's block: the driver's
-    :meth:`~pact.training.data.StepSampler.micro_batches`.
-    """
-
-    def __init__(self, steps: StepSampler, keep_last: bool = True):
-        self.steps = steps
-        self.keep_last = keep_last
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.steps.num_samples if self.keep_last else self.steps.steps_per_epoch * self.steps.block
-
-    def __iter__(self):
-        return iter(self.steps.permutation(self.epoch)[:len(self)])
 
 
 class PACTTrainer(SFTTrainer):
@@ -155,9 +109,9 @@ class PACTTrainer(SFTTrainer):
         for name, data in (("train_dataset", train_dataset), ("eval_dataset", eval_dataset)):
             _check_map_style(name, data)
         trust = bool((getattr(args, "model_init_kwargs", None) or {}).get("trust_remote_code", False))
-        vocab = _vocab_size(model, trust)
-        self.safety = SafetyTokens.load(args.safety_tokens, vocab_size=vocab,  # SafetyTokensError before any work
-                                        tokenizer=getattr(processing_class, "tokenizer", processing_class))
+        vocab = model_vocab_size(model, trust_remote_code=trust)
+        self.safety = load_safety_tokens(args.safety_tokens, vocab,  # SafetyTokensError before any work
+                                         getattr(processing_class, "tokenizer", processing_class))
         self.method = build_method(args, self.safety, backend=args.pact_backend)  # the driver's objectives
         peft_policy = peft_config is not None or is_peft_model(model)
         if peft_policy and ref_model is not None:
@@ -168,8 +122,9 @@ class PACTTrainer(SFTTrainer):
         if not peft_policy and ref_model is None and self.method.needs_reference:
             raise ValueError("ref_model: the policy is not a peft model; pass ref_model= (a frozen copy of the "
                              "aligned model) or peft_config= (e.g. peft.LoraConfig) to train an adapter")
-        if ref_model is not None and _vocab_size(ref_model, trust) != vocab:
-            raise ValueError(f"ref_model has {_vocab_size(ref_model, trust)} output tokens, the model {vocab}")
+        if ref_model is not None and model_vocab_size(ref_model, trust_remote_code=trust) != vocab:
+            raise ValueError(f"ref_model has {model_vocab_size(ref_model, trust_remote_code=trust)} output tokens, "
+                             f"the model {vocab}")
         self.collator = ViewCollator()
         self.train_views = None
         self.dropped = {}
@@ -324,31 +279,12 @@ class PACTTrainer(SFTTrainer):
             return None
         # keyed by the reference's weights in memory: a merged adapter or weights changed in place rebuild it
         autocast = "autocast-bfloat16" if self.args.bf16 else "autocast-float16" if self.args.fp16 else "none"
-        fingerprint = cache_fingerprint(self._reference_weights_key(), self.safety.ids,
-                                        dataset_digest(self.train_views), compute_dtype=autocast)
-        cache = ReferenceCache(self.args.ref_cache, [v.num_answer for v in self.train_views], len(self.safety.ids),
-                               fingerprint)
-        status = cache.status()
-        if status not in ("valid", "missing"):
-            raise ValueError(f"ref_cache: {status}")
-        return cache
+        return open_reference_cache(self.args.ref_cache, self.train_views, self.safety,
+                                    self._reference_weights_key(), compute_dtype=autocast)
 
     def _reference_weights_key(self) -> str:
-        """SHA-256 of the reference's weights as they are in memory: ``ref_model``'s, or with a peft policy the
-        weights its disabled adapter leaves (every parameter and buffer but the adapters'), named as in the
-        plain model (peft's ``base_model.model.`` and ``.base_layer`` left out)."""
-        import hashlib
-
-        model = self.ref_model if self.ref_model is not None else self.model
-        model = getattr(model, "module", model)
-        adapters = tuple(f".{name}." for name in getattr(model, "peft_config", {}) or {})
-        h = hashlib.sha256()
-        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
-            if adapters and any(a in name for a in adapters):
-                continue
-            name = name.removeprefix("base_model.model.").replace(".base_layer", "")
-            update_with_tensor(h, name, _gathered_copy(t))
-        return "memory:" + h.hexdigest()
+        """The reference's weights in memory by content (:func:`pact.trl.bridge.memory_weights_key`)."""
+        return memory_weights_key(self.ref_model if self.ref_model is not None else self.model)
 
     def _online_reference(self, model) -> OnlineReference:
         return OnlineReference(RowCaller(self.ref_model if self.ref_model is not None else model))
@@ -358,13 +294,13 @@ class PACTTrainer(SFTTrainer):
             return None
         if self.cache is None or not training:
             return self._online_reference(model)
-        if not self._cache_ready and self.cache.status() == "missing":
+        if not self._cache_ready:
             from ..data.collator import PACTCollator
 
-            fill_reference_cache(self.cache, self._online_reference(model), self.train_views,
-                                 PACTCollator(self.collator.pad_id), self.args.per_device_train_batch_size,
-                                 self.accelerator.process_index, self.accelerator.num_processes,
-                                 self.accelerator.device)
+            fill_missing_cache(self.cache, self._online_reference(model), self.train_views,
+                               PACTCollator(self.collator.pad_id), self.args.per_device_train_batch_size,
+                               self.accelerator.process_index, self.accelerator.num_processes,
+                               self.accelerator.device)
         self._cache_ready = True
         return self.cache
 
@@ -440,30 +376,6 @@ class PACTTrainer(SFTTrainer):
         super().log(logs, start_time)
 
 
-def flat_record(record: dict) -> dict[str, float]:
-    """The driver's step record (:meth:`StepMetrics.reduce`) as flat scalar log keys (None values left out)."""
-    out = {k: record[k] for k in ("ce", "kl", "gate_mean")}
-    for kind in KINDS:
-        part = record[kind]
-        for key in ("ce", "kl"):
-            if part[key] is not None:
-                out[f"{kind}/{key}"] = part[key]
-        if part["safety_prob"] is not None:
-            out[f"{kind}/safety_prob"] = sum(part["safety_prob"]) / POSITIONS
-            out.update({f"{kind}/safety_prob_t{t}": p for t, p in enumerate(part["safety_prob"])})
-    return out
-
-
-def _gathered_copy(t: torch.Tensor) -> torch.Tensor:
-    """A CPU copy of a parameter or buffer, whole also when ZeRO-3 partitions it."""
-    if hasattr(t, "ds_id"):
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters([t]):
-            return t.detach().cpu().contiguous()
-    return t.detach().cpu().contiguous()
-
-
 def _check_map_style(name: str, dataset) -> None:
     """A streaming ``IterableDataset`` is refused: the views, the step order and the reference cache need
     every sample up front."""
@@ -475,12 +387,3 @@ def _check_map_style(name: str, dataset) -> None:
                          "its step order before training: load it with streaming=False (or "
                          "datasets.Dataset.from_generator)")
 
-
-def _vocab_size(model, trust_remote_code: bool = False) -> int:
-    """Output vocabulary of a model instance, or of a name/path from its config alone (code shipped with the
-    model runs only with ``trust_remote_code``, TRL's ``model_init_kwargs`` key)."""
-    if isinstance(model, (str, Path)):
-        from ..models import load_model_config
-
-        return int(load_model_config(str(model), trust_remote_code=trust_remote_code).get_text_config().vocab_size)
-    return vocab_size_of(causal_lm_of(model))

@@ -162,7 +162,7 @@ def test_report_plots_and_sweep_from_synthetic_logs(tmp_path, capsys):
 
 
 def test_series_and_smoothing():
-    from pact.eval.report import _mean_positions, _series
+    from pact.eval.plots import _mean_positions, _series
 
     log = _synthetic_log(4, 0.1, 0.5)
     xs, ys = _series(log, _mean_positions("harmful", "safety_prob"))
@@ -179,7 +179,7 @@ def test_fig3_draws_each_step_and_the_moving_mean_with_its_window(tmp_path, monk
     matplotlib.use("Agg")
     import matplotlib.figure
 
-    from pact.eval.report import _fig3_window, _mean_positions, _series, make_plots
+    from pact.eval.plots import _fig3_window, _mean_positions, _series, make_plots
 
     saved = {}
     real_savefig = matplotlib.figure.Figure.savefig

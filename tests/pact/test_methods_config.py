@@ -7,8 +7,8 @@ import pytest
 
 from pact.methods import ASFT, PACT, SFT, ConstrainedSFT, SafeLoRA
 from pact.methods import build_method
-from pact.train import check_base_model
-from pact.training.config import METHODS, ConfigError, load_config
+from pact.training.setup import check_base_model
+from pact.training.config import METHOD_NAMES, ConfigError, load_config
 
 
 def cfg(*overrides):
@@ -50,7 +50,7 @@ def test_asft_under_zero3_from_the_deepspeed_json(tmp_path):
 
 
 def test_every_method_name_builds_its_method_with_the_config_values():
-    assert set(METHODS) >= {"sft", "pact", "full_vocab", "full_vocab_kl", "safety_tokens", "safety_weights",
+    assert set(METHOD_NAMES) >= {"sft", "pact", "full_vocab", "full_vocab_kl", "safety_tokens", "safety_weights",
                             "response_only_ref", "constrained_sft", "safe_lora", "asft"}
     assert type(build_method(cfg("method=sft"), None)) is SFT
     csft = build_method(cfg("method=constrained_sft", "csft_beta=0.2", "csft_bias_length=3"), None)
@@ -101,7 +101,7 @@ def test_every_method_has_its_table_row_name():
     from pact.eval.report import METHOD_ORDER, method_name
 
     assert method_name("full_vocab_kl") == method_name("full_vocab") == "Full-vocab KL"
-    assert all(method_name(m) in METHOD_ORDER for m in METHODS)
+    assert all(method_name(m) in METHOD_ORDER for m in METHOD_NAMES)
 
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
@@ -143,7 +143,7 @@ def test_overlay_errors(tmp_path):
     loss = tmp_path / "loss.yaml"
     loss.write_text("loss: {lambda_kl: 2}\n")
     assert load_config(None, ["model=m", "loss.gate_bias=0.5", f"@{loss}", "safety_tokens=t.json"],
-                       check_files=False).loss == {"gate_bias": 0.5, "lambda_kl": 2}
+                       check_files=False).loss.loss_overrides() == {"gate_bias": 0.5, "lambda_kl": 2}
 
 
 def test_adam_betas_from_the_command_line():

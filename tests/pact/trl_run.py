@@ -48,8 +48,8 @@ def trainer_for(model_dir, tokens, out, overrides=(), deepspeed=None, lora=True,
     samples = driver_samples(cfg)
     dataset = Dataset.from_dict({"prompt": [s.prompt for s in samples], "completion": [s.response for s in samples],
                                  "harmful": [s.harmful for s in samples]})
-    method = "pact" if cfg.variant is not None else cfg.method  # the driver's PACT rungs are methods too
-    pact_keys = dict(variant=cfg.variant, **cfg.loss) if method == "pact" else {}
+    method = cfg.method
+    pact_keys = dict(variant=cfg.variant, **cfg.loss.loss_overrides()) if method == "pact" else {}
     fields = dict(
         output_dir=str(out), safety_tokens=str(tokens), method=method, preset=cfg.preset, **pact_keys,
         **{k: getattr(cfg, k) for k in CSFT_KEYS},
