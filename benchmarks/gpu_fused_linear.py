@@ -43,7 +43,7 @@ def backends_here(device) -> list:
     """The fused backends to run on ``device``: triton, and cuda when ``pact_kernels._cuda`` is built."""
     names = ["triton"]
     if device.type == "cuda":
-        from pact_kernels import cuda_backend
+        from pact_kernels.backends import cuda_extension as cuda_backend
 
         if cuda_backend.is_built():
             names.append("cuda")

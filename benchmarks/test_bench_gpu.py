@@ -185,7 +185,7 @@ def test_pact_loss_gpu(benchmark, rows, vocab, dtype, case, mode):
     if case == "liger_ce" and liger_cross_entropy() is None:
         pytest.skip("liger_kernel is not importable here (or not on CUDA)")
     if case in CUDA_EXTENSION_CASES:
-        from pact_kernels import cuda_backend
+        from pact_kernels.backends import cuda_extension as cuda_backend
 
         if DEVICE != "cuda" or not cuda_backend.is_built():
             pytest.skip("cuda backend: pact_kernels._cuda is not built here (or not on CUDA); "

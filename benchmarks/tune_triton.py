@@ -4,7 +4,7 @@
 
 Times ``pact_loss(backend="triton")`` forward + backward (variant ``pact``,
 bfloat16, and ``full_vocab`` at a quarter of the rows) for each setting, by
-setting :mod:`pact_kernels.triton_backend`'s ``SAFETY_SET_BLOCK_V``,
+setting :mod:`pact_kernels.backends.triton_launch`'s ``SAFETY_SET_BLOCK_V``,
 ``FULL_VOCAB_BLOCK_V`` and ``NUM_WARPS`` in process (the same knobs as the
 ``PACT_TRITON_*`` environment variables). The defaults there were chosen
 without a GPU (no register spills at sm_90, checks/compile_check.py);
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-from pact_kernels import pact_loss, triton_backend
+from pact_kernels import pact_loss
+from pact_kernels.backends import triton_launch as triton_backend
 
 from .test_bench_gpu import BenchInputs
 

@@ -5,7 +5,7 @@
 Uses triton's own compiler and bundled ptxas and cuobjdump (no device
 needed), so a machine without a GPU still catches what the CPU interpreter
 cannot: code that does not compile for CUDA, and register spills at the launch
-configuration :mod:`pact_kernels.triton_backend` picks. Prints one JSON line
+configuration :mod:`pact_kernels.backends.triton_launch` picks. Prints one JSON line
 per kernel specialisation: registers, stack bytes, and the local-memory loads
 and stores (spill traffic) inside loops, found in the SASS between a backward
 branch and its target. Exits 1 when a sweep loop spills (a few values parked
@@ -41,6 +41,8 @@ SPECIALISATIONS = [
     ("safety_set", "bf16", dict(RF_GATHER=False, RP_GATHER=False, USE_GATE=False, USE_DECAY=False, K_PAD=2), ROWS),
     ("full_vocab", "bf16", dict(UNIT_TEMPERATURE=False), ROWS),
     ("full_vocab", "fp32", dict(UNIT_TEMPERATURE=True), ROWS),
+    ("cross_entropy", "bf16", {}, ALL_ROWS),
+    ("cross_entropy", "fp16", {}, ROWS),
 ]
 
 
@@ -119,9 +121,11 @@ def compile_one(kernel: str, dtype: str, constexprs: dict, vocab: int, arch: int
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from pact_kernels import triton_backend, triton_kernels
+    from pact_kernels.backends import triton_kernels
+    from pact_kernels.backends import triton_launch as triton_backend
 
-    fn = triton_kernels.pact_safety_set_kernel if kernel == "safety_set" else triton_kernels.pact_full_vocab_kernel
+    fn = {"safety_set": triton_kernels.pact_safety_set_kernel, "full_vocab": triton_kernels.pact_full_vocab_kernel,
+          "cross_entropy": triton_kernels.cross_entropy_kernel}[kernel]
     default_block, default_warps = triton_backend.launch_config(vocab, two_streams=kernel == "full_vocab",
                                                                 k_pad=constexprs.get("K_PAD", 2))
     block, warps = block_v or default_block, num_warps or default_warps
@@ -157,7 +161,7 @@ def main(argv=None) -> int:
     parser.add_argument("--vocab", type=int, default=152064)
     parser.add_argument("--block-v", type=int)
     parser.add_argument("--num-warps", type=int)
-    parser.add_argument("--only", choices=["safety_set", "full_vocab"])
+    parser.add_argument("--only", choices=["safety_set", "full_vocab", "cross_entropy"])
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("compile_check: unset TRITON_INTERPRET (the interpreter replaces the compiler)", file=sys.stderr)

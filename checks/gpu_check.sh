@@ -84,7 +84,7 @@ else
   rc=$?; [ $rc = 0 ] || say "cuda backend build failed or timed out (exit $rc; see build_cuda.log; its cases are skipped)"
   tail -n 3 "$OUT/build_cuda.log" | tee -a "$LOG"
 fi
-"$PY" -c "from pact_kernels import cuda_backend as c; print('cuda backend built:', c.is_built())" 2>&1 | tee -a "$LOG"
+"$PY" -c "from pact_kernels.backends import cuda_extension as c; print('cuda backend built:', c.is_built())" 2>&1 | tee -a "$LOG"
 
 say "1/4 triton test file on $DEVICE (the CPU suite's oracle checks)"
 timeout 50 "$PY" -m pytest tests/kernels/test_triton_backend.py -q -p no:cacheprovider >"$OUT/pytest_triton.log" 2>&1

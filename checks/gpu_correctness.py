@@ -39,7 +39,7 @@ CUDA_CASES = (("cuda", False), ("cuda", True))  # the csrc/ extension, when buil
 
 def cuda_backend_ready(device: str) -> bool:
     """True when the ``cuda`` backend can run here; else prints why its cases are left out."""
-    from pact_kernels import cuda_backend
+    from pact_kernels.backends import cuda_extension as cuda_backend
 
     if device != "cuda":
         print("gpu_correctness: cuda backend skipped: it runs on CUDA devices only", flush=True)

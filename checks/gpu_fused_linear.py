@@ -24,7 +24,8 @@ from pact.atomic_files import write_text_atomic
 def check(device, small: bool = False) -> list:
     """Fused vs the float64 oracle on a small shape (tinier with ``small``); a list of result dicts (``ok`` each)."""
     from pact_kernels import VARIANTS, PACTConfig, fused_linear_pact_loss
-    from pact_kernels.naive_backend import naive_pact_loss
+    from pact_kernels import PACTInputs
+    from pact_kernels.backends.naive import naive_pact_loss
 
     results = []
     rows, width, vocab = (9, 8, 120) if small else (37, 48, 1000)
@@ -46,8 +47,8 @@ def check(device, small: bool = False) -> list:
                     rf, rp = 5.0 * torch.tanh(r / 5.0), None
                 else:
                     rf, rp = x["ref_full"].double().cpu(), x["ref_post"].double().cpu()
-                want = naive_pact_loss(z, x["labels"].cpu(), rf, rp, x["ids"].cpu(), x["weights"].double().cpu(),
-                                       x["answer_pos"].cpu(), cfg)
+                want = naive_pact_loss(z, PACTInputs(x["labels"].cpu(), rf, rp, x["ids"].cpu(),
+                                                     x["weights"].double().cpu(), x["answer_pos"].cpu()), cfg)
                 want.loss.backward()
                 refs = (None, None) if full else (x["ref_full"], x["ref_post"])
                 got = fused_linear_pact_loss(x["hidden"], x["weight"], x["labels"], *refs, x["ids"], x["weights"],

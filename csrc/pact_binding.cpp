@@ -3,7 +3,7 @@
 // Checks shapes, dtypes and devices, fills PactParams and launches on the
 // current CUDA stream. Returns (ce_rows, kl_rows, gate, grad): float32 [rows]
 // per-row terms (0 on unlabelled rows) and the gradient buffer it was given
-// (already scaled by 1/n; float32 for float16 logits, else the logits' dtype). pact_kernels/cuda_backend.py prepares the inputs.
+// (already scaled by 1/n; float32 for float16 logits, else the logits' dtype). pact_kernels/backends/cuda_extension.py prepares the inputs.
 #include <torch/extension.h>
 
 #include <c10/cuda/CUDAGuard.h>

@@ -1,7 +1,7 @@
 // Fused PACT loss (SPEC §3, §5): loss terms and d loss / d logits in one launch.
 //
 // One block per row of the logits z (the same algorithm as
-// pact_kernels/triton_kernels.py). Each block sweeps its row twice:
+// pact_kernels/backends/triton_kernels.py). Each block sweeps its row twice:
 //
 // 1. online max / sum of exp over V (16-byte vector loads, per-thread running
 //    pairs folded with warp shuffles, then across warps in shared memory);

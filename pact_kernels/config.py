@@ -131,3 +131,23 @@ class PACTConfig:
     def as_kwargs(self) -> dict:
         """The fields as keyword arguments of :func:`pact_kernels.pact_loss`."""
         return dataclasses.asdict(self)
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(PACTConfig))
+
+
+def resolve_config(config: PACTConfig | None, overrides: dict, caller: str, keywords: tuple = ()) -> PACTConfig:
+    """``config`` (default: the paper's) with ``overrides`` (PACTConfig field names) applied.
+
+    ``caller`` and ``keywords`` (its other keyword arguments) name the function
+    in the TypeError raised for an unknown keyword, which lists the valid ones.
+    """
+    unknown = [name for name in overrides if name not in FIELD_NAMES]
+    if unknown:
+        valid = ", ".join(("config", *keywords, *FIELD_NAMES))
+        raise TypeError(f"{caller}() got an unexpected keyword argument {unknown[0]!r}; valid keywords: {valid}")
+    if config is None:
+        return PACTConfig(**overrides)
+    if not isinstance(config, PACTConfig):
+        raise TypeError(f"config must be a PACTConfig (or None for the paper's), got {type(config).__name__}")
+    return config.replace(**overrides) if overrides else config

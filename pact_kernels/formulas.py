@@ -13,7 +13,7 @@ import torch
 # probabilities and of their summation, whose sign depends on the order (sequential, tree scan, lane
 # chunks); the margin makes every backend count k = τ_mass·K there (without it, at K = 50 and
 # τ_mass = 0.9, 45 on the CPU and 46 in the Triton and CUDA kernels). The triton and CUDA kernels
-# use the same constant (pact_kernels/triton_kernels.py, csrc/pact_loss.h) and float64 sums.
+# use the same constant (pact_kernels/backends/triton_kernels.py, csrc/pact_loss.h) and float64 sums.
 DISPERSION_TIE_TOLERANCE = 1e-6
 
 

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import torch
 
-from .output import PACTLossOutput
-
 
 def _nan_unless_finite(x: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
     bad = ~torch.isfinite(x)
@@ -31,16 +29,8 @@ def nonfinite_to_nan(loss, ce, kl, ce_rows, kl_rows, labelled: torch.Tensor):
     """The policy on a backend's results: every non-finite value of the scalars ``loss``, ``ce``, ``kl`` and of
     the labelled rows (``labelled``: ``[rows]`` bool) of ``ce_rows`` / ``kl_rows`` (``[rows]`` or None) is NaN.
 
-    Values only: the fused backends call it inside their autograd Function's
-    forward, the naive backend on its autograd graph.
+    Values only: :func:`pact_kernels.backends.common.finish`, the epilogue of
+    every backend, calls it (the naive backend's on its autograd graph).
     """
     rows = [None if r is None else _nan_unless_finite(r, labelled) for r in (ce_rows, kl_rows)]
     return (_nan_unless_finite(loss), _nan_unless_finite(ce), _nan_unless_finite(kl), *rows)
-
-
-def apply_nonfinite_policy(out: PACTLossOutput, labels: torch.Tensor, ignore_index: int) -> PACTLossOutput:
-    """``out`` of the naive backend under the policy (see :func:`nonfinite_to_nan`)."""
-    loss, ce, kl, ce_rows, kl_rows = nonfinite_to_nan(out.loss, out.ce, out.kl, out.ce_rows, out.kl_rows,
-                                                      labels != ignore_index)
-    return PACTLossOutput(loss=loss, ce=ce, kl=kl, gate=out.gate, num_rows=out.num_rows, ce_rows=ce_rows,
-                          kl_rows=kl_rows)

@@ -1,4 +1,4 @@
-"""The judge interface: a :class:`Judge` turns (prompt, answer) pairs into :class:`Verdict` s."""
+"""The judge interface: a :class:`Judge` turns (prompt, answer) pairs into verdicts (:class:`Verdict`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -15,7 +15,8 @@ import sys
 import pytest
 import torch
 
-from pact_kernels import PACTConfig, cuda_backend, pact_loss_from_config
+from pact_kernels import PACTConfig, pact_loss_from_config
+from pact_kernels.backends import cuda_extension as cuda_backend
 
 from .inputs import random_batch
 
@@ -42,7 +43,7 @@ def test_is_built_matches_the_extension_here():
 
 
 def test_imports_no_training_stack():
-    code = ("import sys, pact_kernels.cuda_backend; "
+    code = ("import sys, pact_kernels.backends.cuda_extension; "
             "bad = [m for m in ('transformers', 'deepspeed', 'triton') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -4,7 +4,7 @@ No GPU here: ``csrc/host_emulation/emulate.cpp`` compiles the kernels of
 ``csrc/pact_loss_kernel.cu`` with the host compiler (each block as 64, or
 the production 512, ``std::thread``s with barriers for ``__syncthreads`` and warp shuffles) and
 this file calls them through ctypes with the inputs
-:func:`pact_kernels.cuda_backend.forward_with_grad` would pass. It checks
+:func:`pact_kernels.backends.cuda_extension.forward_with_grad` would pass. It checks
 the kernels' logic (sweeps, aligned and unaligned vector paths, reductions,
 dispersion sort and scan, gate, KL, gradient columns, in-place, every
 variant, dtype and reference width) — not CUDA code generation, timing, or
@@ -24,7 +24,8 @@ import pytest
 import torch
 
 from pact_kernels import VARIANTS, PACTConfig
-from pact_kernels.naive_backend import naive_pact_loss
+from pact_kernels import PACTInputs
+from pact_kernels.backends.naive import naive_pact_loss
 from pact_kernels.precision import held_gradient_dtype
 
 from .inputs import random_batch, rel_err
@@ -115,7 +116,7 @@ def emulate(lib, b: dict, cfg: PACTConfig, inplace: bool = False, z=None):
 def oracle(b: dict, cfg: PACTConfig):
     f64 = {name: (t.double() if t.is_floating_point() else t) for name, t in b.items()}
     logits = f64.pop("logits").clone().requires_grad_()
-    out = naive_pact_loss(logits, *f64.values(), cfg)
+    out = naive_pact_loss(logits, PACTInputs(**f64), cfg)
     out.loss.backward()
     return out, logits.grad
 

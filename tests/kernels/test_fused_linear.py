@@ -13,10 +13,10 @@ os.environ.setdefault("TRITON_INTERPRET", "1")  # before the first import of tri
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from pact_kernels import (VARIANTS, FusedLinearPACTLoss, PACTConfig, fused_linear_cross_entropy,  # noqa: E402
-                          fused_linear_pact_loss)
+from pact_kernels import (VARIANTS, FusedLinearPACTLoss, PACTConfig, PACTInputs,  # noqa: E402
+                          fused_linear_cross_entropy, fused_linear_pact_loss)
 from pact_kernels.fused_linear import default_chunk_rows  # noqa: E402
-from pact_kernels.naive_backend import naive_pact_loss  # noqa: E402
+from pact_kernels.backends.naive import naive_pact_loss  # noqa: E402
 
 from .inputs import random_batch, rel_err  # noqa: E402
 
@@ -55,8 +55,9 @@ def oracle(b, cfg, softcap=None, use_bias=True):
     w = b["weight"].double().clone().requires_grad_()
     bias = b["bias"].double().clone().requires_grad_() if use_bias else None
     f64 = lambda t: None if t is None else t.double()  # noqa: E731
-    out = naive_pact_loss(head_logits(h, w, bias, softcap), b["labels"], f64(b["ref_full"]), f64(b["ref_post"]),
-                          b["safety_ids"], f64(b["safety_weights"]), b["answer_pos"], cfg)
+    inputs = PACTInputs(b["labels"], f64(b["ref_full"]), f64(b["ref_post"]), b["safety_ids"],
+                        f64(b["safety_weights"]), b["answer_pos"])
+    out = naive_pact_loss(head_logits(h, w, bias, softcap), inputs, cfg)
     out.loss.backward()
     return out, h.grad, w.grad, None if bias is None else bias.grad
 

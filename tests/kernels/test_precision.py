@@ -23,7 +23,8 @@ import torch  # noqa: E402
 
 import pact_kernels.fused_linear as fused_linear_module  # noqa: E402
 from pact_kernels import PACTConfig, fused_linear_pact_loss, pact_loss  # noqa: E402
-from pact_kernels.naive_backend import naive_pact_loss  # noqa: E402
+from pact_kernels import PACTInputs  # noqa: E402
+from pact_kernels.backends.naive import naive_pact_loss  # noqa: E402
 from pact_kernels.precision import RELATIVE_TOLERANCE  # noqa: E402
 
 from .inputs import random_batch, rel_err  # noqa: E402
@@ -115,8 +116,8 @@ def run_cell(api, mode, backend, seed=0, device="cpu", no_sync_backward=False):
     w64 = weight.detach().cpu().double().requires_grad_()
     z64 = h64 @ w64.T
     z64.retain_grad()
-    want = naive_pact_loss(z64, b["labels"], **{k: (v.cpu().double() if k.startswith("ref") else v.cpu())
-                                                 for k, v in r.items()}, cfg=CFG)
+    want = naive_pact_loss(z64, PACTInputs(b["labels"], **{k: (v.cpu().double() if k.startswith("ref") else v.cpu())
+                                                            for k, v in r.items()}), CFG)
     want.loss.backward()
     want_grads = {"hidden": h64.grad * scale, "weight": w64.grad * scale, "logits": z64.grad * scale}
     return out, grads, want, want_grads, chunk_dtypes
@@ -171,8 +172,8 @@ def test_float16_gradient_keeps_entries_below_float16_range(backend):
     out = pact_loss(logits, **r, backend=backend, inplace_grad=True)
     (out.loss * scale).backward()
     z64 = logits.detach().double().requires_grad_()
-    want = naive_pact_loss(z64, r["labels"], r["ref_full"].double(), r["ref_post"].double(), r["safety_ids"],
-                           r["safety_weights"], r["answer_pos"], CFG)
+    want = naive_pact_loss(z64, PACTInputs(r["labels"], r["ref_full"].double(), r["ref_post"].double(),
+                                           r["safety_ids"], r["safety_weights"], r["answer_pos"]), CFG)
     want.loss.backward()
     expected = z64.grad * scale
     representable = expected.abs() > 2.0**-14  # normal float16 numbers

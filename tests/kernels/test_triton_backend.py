@@ -21,9 +21,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from pact_kernels import VARIANTS, PACTConfig, pact_loss_from_config  # noqa: E402
-from pact_kernels.naive_backend import naive_pact_loss  # noqa: E402
+from pact_kernels import PACTInputs  # noqa: E402
+from pact_kernels.backends.naive import naive_pact_loss  # noqa: E402
 from pact_kernels.precision import held_gradient_dtype  # noqa: E402
-from pact_kernels.triton_backend import forward_with_grad  # noqa: E402
+from pact_kernels.backends import triton_launch as triton_backend  # noqa: E402
+from pact_kernels.backends.triton_launch import forward_with_grad  # noqa: E402
 
 from .inputs import random_batch, rel_err  # noqa: E402
 
@@ -51,8 +53,8 @@ def oracle(b, cfg):
     z = b["logits"].detach().cpu().double().requires_grad_()
     f64 = lambda t: None if t is None else t.detach().cpu().double()  # noqa: E731
     cpu = lambda t: None if t is None else t.detach().cpu()  # noqa: E731
-    out = naive_pact_loss(z, cpu(b["labels"]), f64(b["ref_full"]), f64(b["ref_post"]), cpu(b["safety_ids"]),
-                          f64(b["safety_weights"]), cpu(b["answer_pos"]), cfg)
+    out = naive_pact_loss(z, PACTInputs(cpu(b["labels"]), f64(b["ref_full"]), f64(b["ref_post"]),
+                                        cpu(b["safety_ids"]), f64(b["safety_weights"]), cpu(b["answer_pos"])), cfg)
     out.loss.backward()
     return out, z.grad
 
@@ -68,7 +70,7 @@ def triton(b, cfg, inplace_grad=False):
     """
     d = on_device(b)
     logits = d.pop("logits").clone()
-    result = forward_with_grad(logits, *d.values(), cfg, inplace_grad=inplace_grad)
+    result = forward_with_grad(logits, PACTInputs(**d), cfg, inplace_grad=inplace_grad)
     return tuple(t if i == 5 else t.cpu() for i, t in enumerate(result))
 
 
@@ -160,7 +162,7 @@ def test_in_place_gradient(variant, dtype):
     logits = b["logits"].clone().to(DEVICE)
     d = on_device(b)
     d.pop("logits")
-    grad = forward_with_grad(logits, *d.values(), cfg, inplace_grad=True)[5]
+    grad = forward_with_grad(logits, PACTInputs(**d), cfg, inplace_grad=True)[5]
     assert grad.data_ptr() == logits.data_ptr()
     assert torch.equal(grad, fresh_grad)  # the same values as the out-of-place buffer, bit for bit
     assert_matches_oracle(b, cfg, inplace_grad=True)
@@ -184,7 +186,6 @@ def test_minus_inf_outside_the_safety_set(variant, dtype):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_many_small_blocks(variant, monkeypatch):
     # 128-column blocks: V = 1000 takes eight steps per sweep, the last one partial.
-    from pact_kernels import triton_backend
 
     monkeypatch.setattr(triton_backend, "SAFETY_SET_BLOCK_V", 128)
     monkeypatch.setattr(triton_backend, "FULL_VOCAB_BLOCK_V", 128)
@@ -204,7 +205,6 @@ def test_many_small_blocks(variant, monkeypatch):
 def test_more_than_512_safety_tokens_take_narrower_steps(dtype):
     """513 ≤ K ≤ 1024 (K_PAD 1024): 16384-column steps (32768 spill in the sweep loops on sm_90,
     checks/compile_check.py); the loss still matches the oracle, with column-strided logits too."""
-    from pact_kernels import triton_backend
 
     assert triton_backend.launch_config(152064, two_streams=False, k_pad=512) == (32768, 32)
     assert triton_backend.launch_config(152064, two_streams=False, k_pad=1024) == (16384, 32)
@@ -215,7 +215,8 @@ def test_more_than_512_safety_tokens_take_narrower_steps(dtype):
     want, want_grad = oracle(b, cfg)
     wide = torch.zeros(1500, 3, dtype=dtype).t()  # column stride 3
     wide.copy_(b["logits"])
-    loss, *_, grad, _, _ = forward_with_grad(*on_device(dict(b, logits=wide)).values(), cfg)
+    d = on_device(dict(b, logits=wide))
+    loss, *_, grad, _, _ = forward_with_grad(d.pop("logits"), PACTInputs(**d), cfg)
     assert rel_err(loss.cpu(), want.loss) < TOL[dtype] and rel_err(grad.cpu(), want_grad) < TOL[dtype]
 
 
@@ -256,7 +257,7 @@ def test_strided_logits_and_references():
     ref = torch.randn(1000, 6).t()  # column stride 6
     ref.copy_(b["ref_post"])
     d = on_device(dict(b, logits=wide[:, 50:1050], ref_post=ref))
-    loss, ce, kl, gate, n, grad, *_ = forward_with_grad(*d.values(), cfg)
+    loss, ce, kl, gate, n, grad, *_ = forward_with_grad(d.pop("logits"), PACTInputs(**d), cfg)
     assert rel_err(loss.cpu(), want.loss) < 1e-5
     assert rel_err(grad.cpu(), want_grad) < 1e-5
 
@@ -396,7 +397,14 @@ def test_kernels_compile_for_h100_without_spills_in_loops():
                          capture_output=True, text=True, timeout=450)
     records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert run.returncode == 0, run.stdout + run.stderr
-    assert len(records) == 18 and all(r["spills_in_loops"] == 0 for r in records)
+    assert all(r["spills_in_loops"] == 0 for r in records)
+    # the plain cross-entropy kernel: bf16 (aligned, unaligned, column-strided rows), fp16 with its fp32 gradient
+    cross_entropy = [r for r in records if r["kernel"] == "cross_entropy"]
+    assert [(r["dtype"], r["grad_dtype"], r["strided_logits"]) for r in cross_entropy] == [
+        ("bf16", "bf16", False), ("bf16", "bf16", False), ("bf16", "bf16", True),
+        ("fp16", "fp32", False), ("fp16", "fp32", False)]
+    records = [r for r in records if r["kernel"] != "cross_entropy"]
+    assert len(records) == 18
     assert {r["aligned_rows"] for r in records} == {True, False}
     # K between 513 and 1024 in bf16 / fp16 (the fp16 gradient in float32), column-strided logits too
     large_k = [r for r in records if r.get("K_PAD") == 1024]

@@ -15,7 +15,8 @@ from pact.identify import SafetyTokensError
 from pact.tiny import tiny_tokenizer
 from pact.training.config import load_config
 from pact.training.data import StepSampler
-from pact_kernels.naive_backend import naive_pact_loss
+from pact_kernels import PACTInputs
+from pact_kernels.backends.naive import naive_pact_loss
 from tests.pact.test_train_e2e import run, setup, write_tokens  # noqa: F401  (setup: the driver tests' fixture)
 from tests.pact.trl_run import REPO, driver_samples, trainer_for
 
@@ -91,8 +92,9 @@ def oracle_losses(model_dir, samples, cfg, tokens) -> list[tuple[float, int]]:
                 post = model(torch.tensor([header + answer])).logits[0, len(header) - 1:len(header) - 1 + n]
             z.append(full), r_full.append(full[:, ids]), r_post.append(post[:, ids])
             labels.append(torch.tensor(answer)), pos.append(torch.arange(n))
-        res = naive_pact_loss(torch.cat(z), torch.cat(labels), torch.cat(r_full), torch.cat(r_post), ids,
-                              tokens.weights_tensor(dtype=torch.float64), torch.cat(pos), cfg.loss_config())
+        inputs = PACTInputs(torch.cat(labels), torch.cat(r_full), torch.cat(r_post), ids,
+                            tokens.weights_tensor(dtype=torch.float64), torch.cat(pos))
+        res = naive_pact_loss(torch.cat(z), inputs, cfg.loss_config())
         out.append((res.loss.item(), sum(len(a) for a in labels)))
     return out
 

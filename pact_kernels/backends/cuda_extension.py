@@ -1,11 +1,10 @@
 """The ``cuda`` backend: the fused kernel of ``csrc/`` (CUDA C++), one launch for loss and gradient.
 
-:func:`forward_with_grad` follows the protocol of
-:func:`pact_kernels.torch_backend.forward_with_grad` and mirrors
-:mod:`pact_kernels.triton_backend`: the kernel writes per-row ``ce``, ``kl``
-and ``gate`` and the gradient already scaled by ``1/n`` (``n`` counted on the
-device from the labels, no host synchronisation); the means are two small
-torch sums.
+:func:`forward_with_grad` follows the protocol of :mod:`pact_kernels.backends`
+and mirrors :mod:`pact_kernels.backends.triton_launch`: the kernel writes
+per-row ``ce``, ``kl`` and ``gate`` and the gradient already scaled by ``1/n``
+(``n`` counted on the device from the labels, no host synchronisation); the
+means are the shared epilogue's (:func:`pact_kernels.backends.common.finish`).
 
 The kernels live in the optional extension ``pact_kernels._cuda``, built only
 on request::
@@ -23,11 +22,13 @@ from __future__ import annotations
 
 import torch
 
-from .config import PACTConfig
-from .precision import held_gradient_dtype
+from ..config import PACTConfig
+from ..inputs import PACTInputs
+from ..output import KernelResult
+from .common import count_labelled, finish, gradient_buffer, writes_in_place
 
 try:
-    from . import _cuda  # the compiled extension (csrc/)
+    from .. import _cuda  # the compiled extension (csrc/)
 except ImportError as error:  # not built: reported when the backend is used
     _cuda = None
     _IMPORT_ERROR: ImportError | None = error
@@ -86,72 +87,42 @@ def _kernel_ref(t: torch.Tensor) -> torch.Tensor:
     return _unit_columns(t)
 
 
-def forward_with_grad(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    ref_full: torch.Tensor | None,
-    ref_post: torch.Tensor | None,
-    safety_ids: torch.Tensor,
-    safety_weights: torch.Tensor,
-    answer_pos: torch.Tensor | None,
-    cfg: PACTConfig,
-    chunk_rows: int | None = None,
-    inplace_grad: bool = False,
-):
-    """Loss terms and ``d loss / d logits`` in one kernel launch (inputs already checked).
+def forward_with_grad(logits: torch.Tensor, inputs: PACTInputs, cfg: PACTConfig, *, chunk_rows=None,
+                      inplace_grad: bool = False) -> KernelResult:
+    """Loss terms and ``d loss / d logits`` in one kernel launch (the protocol of :mod:`pact_kernels.backends`).
 
-    Arguments and returns as :func:`pact_kernels.triton_backend.forward_with_grad`:
-    ``(loss, ce, kl, gate, num_rows, grad, ce_rows, kl_rows)``; ``chunk_rows``
-    is ignored (one block per row); ``inplace_grad`` writes the gradient into
-    ``logits`` itself.
+    ``chunk_rows`` is ignored (one block per row); ``inplace_grad`` writes the
+    gradient into ``logits`` itself (float16: a float32 buffer).
     """
     del chunk_rows
     ext = _require_extension()
-    k = safety_ids.numel()
+    k = inputs.safety_ids.numel()
     _check_supported(logits, cfg, k)
     rows, vocab = logits.shape
-    device = logits.device
     z = logits.detach()
-    grad_dtype = held_gradient_dtype(z.dtype)  # float32 for float16 (csrc: HeldGrad)
-    if inplace_grad and grad_dtype == z.dtype:
+    if writes_in_place(z, inplace_grad):
         if vocab > 1 and z.stride(1) != 1:
             raise ValueError("inplace_grad=True with backend='cuda' needs logits with a unit column stride")
-        grad = z
     else:
         z = _unit_columns(z)
-        grad = torch.empty_like(z, dtype=grad_dtype, memory_format=torch.contiguous_format)
-
-    labels64 = labels.to(torch.int64).contiguous()
-    n = (labels64 != cfg.ignore_index).sum()
-    inv_n = (1.0 / n.clamp_min(1).to(torch.float32)).reshape(1)
-    ids = safety_ids.to(device=device, dtype=torch.int64).contiguous()
+    grad = gradient_buffer(z, inplace_grad, torch.contiguous_format)  # float32 for float16 (csrc: HeldGrad)
+    labels64 = inputs.labels.to(torch.int64).contiguous()
+    labelled, n, inv_n = count_labelled(labels64, cfg.ignore_index, torch.float32)
     full_vocab = cfg.variant == "full_vocab"
-    if cfg.variant == "safety_tokens" or full_vocab:
-        weights = torch.ones(k, dtype=torch.float32, device=device)
-    else:
-        weights = safety_weights.detach().to(device=device, dtype=torch.float32).contiguous()
-
-    r_full = _kernel_ref(ref_full)
+    r_full = _kernel_ref(inputs.ref_full)
     # Ungated variants never read r_post / answer_pos: pass r_full / labels as placeholders.
-    r_post = _kernel_ref(ref_post) if cfg.uses_gate and not full_vocab else r_full
-    if r_post.dtype != r_full.dtype:
-        r_post = r_post.to(r_full.dtype)
-    pos = answer_pos.to(torch.int64).contiguous() if cfg.uses_decay else labels64
-
-    if rows > 0:
-        ce_rows, kl_rows, gate, grad = ext.forward(
-            z, grad, labels64, ids, weights, r_full, r_post, pos, inv_n,
-            r_full.shape[1] == vocab, r_post.shape[1] == vocab, cfg.uses_gate and not full_vocab, cfg.uses_decay,
-            full_vocab, int(cfg.ignore_index),
-            float(cfg.lambda_kl), float(cfg.mass_threshold), float(cfg.gate_scale), float(cfg.gate_bias),
-            float(cfg.gate_temperature), float(cfg.decay_start), float(cfg.decay_tau), float(cfg.kl_temperature),
-        )
-    else:
-        ce_rows = torch.zeros(0, dtype=torch.float32, device=device)
-        kl_rows = torch.zeros(0, dtype=torch.float32, device=device)
-        gate = torch.zeros(0, dtype=torch.float32, device=device)
-
-    ce = ce_rows.sum() * inv_n[0]
-    kl = kl_rows.sum() * inv_n[0]
-    loss = ce + cfg.lambda_kl * kl
-    return loss, ce, kl, gate, n, grad, ce_rows, kl_rows
+    r_post = _kernel_ref(inputs.ref_post) if cfg.uses_gate and not full_vocab else r_full
+    r_post = r_post.to(r_full.dtype)
+    pos = inputs.answer_pos.to(torch.int64).contiguous() if cfg.uses_decay else labels64
+    if rows == 0:
+        empty = torch.zeros(0, dtype=torch.float32, device=z.device)
+        return finish(empty, empty, empty, labelled, n, cfg, grad)
+    ce_rows, kl_rows, gate, grad = ext.forward(
+        z, grad, labels64, inputs.safety_ids.to(device=z.device, dtype=torch.int64).contiguous(),
+        inputs.kl_weights(cfg, torch.float32).to(z.device).contiguous(), r_full, r_post, pos,
+        inv_n.reshape(1), r_full.shape[1] == vocab, r_post.shape[1] == vocab, cfg.uses_gate and not full_vocab,
+        cfg.uses_decay, full_vocab, int(cfg.ignore_index),
+        float(cfg.lambda_kl), float(cfg.mass_threshold), float(cfg.gate_scale), float(cfg.gate_bias),
+        float(cfg.gate_temperature), float(cfg.decay_start), float(cfg.decay_tau), float(cfg.kl_temperature),
+    )
+    return finish(ce_rows, kl_rows, gate, labelled, n, cfg, grad)

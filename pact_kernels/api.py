@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from .config import PACTConfig
-from .function import FUSED_BACKENDS, PACTLossFunction
-from .naive_backend import naive_pact_loss
-from .nonfinite import apply_nonfinite_policy
+from .autograd import KernelOptions, PACTLossFunction
+from .backends import FUSED_BACKENDS
+from .backends.naive import naive_pact_loss
+from .config import PACTConfig, resolve_config
+from .inputs import PACTInputs
 from .output import PACTLossOutput
-from .validation import check_inputs
 
 BACKENDS = ("auto", "naive") + tuple(FUSED_BACKENDS)
 
@@ -18,7 +18,7 @@ def triton_available() -> bool:
     try:
         import triton  # noqa: F401
 
-        from . import triton_backend  # noqa: F401
+        from .backends import triton_launch  # noqa: F401
     except ImportError:
         return False
     return True
@@ -48,18 +48,10 @@ def pact_loss(
     safety_weights: torch.Tensor,
     answer_pos: torch.Tensor | None,
     *,
-    lambda_kl: float = 3.0,
-    mass_threshold: float = 0.9,
-    gate_scale: float = 1.0,
-    gate_bias: float = 0.0,
-    gate_temperature: float = 1.0,
-    decay_start: int = 8,
-    decay_tau: float = 8.0,
-    kl_temperature: float = 1.0,
-    variant: str = "pact",
-    ignore_index: int = -100,
+    config: PACTConfig | None = None,
     backend: str = "auto",
     inplace_grad: bool = False,
+    **overrides,
 ) -> PACTLossOutput:
     """The PACT loss ``mean(CE) + λ·mean(KL_safety)`` over the labelled rows (SPEC §3).
 
@@ -79,10 +71,7 @@ def pact_loss(
             keep a token in S for the softmax and the dispersion, out of the KL).
         answer_pos: ``[rows]`` integer 0-based position of each row within its
             answer (the decay of ``pact``); may be None for the other variants.
-        lambda_kl, mass_threshold, gate_scale, gate_bias, gate_temperature,
-        decay_start, decay_tau, kl_temperature, variant, ignore_index:
-            see :class:`PACTConfig` (``**PACTConfig.authors().as_kwargs()``
-            passes a preset).
+        config: a :class:`PACTConfig` (default: the paper's, ``PACTConfig()``).
         backend: ``auto`` (triton on CUDA, else torch), ``naive`` (the oracle),
             ``torch`` (row blocks, gradient made in forward), ``triton``, ``cuda``.
         inplace_grad: fused backends only: write the gradient into the logits
@@ -90,6 +79,8 @@ def pact_loss(
             these logits afterwards sees the gradient instead). float16
             logits keep their own buffer: their gradient is held in float32
             until backward (:mod:`pact_kernels.precision`).
+        **overrides: :class:`PACTConfig` fields (``lambda_kl``, ``variant``, ...)
+            set on ``config``; any other keyword is a TypeError naming the valid ones.
 
     Returns:
         :class:`PACTLossOutput` with ``loss`` (differentiable scalar), ``ce``,
@@ -106,36 +97,34 @@ def pact_loss(
     in the logits' dtype, scaled by the incoming gradient in float32 first
     for float16 logits).
     """
-    cfg = PACTConfig(
-        lambda_kl=lambda_kl, mass_threshold=mass_threshold, gate_scale=gate_scale, gate_bias=gate_bias,
-        gate_temperature=gate_temperature, decay_start=decay_start, decay_tau=decay_tau,
-        kl_temperature=kl_temperature, variant=variant, ignore_index=ignore_index,
-    )
-    return pact_loss_from_config(
-        logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg,
-        backend=backend, inplace_grad=inplace_grad,
-    )
+    cfg = resolve_config(config, overrides, "pact_loss", ("backend", "inplace_grad"))
+    inputs = PACTInputs(labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos)
+    return loss_on_inputs(logits, inputs, cfg, backend=backend, inplace_grad=inplace_grad)
 
 
-def pact_loss_from_config(
-    logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg: PACTConfig,
-    *, backend: str = "auto", inplace_grad: bool = False, chunk_rows: int | None = None,
-) -> PACTLossOutput:
-    """:func:`pact_loss` with the hyper-parameters as a :class:`PACTConfig`.
+def pact_loss_from_config(logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos,
+                          cfg: PACTConfig, *, backend: str = "auto", inplace_grad: bool = False,
+                          chunk_rows: int | None = None) -> PACTLossOutput:
+    """:func:`pact_loss` with the hyper-parameters as a :class:`PACTConfig`, positionally.
 
     ``chunk_rows`` sets the rows per block of the ``torch`` backend (tests use
     it to exercise partial blocks).
     """
+    inputs = PACTInputs(labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos)
+    return loss_on_inputs(logits, inputs, cfg, backend=backend, inplace_grad=inplace_grad, chunk_rows=chunk_rows)
+
+
+def loss_on_inputs(logits: torch.Tensor, inputs: PACTInputs, cfg: PACTConfig, *, backend: str = "auto",
+                   inplace_grad: bool = False, chunk_rows: int | None = None) -> PACTLossOutput:
+    """:func:`pact_loss` on a :class:`PACTInputs`: check, pick the backend, run it."""
     name = resolve_backend(backend, logits)
-    check_inputs(logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg)
+    inputs.check(logits, cfg)
     if name == "naive":
         if inplace_grad:
             raise ValueError("inplace_grad=True needs a fused backend; backend='naive' always uses autograd")
-        out = naive_pact_loss(logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg)
-        return apply_nonfinite_policy(out, labels, cfg.ignore_index)  # the fused backends: in PACTLossFunction
-    loss, ce, kl, gate, n, ce_rows, kl_rows = PACTLossFunction.apply(
-        logits, labels, ref_full, ref_post, safety_ids, safety_weights, answer_pos, cfg, name, chunk_rows, inplace_grad
-    )
+        return naive_pact_loss(logits, inputs, cfg)
+    options = KernelOptions(backend=name, chunk_rows=chunk_rows, inplace_grad=inplace_grad)
+    loss, ce, kl, gate, n, ce_rows, kl_rows = PACTLossFunction.apply(logits, inputs, cfg, options)
     return PACTLossOutput(loss=loss, ce=ce, kl=kl, gate=gate, num_rows=n, ce_rows=ce_rows, kl_rows=kl_rows)
 
 
@@ -170,10 +159,8 @@ class PACTLoss(torch.nn.Module):
         self.inplace_grad = inplace_grad
 
     def forward(self, logits, labels, ref_full, ref_post=None, answer_pos=None) -> PACTLossOutput:
-        return pact_loss_from_config(
-            logits, labels, ref_full, ref_post, self.safety_ids, self.safety_weights, answer_pos, self.config,
-            backend=self.backend, inplace_grad=self.inplace_grad,
-        )
+        inputs = PACTInputs(labels, ref_full, ref_post, self.safety_ids, self.safety_weights, answer_pos)
+        return loss_on_inputs(logits, inputs, self.config, backend=self.backend, inplace_grad=self.inplace_grad)
 
     def extra_repr(self) -> str:
         return f"k={self.safety_ids.numel()}, backend={self.backend!r}, config={self.config}"

@@ -1,12 +1,12 @@
 """The ``triton`` backend: one fused kernel launch for loss, per-row terms and gradient.
 
-:func:`forward_with_grad` follows the protocol of
-:func:`pact_kernels.torch_backend.forward_with_grad` (the autograd wrapper is
-:class:`pact_kernels.function.PACTLossFunction`). The kernels live in
-:mod:`pact_kernels.triton_kernels`; they write per-row ``ce``, ``kl`` and
+:func:`forward_with_grad` follows the protocol of :mod:`pact_kernels.backends`
+(the autograd wrapper is :class:`pact_kernels.autograd.PACTLossFunction`). The
+kernels live in :mod:`pact_kernels.backends.triton_kernels`; they write per-row ``ce``, ``kl`` and
 ``gate`` and the gradient already scaled by ``1/n`` (``n``, the labelled
 rows, is counted first from the labels alone, on the device, with no host
-synchronisation); the means over labelled rows are two small torch sums.
+synchronisation); the means over labelled rows are the shared epilogue's
+(:func:`pact_kernels.backends.common.finish`).
 
 Inputs in float32 / bfloat16 / float16 (float32 accumulation). float64 is
 refused: the kernels accumulate in float32, so they cannot honour a float64
@@ -26,9 +26,11 @@ import os
 import torch
 import triton
 
-from .config import PACTConfig
-from .precision import held_gradient_dtype
-from .triton_kernels import pact_full_vocab_kernel, pact_safety_set_kernel
+from ..config import PACTConfig
+from ..inputs import PACTInputs
+from ..output import KernelResult
+from .common import count_labelled, finish, gradient_buffer, writes_in_place
+from .triton_kernels import cross_entropy_kernel, pact_full_vocab_kernel, pact_safety_set_kernel
 
 SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Columns of z one program holds per step of a sweep, with 32 warps (8 to 32
@@ -97,104 +99,58 @@ def _column_strided(t: torch.Tensor) -> torch.Tensor:
     return t.contiguous()
 
 
-def forward_with_grad(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    ref_full: torch.Tensor | None,
-    ref_post: torch.Tensor | None,
-    safety_ids: torch.Tensor,
-    safety_weights: torch.Tensor,
-    answer_pos: torch.Tensor | None,
-    cfg: PACTConfig,
-    chunk_rows: int | None = None,
-    inplace_grad: bool = False,
-):
-    """Loss terms and ``d loss / d logits`` in one kernel launch (inputs already checked).
+def forward_with_grad(logits: torch.Tensor, inputs: PACTInputs, cfg: PACTConfig, *, chunk_rows=None,
+                      inplace_grad: bool = False) -> KernelResult:
+    """Loss terms and ``d loss / d logits`` in one kernel launch (the protocol of :mod:`pact_kernels.backends`).
 
-    Args:
-        logits: ``[rows, V]`` float32 / bfloat16 / float16 fine-tuned logits z.
-        labels: ``[rows]`` integer targets, ``cfg.ignore_index`` on unlabelled rows.
-        ref_full: ``[rows, K]`` or ``[rows, V]`` reference logits on the full
-            context (``[rows, V]`` for ``full_vocab``), any float dtype.
-        ref_post: ``[rows, K]`` or ``[rows, V]`` no-prompt reference logits
-            (gated variants only; else ignored, may be None).
-        safety_ids: ``[K]`` integer ids of S.
-        safety_weights: ``[K]`` float weights (ignored by ``safety_tokens``).
-        answer_pos: ``[rows]`` integer answer positions (``pact`` only).
-        cfg: the hyper-parameters.
-        chunk_rows: ignored (one program per row).
-        inplace_grad: write the gradient into ``logits`` itself.
-
-    Returns:
-        ``(loss, ce, kl, gate, num_rows, grad, ce_rows, kl_rows)``: float32
-        scalars ``loss``, ``ce``, ``kl``; ``gate`` float32 ``[rows]`` (0 on
-        unlabelled rows and ungated variants); ``num_rows`` int64 scalar;
-        ``grad`` ``[rows, V]`` in :func:`pact_kernels.precision.held_gradient_dtype`
-        of the logits' dtype (float32 for float16; the logits tensor itself with
-        ``inplace_grad`` otherwise); ``ce_rows``, ``kl_rows`` float32 ``[rows]``
-        per-row terms (0 on unlabelled rows).
+    ``logits`` ``[rows, V]`` float32 / bfloat16 / float16; the references in
+    any float dtype. ``chunk_rows`` is ignored (one program per row);
+    ``inplace_grad`` writes the gradient into ``logits`` itself (float16: a
+    float32 buffer, :func:`pact_kernels.precision.held_gradient_dtype`).
     """
     del chunk_rows
     _check_supported(logits)
-    rows, vocab = logits.shape
-    device = logits.device
-    z = logits.detach()
-    grad_dtype = held_gradient_dtype(z.dtype)
-    if inplace_grad and grad_dtype == z.dtype:
-        if z.shape[1] * abs(z.stride(1)) >= 2**31:
-            raise ValueError("inplace_grad=True needs logits whose rows are contiguous enough for int32 column offsets")
-        grad = z
-    else:
-        z = _column_strided(z)
-        grad = torch.empty_like(z, dtype=grad_dtype, memory_format=torch.contiguous_format)
-
-    labels64 = labels.to(torch.int64).contiguous()
-    labelled = labels64 != cfg.ignore_index
-    n = labelled.sum()
-    inv_n = (1.0 / n.clamp_min(1).to(torch.float32)).reshape(1)
-    ce_rows = torch.empty(rows, dtype=torch.float32, device=device)
-    kl_rows = torch.empty(rows, dtype=torch.float32, device=device)
-    gate = torch.empty(rows, dtype=torch.float32, device=device)
-
+    z, grad = _logits_and_gradient(logits, inplace_grad)
+    rows = z.shape[0]
+    labels64 = inputs.labels.to(torch.int64).contiguous()
+    labelled, n, inv_n = count_labelled(labels64, cfg.ignore_index, torch.float32)
+    ce_rows, kl_rows, gate = (torch.empty(rows, dtype=torch.float32, device=z.device) for _ in range(3))
     if rows > 0:
         with on_device_of(z):
-            _launch(z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,
-                    ce_rows, kl_rows, gate, cfg)
+            out = (ce_rows, kl_rows, gate)
+            if cfg.variant == "full_vocab":
+                _launch_full_vocab(z, grad, _column_strided(inputs.ref_full.detach()), labels64, inv_n, out, cfg)
+            else:
+                _launch_safety_set(z, grad, labels64, inputs, inv_n.reshape(1), out, cfg)
+    return finish(ce_rows, kl_rows, gate, labelled, n, cfg, grad)
 
-    ce = ce_rows.sum() * inv_n[0]
-    kl = kl_rows.sum() * inv_n[0]
-    loss = ce + cfg.lambda_kl * kl
-    return loss, ce, kl, gate, n, grad, ce_rows, kl_rows
 
-
-def _launch(z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,
-            ce_rows, kl_rows, gate, cfg: PACTConfig) -> None:
-    """The kernel of ``cfg.variant`` over all rows (the current device is z's)."""
-    if cfg.variant == "full_vocab":
-        _launch_full_vocab(z, grad, _column_strided(ref_full.detach()), labels64, inv_n, ce_rows, kl_rows, gate, cfg)
+def _logits_and_gradient(logits: torch.Tensor, inplace_grad: bool):
+    """``(z, grad)``: the logits the kernel reads (a copy when column offsets overflow int32) and its gradient
+    buffer (``z`` itself in place)."""
+    z = logits.detach()
+    if writes_in_place(z, inplace_grad):
+        if z.shape[1] * abs(z.stride(1)) >= 2**31:
+            raise ValueError("inplace_grad=True needs logits whose rows are contiguous enough for int32 column offsets")
     else:
-        _launch_safety_set(z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,
-                           ce_rows, kl_rows, gate, cfg)
+        z = _column_strided(z)
+    return z, gradient_buffer(z, inplace_grad, torch.contiguous_format)
 
 
-def _launch_safety_set(z, grad, labels64, ref_full, ref_post, safety_ids, safety_weights, answer_pos, inv_n,
-                       ce_rows, kl_rows, gate, cfg: PACTConfig) -> None:
+def _launch_safety_set(z, grad, labels64, inputs: PACTInputs, inv_n, out, cfg: PACTConfig) -> None:
     """Launch :func:`pact_safety_set_kernel` over all rows.
 
-    ``z``/``grad`` ``[rows, V]``; ``labels64`` int64 ``[rows]``; refs ``[rows, K]``
-    or ``[rows, V]``; ``inv_n`` float32 ``[1]``; outputs float32 ``[rows]``.
+    ``z``/``grad`` ``[rows, V]``; ``labels64`` int64 ``[rows]``; ``inv_n`` float32
+    ``[1]``; ``out``: the ``ce``, ``kl``, ``gate`` float32 ``[rows]`` outputs.
     """
     rows, vocab = z.shape
-    k = safety_ids.numel()
-    ids = safety_ids.to(device=z.device, dtype=torch.int64).contiguous()
-    if cfg.variant == "safety_tokens":
-        weights = torch.ones(k, dtype=torch.float32, device=z.device)
-    else:
-        weights = safety_weights.detach().to(torch.float32).contiguous()
-    r_full = _column_strided(ref_full.detach())
+    k = inputs.safety_ids.numel()
+    ids = inputs.safety_ids.to(device=z.device, dtype=torch.int64).contiguous()
+    weights = inputs.kl_weights(cfg, torch.float32).contiguous()
+    r_full = _column_strided(inputs.ref_full.detach())
     # Ungated variants never read r_post / answer_pos: pass r_full / labels as placeholders.
-    r_post = _column_strided(ref_post.detach()) if cfg.uses_gate else r_full
-    pos = answer_pos.to(torch.int64).contiguous() if cfg.uses_decay else labels64
+    r_post = _column_strided(inputs.ref_post.detach()) if cfg.uses_gate else r_full
+    pos = inputs.answer_pos.to(torch.int64).contiguous() if cfg.uses_decay else labels64
     block_v, num_warps = launch_config(vocab, two_streams=False, k_pad=padded_k(k))
     pact_safety_set_kernel[(rows,)](
         z, z.stride(0), z.stride(1),
@@ -202,8 +158,7 @@ def _launch_safety_set(z, grad, labels64, ref_full, ref_post, safety_ids, safety
         labels64, ids, weights,
         r_full, r_full.stride(0), r_full.stride(1),
         r_post, r_post.stride(0), r_post.stride(1),
-        pos, inv_n,
-        ce_rows, kl_rows, gate,
+        pos, inv_n, *out,
         vocab, k, cfg.ignore_index,
         float(cfg.lambda_kl), float(cfg.mass_threshold), float(cfg.gate_scale), float(cfg.gate_bias),
         float(cfg.gate_temperature), float(cfg.decay_start), float(cfg.decay_tau), float(cfg.kl_temperature),
@@ -214,11 +169,12 @@ def _launch_safety_set(z, grad, labels64, ref_full, ref_post, safety_ids, safety
 
 
 def _is_full_width(ref: torch.Tensor, vocab_size: int) -> bool:
-    """True for a ``[rows, V]`` reference (gathered in the kernel), as :func:`naive_backend.on_safety_set` decides."""
+    """True for a ``[rows, V]`` reference (gathered in the kernel), as :func:`pact_kernels.inputs.on_safety_set`
+    decides."""
     return ref.shape[1] == vocab_size
 
 
-def _launch_full_vocab(z, grad, ref_full, labels64, inv_n, ce_rows, kl_rows, gate, cfg: PACTConfig) -> None:
+def _launch_full_vocab(z, grad, ref_full, labels64, inv_n, out, cfg: PACTConfig) -> None:
     """Launch :func:`pact_full_vocab_kernel` over all rows (``ref_full`` ``[rows, V]``)."""
     rows, vocab = z.shape
     block_v, num_warps = launch_config(vocab, two_streams=True)
@@ -226,8 +182,33 @@ def _launch_full_vocab(z, grad, ref_full, labels64, inv_n, ce_rows, kl_rows, gat
         z, z.stride(0), z.stride(1),
         grad, grad.stride(0), grad.stride(1),
         ref_full, ref_full.stride(0), ref_full.stride(1),
-        labels64, inv_n,
-        ce_rows, kl_rows, gate,
+        labels64, inv_n.reshape(1), *out,
         vocab, cfg.ignore_index, float(cfg.lambda_kl), float(cfg.kl_temperature),
         UNIT_TEMPERATURE=cfg.kl_temperature == 1.0, BLOCK_V=block_v, num_warps=num_warps,
     )
+
+
+def cross_entropy_with_grad(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, *,
+                            inplace_grad: bool = False):
+    """Plain cross-entropy of ``logits`` ``[rows, V]`` (float32 / bfloat16 / float16) in one launch.
+
+    Returns ``(ce_rows, n, grad)``: ``ce_rows`` float32 ``[rows]`` (0 on
+    ``ignore_index`` rows), ``n`` the labelled rows (int64 scalar), ``grad =
+    (softmax(z) − onehot(y))/n`` (0 on ignored rows) in the held gradient dtype,
+    ``logits`` itself with ``inplace_grad`` (as :func:`forward_with_grad`).
+    """
+    _check_supported(logits)
+    z, grad = _logits_and_gradient(logits, inplace_grad)
+    rows, vocab = z.shape
+    labels64 = labels.to(torch.int64).contiguous()
+    _, n, inv_n = count_labelled(labels64, ignore_index, torch.float32)
+    ce_rows = torch.empty(rows, dtype=torch.float32, device=z.device)
+    if rows > 0:
+        block_v, num_warps = launch_config(vocab, two_streams=False)
+        with on_device_of(z):
+            cross_entropy_kernel[(rows,)](
+                z, z.stride(0), z.stride(1), grad, grad.stride(0), grad.stride(1),
+                labels64, inv_n.reshape(1), ce_rows, vocab, ignore_index,
+                BLOCK_V=block_v, num_warps=num_warps,
+            )
+    return ce_rows, n, grad

@@ -1,4 +1,4 @@
-"""Triton kernels of the PACT objective (SPEC §3, §5).
+"""Triton kernels of the PACT objective (SPEC §3, §5) and of plain cross-entropy.
 
 One program per row of the logits. Each program sweeps its row of ``z`` twice:
 
@@ -318,3 +318,37 @@ def pact_full_vocab_kernel(
             g = p - (cols == y32).to(tl.float32) + kl_scale * (p_t - tl.exp(r_t - lse_r))
             tl.store(g_row + cols * stride_g_col, (g * inv_n).to(g_row.dtype.element_ty), mask=cmask,
                      eviction_policy="evict_first")
+
+
+@triton.jit
+def cross_entropy_kernel(
+    z_ptr, stride_z_row, stride_z_col,
+    g_ptr, stride_g_row, stride_g_col,
+    labels_ptr, inv_n_ptr, ce_ptr,
+    V, ignore_index,
+    BLOCK_V: tl.constexpr,
+):
+    """Plain CE over V and its gradient ``(softmax(z) − onehot(y))/n``, for one row (program id = row).
+
+    Pointers: ``z [rows, V]``, ``g [rows, V]`` (may alias z), ``labels [rows]``
+    int64, ``inv_n [1]`` float32; output ``ce [rows]`` float32. The two sweeps
+    of :func:`pact_safety_set_kernel` without S: the target column gets its
+    float32 total after the softmax sweep.
+    """
+    row = tl.program_id(0).to(tl.int64)
+    z_row = z_ptr + row * stride_z_row
+    g_row = g_ptr + row * stride_g_row
+    y = tl.load(labels_ptr + row)
+    if y == ignore_index:
+        _write_zero_row(g_row, stride_g_col, V, BLOCK_V)
+        tl.store(ce_ptr + row, 0.0)
+    else:
+        lse = _row_lse(z_row, stride_z_col, V, BLOCK_V)  # sweep 1
+        z_y = tl.load(z_row + y * stride_z_col).to(tl.float32)
+        inv_n = tl.load(inv_n_ptr)
+        tl.store(ce_ptr + row, lse - z_y)
+        tl.debug_barrier()
+        _write_softmax_row(z_row, stride_z_col, g_row, stride_g_col, lse, inv_n, V, BLOCK_V)  # sweep 2
+        tl.debug_barrier()
+        g_y = (tl.exp(z_y - lse) - 1.0) * inv_n
+        tl.store(g_row + y * stride_g_col, g_y.to(g_row.dtype.element_ty))
