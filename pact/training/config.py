@@ -42,7 +42,7 @@ class TrainConfig(ObjectiveSettings):
                                            "the baselines: then the logged safety confidences are skipped)")
     loss: LossSettings = knob(LossSettings(), "PACT's loss keys (loss.lambda_kl=3); null keys take the preset's")
     backend: str = knob("auto", "pact_kernels backend: auto | torch | triton | cuda | naive")
-    # baselines (defaults: each method's paper and public code; see README "Methods")
+    # baselines (defaults: each method's paper and public code; see docs/methods.md)
     base_model: str | None = knob(None, "the unaligned model the aligned `model` came from (safe_lora, asft)")
     base_gguf_file: str | None = knob(None, "GGUF file name inside the base_model directory or hub repo")
     safe_lora_select: str = knob("number", "safe_lora: number | threshold (Hsu et al. code, IBM/SafeLoRA default)")
