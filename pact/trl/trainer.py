@@ -33,6 +33,7 @@ from ..reference import OnlineReference, ReferenceCache
 from ..training.checkpoint import verify_checkpoint
 from ..training.safe_load import weights_only_loading
 from ..training.data import StepSampler, dataset_digest
+from ..training.deepspeed_shm import unlink_shm_buffer
 from ..training.metrics import StepMetrics
 from ..training.setup import fill_missing_cache, load_safety_tokens, model_vocab_size, open_reference_cache
 from ..training.step import micro_batch_loss, step_loss_weight, token_statistics
@@ -135,6 +136,7 @@ class PACTTrainer(SFTTrainer):
         super().__init__(model, args=args, data_collator=self.collator, train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config,
                          **kwargs)
+        unlink_shm_buffer(self.args.process_index, self.args.world_size)  # DeepSpeed's comm is up by now
         self.model_accepts_loss_kwargs = False  # the model gets no num_items_in_batch: compute_loss uses it
         self._check_trainable(args)
         if processing_class is None:  # the tokenizer SFTTrainer loaded: the tokens file must be of it too

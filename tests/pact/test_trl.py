@@ -14,6 +14,7 @@ from pact.data.views import ChatTemplateError, ViewBuilder
 from pact.identify import SafetyTokensError
 from pact.tiny import tiny_tokenizer
 from pact.training.config import load_config
+from pact.training.deepspeed_shm import shm_buffer_path
 from pact.training.data import StepSampler
 from pact_kernels import PACTInputs
 from pact_kernels.backends.naive import naive_pact_loss
@@ -138,6 +139,9 @@ def launch(setup, out, *overrides):
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    left = [p for p in (shm_buffer_path(r, {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}) for r in range(2))
+            if p.exists()]
+    assert not left, f"DeepSpeed's shm buffers left in /dev/shm: {left}"
     return losses(json.loads((Path(out) / "log_history.json").read_text()))
 
 
