@@ -65,15 +65,17 @@ LOSS_KEYS = tuple(f.name for f in dataclasses.fields(LossSettings))
 
 
 def split_method(method: str, variant: str = "pact") -> tuple[str, str]:
-    """``(method, variant)`` with a rung named as the method moved to ``variant`` (``full_vocab`` ->
-    ``("pact", "full_vocab")``); ValueError when both name a rung other than ``pact`` and they differ."""
+    """``(method, variant)`` with a rung named as the method moved to ``variant`` as spelled (``full_vocab`` ->
+    ``("pact", "full_vocab")``, ``full_vocab_kl`` -> ``("pact", "full_vocab_kl")``: run.json records the name the
+    user wrote; :class:`PACTConfig` resolves the alias); ValueError when both name a rung other than ``pact`` and
+    they differ."""
     if method not in VARIANTS and method not in VARIANT_ALIASES or method == "pact":
         return method, variant
     rung = canonical_variant(method)
     if variant not in ("pact", rung) and VARIANT_ALIASES.get(variant, variant) != rung:
         raise ValueError(f"method={method!r} is the rung variant={rung!r}, and variant={variant!r} names another; "
                          f"set method=pact variant=<rung> (one of {', '.join(VARIANTS)})")
-    return "pact", rung
+    return "pact", method
 
 
 def method_label(record: dict) -> str | None:
