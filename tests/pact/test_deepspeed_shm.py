@@ -15,11 +15,11 @@ from pact.training.deepspeed_shm import SHM_DIR, shm_buffer_path
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="no /dev/shm")
 
-#: two ranks start the process group the driver's way, check that their own buffer name is gone while the shm
+#: two ranks start the process group the driver's way (pact.training.engine.init_distributed), check that their own buffer name is gone while the shm
 #: allreduce (DeepSpeed's inference_all_reduce, which reads the mapped buffers) still sums over both ranks
 SCRIPT = textwrap.dedent("""
     import os, torch, deepspeed.comm as dist
-    from pact.train import init_distributed
+    from pact.training.engine import init_distributed
     from pact.training.deepspeed_shm import shm_buffer_path
     rank, world, _ = init_distributed(60)
     assert not shm_buffer_path(rank).exists(), shm_buffer_path(rank)
