@@ -385,7 +385,9 @@ def test_a_missing_rank_stops_the_run_after_collective_timeout(setup, solo):  # 
 @pytest.mark.slow
 def test_ctrl_c_prints_one_line(setup, solo):  # noqa: F811
     proc = subprocess.Popen(_cmd(setup, "interrupted", "epochs=20", "max_steps=400", "save_every=2"), cwd=REPO, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a suite started in the background (`cmd &`) hands its children SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     out = setup["root"] / "interrupted"
     deadline = time.time() + 600
     while len(_records(out)) < 3 and time.time() < deadline and proc.poll() is None:
