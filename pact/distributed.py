@@ -3,15 +3,17 @@
 - :func:`is_distributed`: a process group with more than one rank is up;
 - :func:`barrier`: ``torch.distributed.barrier()`` when a process group is up;
 - :func:`from_rank0`: rank 0's string on every rank;
-- :func:`gathered`: a context in which ZeRO-3-partitioned parameters are whole.
+- :func:`gathered`: a context in which ZeRO-3-partitioned parameters are whole;
+- :func:`destroy_at_exit`: the process group is destroyed before the interpreter shuts down.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 
 import torch
 
-__all__ = ["barrier", "from_rank0", "gathered", "is_distributed"]
+__all__ = ["barrier", "destroy_at_exit", "from_rank0", "gathered", "is_distributed"]
 
 
 def _initialized() -> bool:
@@ -47,3 +49,20 @@ def gathered(params):
     import deepspeed
 
     return deepspeed.zero.GatheredParameters(partitioned, modifier_rank=None)
+
+
+def _destroy_if_initialized() -> None:
+    if _initialized():
+        torch.distributed.destroy_process_group()
+
+
+def destroy_at_exit() -> None:
+    """Destroy the default process group at interpreter exit, while Python is still whole (once per process).
+
+    A process that exits with a gloo process group still up can abort in interpreter finalization
+    ("terminate called without an active exception", exit code -6): gloo's worker threads still hold
+    finished work whose tensors are freed after the interpreter is gone. ``atexit`` handlers run before
+    that; a group the program destroyed itself is left alone.
+    """
+    atexit.unregister(_destroy_if_initialized)
+    atexit.register(_destroy_if_initialized)

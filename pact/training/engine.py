@@ -9,6 +9,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from ..distributed import destroy_at_exit
 from ..fingerprint import weights_digest
 from ..model_rows import RowModel
 from ..models import load_model
@@ -35,6 +36,7 @@ def init_distributed(timeout_s: int = 300):
     backend = get_accelerator().communication_backend_name() if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
     unlink_shm_buffer(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
+    destroy_at_exit()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(get_accelerator().device_name(local_rank)) if torch.cuda.is_available() else torch.device("cpu")
     if device.type == "cuda":

@@ -25,6 +25,7 @@ from trl import SFTTrainer
 
 from ..data.collator import PACTBatch
 from ..data.views import ViewBuilder
+from ..distributed import destroy_at_exit
 from ..methods import build_method
 from ..fingerprint import tokenization_digest, weights_digest
 from ..models import ModelLoadError
@@ -137,6 +138,7 @@ class PACTTrainer(SFTTrainer):
                          eval_dataset=eval_dataset, processing_class=processing_class, peft_config=peft_config,
                          **kwargs)
         unlink_shm_buffer(self.args.process_index, self.args.world_size)  # DeepSpeed's comm is up by now
+        destroy_at_exit()  # a process group left up can abort the interpreter's shutdown
         self.model_accepts_loss_kwargs = False  # the model gets no num_items_in_batch: compute_loss uses it
         self._check_trainable(args)
         if processing_class is None:  # the tokenizer SFTTrainer loaded: the tokens file must be of it too

@@ -50,3 +50,34 @@ def test_two_rank_run_leaves_no_shm_buffer(tmp_path):
     names = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     left = [p for p in (shm_buffer_path(r, names) for r in range(2)) if p.exists()]
     assert not left, f"left in /dev/shm: {left}"
+
+
+#: a handler registered before the process group starts runs after pact's (atexit runs last-in first-out)
+EXIT_SCRIPT = textwrap.dedent("""
+    import atexit, sys, torch.distributed as dist
+    atexit.register(lambda: print("initialized at exit:", dist.is_initialized(), flush=True))
+    if sys.argv[1] == "driver":
+        from pact.training.engine import init_distributed
+        init_distributed(60)
+    else:
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[2], rank=0, world_size=1)
+        from pact.distributed import destroy_at_exit
+        destroy_at_exit()
+        destroy_at_exit()  # once per process: a second call registers nothing more
+        dist.destroy_process_group()  # the program's own teardown: the handler leaves it alone
+        dist.init_process_group("gloo", init_method="tcp://127.0.0.1:" + sys.argv[3], rank=0, world_size=1)
+    print("trained", flush=True)
+""")
+
+
+@pytest.mark.parametrize("how", ["driver", "explicit"])
+def test_process_group_is_destroyed_before_interpreter_exit(tmp_path, how):
+    """A gloo group left up can abort the interpreter's finalization (SIGABRT, 'terminate called without an
+    active exception'); the driver's init_distributed registers its teardown, which runs at exit."""
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=str(REPO), MASTER_PORT=str(_free_port()))
+    proc = subprocess.run([sys.executable, str(script), how, str(_free_port()), str(_free_port())], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[-2:] == ["trained", "initialized at exit: False"], proc.stdout
