@@ -19,7 +19,8 @@ one it was trained on:
 * :func:`vocab_digest`: SHA-256 of ``get_vocab()`` alone (what a safety-token
   file's ids mean); :func:`tokenization_digest`: :func:`tokenizer_digest` plus
   the chat template and the BOS/EOS/pad ids (what turns a sample into ids).
-* :func:`json_digest`: SHA-256 of a JSON-able value in canonical form.
+* :func:`~pact.digests.json_digest` (canonical JSON) and :func:`~pact.digests.files_digest` (files' bytes)
+  live in :mod:`pact.digests`, importable without torch.
 * :func:`write_base_record` / :func:`check_adapter_base`: ``pact_base.json``
   beside an exported adapter (base model, architecture, weights digest), and
   the check that ``pact eval --adapter`` makes with it.
@@ -31,6 +32,7 @@ import json
 from pathlib import Path
 
 from .atomic_files import write_json_atomic
+from .digests import files_digest, json_digest
 from .models import ModelLoadError, ModelRef, resolve_model_ref
 
 ARCHITECTURE_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -61,7 +63,7 @@ def weights_digest(name: str, gguf_file: str | None = None) -> str:
     else:
         files = sorted(p for p in root.rglob("*") if p.is_file() and (p.suffix in WEIGHT_SUFFIXES
                                                                        or p.name == "config.json"))
-    return _files_digest(root, files)
+    return files_digest(root, files)
 
 
 def tokenizer_digest(tokenizer) -> str:
@@ -72,20 +74,10 @@ def tokenizer_digest(tokenizer) -> str:
     record = {"vocab": sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0])),
               "added": sorted(added.items()),
               "special": {k: str(v) for k, v in sorted((getattr(tokenizer, "special_tokens_map", None) or {}).items())}}
-    return hashlib.sha256(json.dumps(record, ensure_ascii=False).encode()).hexdigest()
+    return json_digest(record, sort_keys=False, compact=False, ensure_ascii=False, default=None)
 
 
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
-
-
-def _files_digest(root: Path, files) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(str(f.relative_to(root)).encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def adapter_digest(adapter_dir: str | Path) -> str:
@@ -97,7 +89,7 @@ def adapter_digest(adapter_dir: str | Path) -> str:
     files = [root / n for n in ADAPTER_FILES if (root / n).is_file()]
     if not files:
         files = sorted(p for p in root.rglob("*") if p.is_file())
-    return _files_digest(root, files)
+    return files_digest(root, files)
 
 
 def update_with_tensor(h, name: str, t) -> None:
@@ -118,11 +110,6 @@ def module_digest(model) -> str:
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         update_with_tensor(h, name, t)
     return h.hexdigest()
-
-
-def json_digest(value) -> str:
-    """SHA-256 of ``value`` as canonical JSON (sorted keys, no spaces)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
 
 
 def vocab_digest(tokenizer) -> str:

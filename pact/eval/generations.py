@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from ..digests import json_digest
 from .io import JsonlAppender, read_jsonl, write_jsonl_atomic
 from .suites import EvalItem
 
@@ -27,8 +27,9 @@ __all__ = ["KEY_NAMES", "describe_key_change", "generate_resumable", "generation
 
 
 def key_digest(key) -> str:
-    """SHA-256 of a key record (JSON with sorted keys, non-ASCII kept as is)."""
-    return hashlib.sha256(json.dumps(key, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    """SHA-256 of a key record: JSON with sorted keys, ``", "``/``": "`` separators, non-ASCII kept as is, and
+    nothing JSON cannot write (:func:`pact.fingerprint.json_digest`)."""
+    return json_digest(key, compact=False, ensure_ascii=False, default=None)
 
 
 def generation_key(*, weights: str, adapter: str | None, tokenizer: str, chat_template: str | None, dtype: str,

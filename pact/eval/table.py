@@ -9,11 +9,10 @@ counted degenerate answers (see :mod:`pact.eval.report`).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 from typing import Sequence
 
+from ..digests import json_digest
 from .metrics import RATE_CSV_PARTS, Rate, rate_csv_fields
 from .runs import METHOD_ORDER, Run
 
@@ -93,7 +92,7 @@ def _judge_value(m: dict, suite: dict) -> str | None:
     settings = suite.get("judge_settings") or (m.get("judge_settings") if suite.get("kind") == "harmful" else None)
     label = suite.get("judge") or (m.get("judge") if suite.get("kind") == "harmful" else None)
     if settings:
-        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+        digest = json_digest(settings, compact=False, default=None)
         return f"{settings.get('label', label)} [settings {_short(digest)}]"
     return label
 

@@ -5,9 +5,10 @@ has started holds ``started.json`` (see :mod:`pact.experiment.run`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
+
+from ..digests import files_digest, json_digest
 
 __all__ = ["DONE", "STARTED", "ContentDigests", "digest", "file_digest", "read_json"]
 
@@ -16,21 +17,17 @@ STARTED = "started.json"
 
 
 def digest(obj) -> str:
-    """SHA-256 of ``obj`` as canonical JSON."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+    """A stage key: SHA-256 of ``obj`` as JSON with sorted keys and ``", "``/``": "`` separators
+    (:func:`pact.fingerprint.json_digest` with ``compact=False``)."""
+    return json_digest(obj, compact=False)
 
 
 def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, or of a directory's files (relative names and bytes, sorted)."""
+    """SHA-256 of a file's name and bytes, or of a directory's files (relative names and bytes, sorted)."""
     p = Path(path)
-    h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    for f in files:
-        h.update(str(f.relative_to(p) if p.is_dir() else f.name).encode() + b"\0")
-        with f.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    if p.is_file():
+        return files_digest(p.parent, [p])
+    return files_digest(p, sorted(f for f in p.rglob("*") if f.is_file()))
 
 
 def read_json(path: Path) -> dict | None:

@@ -70,17 +70,7 @@ class Runner:
     def mark(self, d: Path, key: str, info: dict) -> None:
         write_json_atomic(d / DONE, {"key": key, **info})
 
-    # -- digests, training -------------------------------------------------
-    def model_digest(self, name: str | None, gguf: str | None = None) -> str | None:
-        return self.digests.model_digest(name, gguf)
-
-    def path_digest(self, path: str | Path) -> str:
-        return self.digests.path_digest(path)
-
-    def forget(self, path: str | Path) -> None:
-        """Drop cached digests under ``path`` (it was just rewritten)."""
-        self.digests.forget(path)
-
+    # -- training ------------------------------------------------------------
     def train(self, overrides: list[str], run_dir: Path, config: str | None = None) -> None:
         """Train into ``run_dir`` (:func:`~pact.experiment.launch.run_training` with the grid's launch settings)."""
         run_training(self.plan.grid.launch, overrides, run_dir, config, self.log)
@@ -106,7 +96,7 @@ class Runner:
 
         a = g.models.align
         d = self.out / "1-align"
-        key = digest({"align": asdict(a), "base": self.model_digest(a.base), "pairs": data["align"],
+        key = digest({"align": asdict(a), "base": self.digests.model_digest(a.base), "pairs": data["align"],
                       "benign": benign_prompts()[:a.benign], "batch_size": g.eval.batch_size})
         if self.fresh(d, key, "align"):
             self.log(f"align: cached ({d / 'm_safe'})")
@@ -114,7 +104,7 @@ class Runner:
         t0 = time.time()
         self.start(d, key)
         build_aligned(d, a, data["align"], g.eval.batch_size, self.train, self.log)
-        self.forget(d)
+        self.digests.forget(d)
         self.mark(d, key, {"m_safe": str(d / "m_safe"), "seconds": round(time.time() - t0, 1)})
 
     def stage_identify(self, data: dict | None) -> None:
@@ -131,8 +121,9 @@ class Runner:
 
                 prompts = [r.prompt for r in get_source(i.prompts, limit=i.limit).records]
                 prompts_name = i.prompts
-            key = digest({"safe": self.model_digest(self.plan.aligned, g.models.gguf_file),
-                          "base": self.model_digest(self.plan.base, g.models.base_gguf_file), "prompts": prompts,
+            key = digest({"safe": self.digests.model_digest(self.plan.aligned, g.models.gguf_file),
+                          "base": self.digests.model_digest(self.plan.base, g.models.base_gguf_file),
+                          "prompts": prompts,
                           "k": i.k, "new_tokens": i.new_tokens, "batch_size": i.batch_size})
             if self.fresh(d, key, "identify"):
                 self.log(f"identify: cached ({tokens})")
@@ -151,7 +142,7 @@ class Runner:
                                safe_name=safe_name, base_name=base_name, prompts_name=prompts_name)
                 del safe, base
                 res.tokens.save(tokens)
-                self.forget(tokens)
+                self.digests.forget(tokens)
                 self.mark(d, key, {"tokens": str(tokens), "prompts": len(prompts),
                                    "seconds": round(time.time() - t0, 1)})
             print(figure2(tokens))
@@ -168,20 +159,20 @@ class Runner:
         from .organism import write_attack_files
 
         files = write_attack_files(self.out / "3-attack-data", data)
-        self.forget(self.out / "3-attack-data")
+        self.digests.forget(self.out / "3-attack-data")
         return {k: str(v) for k, v in files.items()}
 
     def inputs_digest(self, cell: Cell) -> dict:
         """The content digests of a cell's inputs: models, safety tokens, local data files."""
         r = cell.resolved
-        out = {"model": self.model_digest(r["model"], r.get("gguf_file")),
-               "base_model": self.model_digest(r.get("base_model"), r.get("base_gguf_file"))}
+        out = {"model": self.digests.model_digest(r["model"], r.get("gguf_file")),
+               "base_model": self.digests.model_digest(r.get("base_model"), r.get("base_gguf_file"))}
         for key in ("safety_tokens", "task_file", "harmful_source", "deepspeed"):
             v = r.get(key)
             if isinstance(v, str) and Path(v).is_file():
-                out[key] = self.path_digest(v)
+                out[key] = self.digests.path_digest(v)
         if cell.recipe:
-            out["recipe"] = self.path_digest(cell.recipe)
+            out["recipe"] = self.digests.path_digest(cell.recipe)
         return out
 
     def cell_key(self, cell: Cell) -> str:
@@ -220,7 +211,8 @@ class Runner:
         g = self.plan.grid
         jobs = eval_jobs(self.plan, tasks)
         used = {s for j in jobs for s in j["suites"]}
-        files = {s: self.path_digest(f) for s, f in suite_files(self.plan).items() if s in used and Path(f).is_file()}
+        files = {s: self.digests.path_digest(f) for s, f in suite_files(self.plan).items()
+                 if s in used and Path(f).is_file()}
         return digest({"model": model_key, "jobs": jobs, "judge": g.eval.judge,
                        "sizes": {s: n for s, n in g.eval.sizes.items() if s in used}, "files": files,
                        "batch_size": g.eval.batch_size, "dtype": g.eval.dtype})
@@ -305,7 +297,7 @@ def _run(grid: Grid, plan: Plan, cells: list[str] | None, log_name: str | None, 
     for name, model in plan.initial:
         gguf = grid.models.gguf_file if name == "m_safe" else grid.models.base_gguf_file
         initial[name] = runner.stage_eval(name, model, None, "base" if name == "m_base" else "aligned",
-                                          runner.model_digest(model, gguf), gguf)
+                                          runner.digests.model_digest(model, gguf), gguf)
     results: dict[str, dict] = {}
     for i, cell in enumerate(todo):
         elapsed = time.time() - t0

@@ -81,7 +81,7 @@ class SafetyTokens:
 
     def digest(self) -> str:
         """SHA-256 of what the loss reads: the ids of S, in order, and their weights."""
-        from ..fingerprint import json_digest
+        from ..digests import json_digest
 
         return json_digest({"ids": list(map(int, self.ids)), "weights": [float(w) for w in self.weights]})
 

@@ -69,6 +69,7 @@ class ASFT(SFT):
     """
 
     name = "asft"
+    needs_base_model = True
     SCALES = ("per_step", "per_micro_batch")
 
     def __init__(self, base_model: str, *, base_gguf_file: str | None = None, lambda_: float = 1.0,

@@ -78,11 +78,13 @@ class LossResult:
 class Method:
     """Base class. ``needs_reference``: whether the driver must set up a frozen reference;
     ``full_vocab``: whether the reference's full-view logits must cover the whole vocabulary (and it gives no
-    no-prompt view's)."""
+    no-prompt view's); ``needs_base_model``: whether it reads the unaligned base model's weights, which only
+    the driver (``pact train``) loads, so that :class:`pact.trl.PACTTrainer` cannot run it."""
 
     name = "method"
     needs_reference = False
     full_vocab = False
+    needs_base_model = False
 
     def setup(self, model) -> None:
         """Called with the :class:`~pact.model_rows.RowModel` after it is built, before DeepSpeed wraps it."""

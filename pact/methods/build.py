@@ -6,6 +6,12 @@ from .base import PACT, SFT, Method
 from .constrained_sft import ConstrainedSFT
 from .safe_lora import SafeLoRA
 
+#: ``method=`` -> its class: every objective, in the order error messages list them.
+METHOD_CLASSES: dict[str, type[Method]] = {"pact": PACT, "sft": SFT, "constrained_sft": ConstrainedSFT,
+                                           "safe_lora": SafeLoRA, "asft": ASFT}
+#: The methods :class:`pact.trl.PACTTrainer` trains with: those that need no base model's weights.
+TRAINER_METHODS = tuple(name for name, cls in METHOD_CLASSES.items() if not cls.needs_base_model)
+
 
 def build_method(cfg, tokens, backend: str = "auto") -> Method:
     """The objective of ``cfg.method`` with its hyper-parameters from ``cfg``.

@@ -133,6 +133,7 @@ class SafeLoRA(SFT):
     """
 
     name = "safe_lora"
+    needs_base_model = True
 
     def __init__(self, model: str, base_model: str, *, gguf_file: str | None = None,
                  base_gguf_file: str | None = None, select: str = "number", threshold: float = 0.5,

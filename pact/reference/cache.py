@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -17,6 +16,7 @@ import torch
 
 from ..atomic_files import write_json_atomic
 from ..data.collator import PACTBatch
+from ..digests import json_digest
 from ..distributed import barrier, from_rank0
 from .values import ReferenceLogits
 
@@ -88,10 +88,8 @@ def cache_fingerprint(model_name: str, safety_ids: list[int], dataset_digest: st
     """Digest of what a reference cache depends on: the model (its weights' digest,
     :func:`pact.fingerprint.weights_digest`), S, the tokenised data and the dtype the reference computes in
     (``"float32"``, ``"bfloat16"``, or an autocast dtype such as ``"autocast-bfloat16"``)."""
-    h = hashlib.sha256()
-    h.update(json.dumps({"model": model_name, "ids": list(map(int, safety_ids)), "data": dataset_digest,
-                         "compute_dtype": compute_dtype}).encode())
-    return h.hexdigest()
+    return json_digest({"model": model_name, "ids": list(map(int, safety_ids)), "data": dataset_digest,
+                        "compute_dtype": compute_dtype}, sort_keys=False, compact=False, default=None)
 
 
 class ReferenceCacheBusyError(RuntimeError):

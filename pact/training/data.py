@@ -174,6 +174,11 @@ class StepSampler:
     def steps_per_epoch(self) -> int:
         return self.num_samples // self.block
 
+    def too_few_samples(self, block_factors: str) -> str:
+        """The sentence saying that the samples do not fill one step; ``block_factors`` names the factors of
+        :attr:`block` as the caller's configuration spells them."""
+        return f"{self.num_samples} samples do not fill one step of {self.block} ({block_factors})"
+
     def permutation(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         return torch.randperm(self.num_samples, generator=g).tolist()

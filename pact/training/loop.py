@@ -92,8 +92,7 @@ def prepare(cfg: TrainConfig) -> Run:
         print(f"pact train: {note}", file=sys.stderr)
     sampler = StepSampler(len(views), cfg.micro_batch_size, cfg.gradient_accumulation_steps, world, rank, cfg.seed)
     if sampler.steps_per_epoch == 0:
-        raise ConfigError(f"{len(views)} samples do not fill one step of {sampler.block} "
-                          "(micro_batch_size x gradient_accumulation_steps x ranks)")
+        raise ConfigError(sampler.too_few_samples("micro_batch_size x gradient_accumulation_steps x ranks"))
     total_steps = cfg.epochs * sampler.steps_per_epoch
     total_steps = min(total_steps, cfg.max_steps) if cfg.max_steps else total_steps
     ds_config = deepspeed_config(cfg, world)  # batch-size conflicts are refused here, before run.json

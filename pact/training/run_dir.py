@@ -31,7 +31,7 @@ import os
 import shutil
 from pathlib import Path
 
-from ..fingerprint import json_digest
+from ..digests import json_digest
 from ..locks import DirectoryLock
 from .config import ConfigError, TrainConfig
 

@@ -7,11 +7,8 @@ from pathlib import Path
 
 from trl import SFTConfig
 
+from ..methods.build import TRAINER_METHODS
 from ..training.settings import LossSettings, ObjectiveSettings, split_method
-
-#: The objectives PACTTrainer trains with (the driver's classes); safe_lora and asft need the base model's
-#: weights and run through `pact train`.
-TRAINER_METHODS = ("pact", "sft", "constrained_sft")
 
 
 @dataclass

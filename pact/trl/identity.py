@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from types import SimpleNamespace
 
-from ..fingerprint import json_digest
+from ..digests import json_digest
 from ..training.checkpoint import verify_checkpoint
 from ..training.config import CSFT_KEYS, LOSS_KEYS, ConfigError
 from ..training.run_dir import identity_changes

@@ -190,9 +190,9 @@ class PACTTrainer(SFTTrainer):
                             self.args.gradient_accumulation_steps, self.accelerator.num_processes, 0, self.args.seed)
         keep_last = not self.args.dataloader_drop_last
         if steps.steps_per_epoch == 0 and not keep_last:
-            raise ValueError(f"{len(dataset)} samples do not fill one step of {steps.block} "
-                             "(per_device_train_batch_size x gradient_accumulation_steps x processes) and "
-                             "dataloader_drop_last=True drops them: set dataloader_drop_last=False")
+            factors = "per_device_train_batch_size x gradient_accumulation_steps x processes"
+            raise ValueError(steps.too_few_samples(factors) + " and dataloader_drop_last=True drops them: set "
+                             "dataloader_drop_last=False")
         return StepOrderSampler(steps, keep_last)
 
     def _check_trainable(self, args) -> None:
