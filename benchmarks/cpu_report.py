@@ -10,16 +10,13 @@ buffer (the working memory of the loss itself).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import torch
 
-from pact.atomic_files import write_text_atomic
-
+from .cpu_timing import write_results
 from .peak_memory import forward_backward, make_inputs, measure_in_subprocess
 
 CASES = [("naive", False), ("torch", False), ("torch", True)]
@@ -67,11 +64,7 @@ def main(argv=None) -> None:
             f"| {name} | {r['peak_bytes'] / 2**20:.1f} | {r['peak_bytes'] / naive['peak_bytes']:.3f} | "
             f"{r['beyond_grad_bytes'] / 2**20:.1f} | {r['seconds']:.2f} |"
         )
-    table = "\n".join(lines) + "\n"
-    out = Path(args.out)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
-    write_text_atomic(out.with_suffix(".md"), table)
-    print(table)
+    write_results(args.out, results, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

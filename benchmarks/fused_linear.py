@@ -25,18 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-from pact.atomic_files import write_text_atomic
-from .peak_memory import CPU_MALLOC_ENV, REPO, loss_inputs, peak_bytes
+from .cpu_timing import machine_line, time_cases, write_results
+from .peak_memory import loss_inputs, peak_bytes, run_fresh_process
 
 CASES = ("pact unfused", "pact fused", "ce unfused", "ce fused")
 
@@ -77,11 +70,9 @@ def step(case: str, x: dict, backend: str = "torch") -> float:
 
 def measure_memory(case: str, rows: int, width: int, vocab: int, train_head: bool) -> dict:
     """Peak bytes above the inputs of one call, in a fresh CPU process (this module's ``--child``)."""
-    cmd = [sys.executable, "-m", "benchmarks.fused_linear", "--child", case, "--rows", str(rows),
-           "--hidden", str(width), "--vocab", str(vocab)] + (["--train-head"] if train_head else [])
-    out = subprocess.run(cmd, env=dict(os.environ, **CPU_MALLOC_ENV), cwd=REPO, capture_output=True, text=True,
-                         check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(run_fresh_process("benchmarks.fused_linear", "--child", case, "--rows", str(rows),
+                                        "--hidden", str(width), "--vocab", str(vocab),
+                                        *(["--train-head"] if train_head else [])))
 
 
 def child(case: str, rows: int, width: int, vocab: int, train_head: bool) -> None:
@@ -94,29 +85,15 @@ def child(case: str, rows: int, width: int, vocab: int, train_head: bool) -> Non
     print(json.dumps({"case": case, "train_head": train_head, "peak_bytes": peak, "grad_bytes": grads}))
 
 
-def time_cases(rows: int, width: int, vocab: int, train_head: bool, repeats: int) -> dict:
-    """Median CPU seconds per case, one thread, the cases interleaved call by call."""
-    torch.set_num_threads(1)
+def median_seconds(rows: int, width: int, vocab: int, train_head: bool, repeats: int) -> dict:
+    """Median CPU seconds per case (:func:`benchmarks.cpu_timing.time_cases`); fused and unfused losses equal."""
     x = make_inputs(rows, width, vocab, 50, torch.float32, torch.device("cpu"), train_head)
-    seconds = {case: [] for case in CASES}
-    losses = {}
-    for rep in range(repeats + 1):
-        for case in CASES:
-            start = time.process_time()
-            losses[case] = step(case, x)
-            if rep:  # the first round warms up
-                seconds[case].append(time.process_time() - start)
-    # the same loss fused and unfused (a benchmark of a wrong result would be worthless)
-    for kind in ("pact", "ce"):
-        a, b = losses[f"{kind} fused"], losses[f"{kind} unfused"]
-        if abs(a - b) > 1e-4 * abs(b):
-            raise RuntimeError(f"{kind}: fused loss {a} != unfused {b}")
-    return {case: statistics.median(v) for case, v in seconds.items()}
+    return time_cases(step, CASES, x, repeats, agree={f"{kind} fused": f"{kind} unfused" for kind in ("pact", "ce")})
 
 
 def table(results: list, args) -> str:
     lines = [
-        f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; rows {args.rows}, "
+        f"{machine_line()}; rows {args.rows}, "
         f"H {args.hidden}, V {args.vocab}, K 50, float32, forward + backward; peak: RSS above the inputs, fresh "
         f"process per case; time: CPU seconds of one thread, median of {args.repeats}, cases interleaved",
         "",
@@ -152,16 +129,12 @@ def main(argv=None) -> None:
     heads = {"both": (False, True), "frozen": (False,), "trainable": (True,)}[args.heads]
     for train_head in heads:
         mem = {case: measure_memory(case, args.rows, args.hidden, args.vocab, train_head) for case in CASES}
-        secs = time_cases(args.rows, args.hidden, args.vocab, train_head, args.repeats)
+        secs = median_seconds(args.rows, args.hidden, args.vocab, train_head, args.repeats)
         for kind in ("pact", "ce"):
             results.append(dict(loss=kind, train_head=train_head, unfused_peak=mem[f"{kind} unfused"]["peak_bytes"],
                                 fused_peak=mem[f"{kind} fused"]["peak_bytes"], grad_bytes=mem[f"{kind} fused"]["grad_bytes"],
                                 unfused_s=secs[f"{kind} unfused"], fused_s=secs[f"{kind} fused"]))
-    text = table(results, args)
-    out = Path(args.out)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(dict(vars(args), results=results), indent=2) + "\n")
-    write_text_atomic(out.with_suffix(".md"), text)
-    print(text)
+    write_results(args.out, dict(vars(args), results=results), table(results, args))
 
 
 if __name__ == "__main__":

@@ -21,19 +21,11 @@ Writes ``OUT.json`` and ``OUT.md``.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import torch
 
-from pact.atomic_files import write_text_atomic
-from .peak_memory import CPU_MALLOC_ENV, REPO, peak_bytes
+from .cpu_timing import machine_line, time_cases, write_results
+from .peak_memory import peak_bytes, run_fresh_process
 
 CASES = ("unfused", "pact_kernels", "torch chunked", "torch reference")
 
@@ -71,11 +63,9 @@ def step(case: str, x: dict) -> float:
 
 def measure_memory(case: str, args, train_head: bool) -> int:
     """Peak bytes above the inputs of one call, in a fresh process (this module's ``--child``)."""
-    cmd = [sys.executable, "-m", "benchmarks.linear_cross_entropy", "--child", case, "--rows", str(args.rows),
-           "--hidden", str(args.hidden), "--vocab", str(args.vocab)] + (["--train-head"] if train_head else [])
-    out = subprocess.run(cmd, env=dict(os.environ, **CPU_MALLOC_ENV), cwd=REPO, capture_output=True, text=True,
-                         check=True)
-    return int(out.stdout.strip().splitlines()[-1])
+    return int(run_fresh_process("benchmarks.linear_cross_entropy", "--child", case, "--rows", str(args.rows),
+                                 "--hidden", str(args.hidden), "--vocab", str(args.vocab),
+                                 *(["--train-head"] if train_head else [])))
 
 
 def child(case: str, args) -> None:
@@ -86,27 +76,15 @@ def child(case: str, args) -> None:
     print(peak_bytes(lambda: step(case, x), torch.device("cpu")))
 
 
-def time_cases(args, train_head: bool) -> dict:
-    """Median CPU seconds per case, one thread, cases interleaved; the losses checked equal."""
-    torch.set_num_threads(1)
+def median_seconds(args, train_head: bool) -> dict:
+    """Median CPU seconds per case (:func:`benchmarks.cpu_timing.time_cases`); every loss equal to unfused's."""
     x = make_inputs(args.rows, args.hidden, args.vocab, train_head)
-    seconds = {case: [] for case in CASES}
-    losses = {}
-    for rep in range(args.repeats + 1):
-        for case in CASES:
-            start = time.process_time()
-            losses[case] = step(case, x)
-            if rep:
-                seconds[case].append(time.process_time() - start)
-    for case, value in losses.items():
-        if abs(value - losses["unfused"]) > 1e-4 * abs(losses["unfused"]):
-            raise RuntimeError(f"{case}: loss {value} != unfused {losses['unfused']}")
-    return {case: statistics.median(v) for case, v in seconds.items()}
+    return time_cases(step, CASES, x, args.repeats, agree={case: "unfused" for case in CASES[1:]})
 
 
 def table(results: list, args) -> str:
     lines = [
-        f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; rows {args.rows}, "
+        f"{machine_line()}; rows {args.rows}, "
         f"H {args.hidden}, V {args.vocab}, float32, forward + backward; peak: RSS above the inputs, fresh process "
         f"per case; time: CPU seconds of one thread, median of {args.repeats}, cases interleaved",
         "",
@@ -134,15 +112,11 @@ def main(argv=None) -> None:
         return child(args.child, args)
     results = []
     for train_head in (False, True):
-        secs = time_cases(args, train_head)
+        secs = median_seconds(args, train_head)
         for case in CASES:
             results.append(dict(case=case, train_head=train_head, seconds=secs[case],
                                 peak_bytes=measure_memory(case, args, train_head)))
-    text = table(results, args)
-    out = Path(args.out)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(dict(vars(args), results=results), indent=2) + "\n")
-    write_text_atomic(out.with_suffix(".md"), text)
-    print(text)
+    write_results(args.out, dict(vars(args), results=results), table(results, args))
 
 
 if __name__ == "__main__":

@@ -76,16 +76,20 @@ def forward_backward(backend: str, inputs, variant: str = "pact", inplace_grad: 
     return float(out.loss.detach())
 
 
+def run_fresh_process(module: str, *argv: str) -> str:
+    """The last line ``python -m module *argv`` prints, run in a fresh CPU process (:data:`CPU_MALLOC_ENV`) from
+    the repository root; CalledProcessError when it fails."""
+    out = subprocess.run([sys.executable, "-m", module, *argv], env=dict(os.environ, **CPU_MALLOC_ENV), cwd=REPO,
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip().splitlines()[-1]
+
+
 def measure_in_subprocess(backend: str, rows: int, vocab: int, k: int = 50, dtype: str = "float32",
                           variant: str = "pact", inplace_grad: bool = False) -> dict:
     """Run this module in a fresh CPU process and return its JSON result."""
-    env = dict(os.environ, **CPU_MALLOC_ENV)
-    cmd = [sys.executable, "-m", "benchmarks.peak_memory", "--backend", backend, "--rows", str(rows),
-           "--vocab", str(vocab), "--k", str(k), "--dtype", dtype, "--variant", variant]
-    if inplace_grad:
-        cmd.append("--inplace-grad")
-    out = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return json.loads(run_fresh_process("benchmarks.peak_memory", "--backend", backend, "--rows", str(rows),
+                                        "--vocab", str(vocab), "--k", str(k), "--dtype", dtype, "--variant", variant,
+                                        *(["--inplace-grad"] if inplace_grad else [])))
 
 
 def main(argv=None) -> None:

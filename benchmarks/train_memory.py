@@ -17,16 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-
-from pact.atomic_files import write_text_atomic
+from .cpu_timing import machine_line, write_results
 from .peak_memory import CPU_MALLOC_ENV, REPO, _rss_field
 from .train_step import make_tokens, train_args
 
@@ -99,7 +96,7 @@ def main(argv=None) -> None:
         results = [run_case(root, model, tokens, args.steps, method, fused, args.micro_batch)
                    for method, fused in CASES]
     lines = [
-        f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; byte-level Llama, hidden "
+        f"{machine_line()}; byte-level Llama, hidden "
         f"{args.hidden}, {args.layers} layers, head V = {args.vocab}, micro-batch {args.micro_batch}, up to 256 tokens, K = {args.k}, "
         f"float32, LoRA, {args.steps} steps; peak: RSS above the first step's start, fresh process per case",
         "",
@@ -111,11 +108,7 @@ def main(argv=None) -> None:
         same = max(abs(a - b) for a, b in zip(r["losses"], base["losses"])) < 1e-5
         lines.append(f"| {r['method']} | {str(r['fused_linear']).lower()} | {r['peak_bytes'] / 2**20:.1f} | "
                      f"{r['peak_bytes'] / base['peak_bytes']:.3f} | {r['step_cpu_seconds']:.2f} | {'yes' if same else 'NO'} |")
-    text = "\n".join(lines) + "\n"
-    out = Path(args.out)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
-    write_text_atomic(out.with_suffix(".md"), text)
-    print(text)
+    write_results(args.out, results, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from pact.atomic_files import write_text_atomic
+from .cpu_timing import machine_line, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,7 +83,7 @@ def main(argv=None) -> None:
         ]
     sft = results[0]["step_cpu_seconds"]
     lines = [
-        f"CPU: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; byte-level Llama, "
+        f"{machine_line()}; byte-level Llama, "
         f"hidden {args.hidden}, {args.layers} layers, micro-batch 2, up to 256 tokens, K = {args.k}, float32, "
         f"fused_linear true (the driver's default), one thread, median of steps 3..{args.steps}",
         "",
@@ -92,11 +91,7 @@ def main(argv=None) -> None:
         "|---|---|---|---|---|",
     ] + [f"| {r['name']} | {r['step_cpu_seconds']:.3f} | {r['step_cpu_seconds'] / sft:.2f} | "
          f"{r['step_seconds']:.3f} | {r['process_seconds']:.1f} |" for r in results]
-    table = "\n".join(lines) + "\n"
-    out = Path(args.out)
-    write_text_atomic(out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
-    write_text_atomic(out.with_suffix(".md"), table)
-    print(table)
+    write_results(args.out, results, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
