@@ -36,10 +36,10 @@ names them.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import asdict, dataclass, fields
+
+from ..digests import json_digest
 
 __all__ = ["DEFAULT_RULE", "FICTION_WORDS", "STOPWORDS", "DegenerateRule", "asks_for_fiction", "content_terms",
            "degenerate_reason", "stem", "words"]
@@ -142,8 +142,8 @@ class DegenerateRule:
     def settings(self) -> dict:
         """The thresholds and a SHA-256 of the word lists (stopwords, fiction words, suffixes): what decides
         the rule's outcomes, for keying verdicts by content."""
-        lists = json.dumps([sorted(STOPWORDS), sorted(FICTION_WORDS), list(_SUFFIXES)]).encode()
-        return {**asdict(self), "word_lists_sha256": hashlib.sha256(lists).hexdigest()}
+        lists = [sorted(STOPWORDS), sorted(FICTION_WORDS), list(_SUFFIXES)]
+        return {**asdict(self), "word_lists_sha256": json_digest(lists, compact=False, default=None)}
 
     def reason(self, prompt: str, response: str) -> str | None:
         """Why ``response`` (to ``prompt``) is degenerate, e.g. ``repetitive: 3-gram repeat share 0.62``; None
