@@ -18,7 +18,7 @@ from pact.eval.runner import run_eval
 from pact.eval.suites import SUITES, load_suite, parse_suite_list
 from pact.tiny import save_tiny, tiny_model, tiny_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
