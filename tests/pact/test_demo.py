@@ -116,7 +116,7 @@ def test_table_pools_the_two_harmful_sets_and_shows_intervals():
     assert [c for c, _ in COLUMNS] == ["BBQ Acc↑", "OR↓", "SR↓", "HB↓", "ASR avg↓"]
     assert len(values) == 4 and all(len(v) == len(COLUMNS) for v in values)
     assert values[0] == pytest.approx([0.0, 10.0, 90.0, 95.0, 92.5])
-    # pooled over prompts: 2 of 40 = 5.0 [1.4–16.5] (by hand in test_eval_metrics)
+    # pooled over prompts: 2 of 40 = 5.0 [1.4–16.5] (by hand in tests/pact/eval/test_metrics.py)
     assert values[3] == pytest.approx([38.0, 25.0, 5.0, 5.0, 5.0])
     assert "| PACT | 38.0 [29.1–47.8] | 25.0 [17.5–34.3] | 5.0 [0.9–23.6] | 5.0 [0.9–23.6] | 5.0 [1.4–16.5] |" in md
     assert cells[3][4]["per_seed"] == [{"value": 5.0, "k": 2, "n": 40, "lo": pytest.approx(1.382, abs=1e-3),
