@@ -1,4 +1,4 @@
-"""The ``cuda`` backend's Python side (issue 8), on any machine.
+"""The ``cuda`` backend's Python side, on any machine.
 
 Where ``pact_kernels._cuda`` is not built, ``backend="cuda"`` must say so
 and how to build it; the module must import without the extension and

@@ -1,4 +1,4 @@
-"""The CUDA kernels' algorithm against the oracle, run on the CPU (issue 8).
+"""The CUDA kernels' algorithm against the oracle, run on the CPU.
 
 No GPU here: ``csrc/host_emulation/emulate.cpp`` compiles the kernels of
 ``csrc/pact_loss_kernel.cu`` with the host compiler (each block as 64, or

@@ -1,4 +1,4 @@
-"""CI compile check of the CUDA backend's sources (issue 8): no GPU needed, nvcc is.
+"""CI compile check of the CUDA backend's sources: no GPU needed, nvcc is.
 
 Every ``csrc/*.cu`` compiles with the machine's ``nvcc`` for sm_90, with
 every warning an error (nvcc's and the host compiler's ``-Wall -Wextra``),

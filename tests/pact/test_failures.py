@@ -1,4 +1,4 @@
-"""Bad input and damaged files give a sentence before any work, never a silent wrong result (issue 15).
+"""Bad input and damaged files give a sentence before any work, never a silent wrong result.
 
 In-process and cheap: config validation, run-directory checks, the mixture's harmful share, content
 fingerprints, adapters of another base, truncated caches and logs, CLI sentences, and the kernels'

@@ -7,7 +7,6 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from pact.training.checkpoint import CheckpointError, read_rng_state, rng_state, set_rng_state, write_manifest
+from pact.training.checkpoint import CheckpointError, read_rng_state, rng_state, set_rng_state
 from pact.training.safe_load import SafeCheckpointEngine, UnsafeCheckpointError, safe_torch_load
-from tests.pact.test_train_e2e import setup  # noqa: F401  (the tiny aligned model and its tokens)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -120,43 +118,6 @@ def test_every_torch_load_in_pact_is_weights_only():
     assert all(safe for _, safe in calls), [where for where, safe in calls if not safe]
 
 
-# ---------------------------------------------------------------- the driver: --resume of a crafted checkpoint
-
-@pytest.fixture(scope="module")
-def interrupted(setup):  # noqa: F811
-    """A run stopped after step 2 with its checkpoint (4 steps planned)."""
-    from tests.pact.test_train_faults import run
-
-    records, out, proc = run(setup, "safe-load-base", "max_steps=4", "save_every=2", "stop_after_steps=2")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
-
-
-def _resume_crafted(setup, interrupted, name, rel):  # noqa: F811
-    from tests.pact.test_train_faults import run
-
-    out = setup["root"] / name
-    shutil.copytree(interrupted, out)
-    ckpt = out / "checkpoints" / "step-000002"
-    target, marker = ckpt / rel, setup["root"] / f"{name}-ran"
-    state = torch.load(target, weights_only=False)  # our own file, written by the run above
-    state["extra"] = CreatesFile(marker)
-    torch.save(state, target)
-    write_manifest(ckpt)  # whoever crafts a file can rewrite the manifest too
-    records, _, proc = run(setup, name, "max_steps=4", "save_every=2", "--resume")
-    return proc, target, marker
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("rel", ["rng-rank0.pt", "state/mp_rank_00_model_states.pt"])
-def test_resume_refuses_a_crafted_checkpoint_file_naming_it(setup, interrupted, rel):  # noqa: F811
-    proc, target, marker = _resume_crafted(setup, interrupted, "crafted-" + Path(rel).stem, rel)
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert not marker.exists()
-    assert f"{target} holds a Python object that is not a tensor or plain data" in proc.stderr
-    assert "never read as code" in proc.stderr and "Traceback" not in proc.stderr
-
-
 # ---------------------------------------------------------------- models: shipped code runs only when asked
 
 @pytest.fixture(scope="module")
@@ -214,7 +175,7 @@ def test_model_code_never_runs_and_nothing_asks_unless_trust_remote_code(custom_
 
 def test_pact_train_refuses_a_custom_code_model_before_any_work(custom_code_model, tmp_path, capsys):
     from pact.train import main
-    from tests.pact.test_train_e2e import write_tokens
+    from tests.e2e.test_train import write_tokens
     from pact.tiny import tiny_tokenizer
 
     d, marker = custom_code_model

@@ -1,6 +1,6 @@
 """Runs PACTTrainer on the tiny setup of the driver tests; under the deepspeed launcher for two ranks.
 
-``python tests/pact/trl_run.py MODEL_DIR TOKENS OUT key=value ...``: the keys
+``python tests/e2e/trl_run.py MODEL_DIR TOKENS OUT key=value ...``: the keys
 are the driver's (configs/tiny.yaml and overrides) plus ``zero=2|3``; the log
 history goes to ``OUT/log_history.json`` (rank 0).
 """

@@ -22,7 +22,7 @@ from pact.training.step import micro_batch_loss
 from pact_kernels import PACTConfig
 
 IDS = [40, 41, 42, 80, 90, 100]
-OURS = str(Path(__file__).resolve().parents[2] / "pact") + "/"
+OURS = str(Path(__file__).resolve().parents[3] / "pact") + "/"
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from pact.eval.runner import run_eval
 from pact.eval.suites import SUITES, load_suite, parse_suite_list
 from pact.tiny import save_tiny, tiny_model, tiny_tokenizer
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +168,7 @@ def test_overrefusal_suite_exact_rate_with_scripted_answers(byte_tok, tmp_path):
                  out_dir=tmp_path / "o", sizes={"overrefusal": 5}, judge="llama-guard:/nonexistent/guard",
                  max_new_tokens=64, batch_size=2, progress=False, log=lambda _: None)
     o = m["suites"]["overrefusal"]
-    # 2 of 5 refused: 40 %, Wilson [11.76, 76.93] (test_eval_metrics works it out by hand)
+    # 2 of 5 refused: 40 %, Wilson [11.76, 76.93] (tests/pact/eval/test_metrics.py works it out by hand)
     assert (o["kind"], o["column"], o["judge"], o["n"], o["refused"], o["refusal_rate"]) == \
         ("overrefusal", "OR", "keyword+degenerate", 5, 2, 40.0)
     assert (o["degenerate"], o["degenerate_rate"]) == (1, 20.0)

@@ -16,7 +16,7 @@ from pact.cli import main
 from pact.locks import LOCK_NAME, lock_holder
 from pact.tiny import save_tiny
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 

@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from tests.pact.test_train_e2e import setup, write_tokens  # noqa: F401  (the tiny aligned model and its tokens)
-from tests.pact.trl_run import trainer_for
+from tests.e2e.test_train import setup, write_tokens  # noqa: F401  (the tiny aligned model and its tokens)
+from tests.e2e.trl_run import trainer_for
 
 pytestmark = pytest.mark.slow
 STEPS = ("method=pact", "max_steps=4", "save_every=2")

@@ -15,7 +15,7 @@ import pytest
 from pact.cli import main
 from pact.eval.report import load_runs, render_table, smooth, sweep_points, table_rows
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _png_ok(p: Path) -> None:

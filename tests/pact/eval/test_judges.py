@@ -27,7 +27,7 @@ from pact.eval.judges import (
 from pact.eval.metrics import Rate, attack_success_rate, harmful_summary, wilson_interval
 from pact.models import ModelLoadError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 # --------------------------------------------------------------------------
 # keyword judge and ASR on hand-labelled answers

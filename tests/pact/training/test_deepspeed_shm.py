@@ -12,7 +12,7 @@ import pytest
 
 from pact.training.deepspeed_shm import SHM_DIR, shm_buffer_path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="no /dev/shm")
 
 #: two ranks start the process group the driver's way (pact.training.engine.init_distributed), check that their own buffer name is gone while the shm

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import PROMPTS, make_model
+from tests.conftest import PROMPTS, make_model
 from pact.data import ListSource, PromptRecord
 from pact.identify import identify, select_tokens
 

@@ -104,7 +104,7 @@ def test_every_method_has_its_table_row_name():
     assert all(method_name(m) in METHOD_ORDER for m in METHOD_NAMES)
 
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
+REPO = __import__("pathlib").Path(__file__).resolve().parents[3]
 PAPER = sorted((REPO / "configs" / "paper").glob("*.yaml"))
 
 

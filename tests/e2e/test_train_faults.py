@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from tests.pact.test_train_e2e import REPO, setup  # noqa: F401  (the tiny aligned model and its tokens)
+from tests.e2e.test_train import REPO, setup  # noqa: F401  (the tiny aligned model and its tokens)
 
 pytestmark = pytest.mark.slow
 STEPS = ("max_steps=8", "save_every=2")

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import LogitsProcessorList
 
-from conftest import PROMPTS
+from tests.conftest import PROMPTS
 from pact.identify.generation import encode_chat_prompt, pad_left
 from pact.identify.intervention import ABLATE_VALUE, TokenSetLogitsProcessor, random_control_set
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from pact.training.step import backward_scale, step_loss_weight
-from tests.pact.test_train_e2e import run, setup  # noqa: F401  (setup: the driver tests' fixture)
-from tests.pact.trl_run import trainer_for
+from tests.e2e.test_train import run, setup  # noqa: F401  (setup: the driver tests' fixture)
+from tests.e2e.trl_run import trainer_for
 
 pytestmark = pytest.mark.slow
 

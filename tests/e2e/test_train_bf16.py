@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from tests.pact.test_train_e2e import REPO, run, setup  # noqa: F401  (the tiny aligned model and its tokens)
+from tests.e2e.test_train import REPO, run, setup  # noqa: F401  (the tiny aligned model and its tokens)
 
 pytestmark = pytest.mark.slow
 STEPS = ("max_steps=4", "save_every=2")

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from conftest import PROMPTS, make_model
+from tests.conftest import PROMPTS, make_model
 from pact.models import ModelLoadError, load_model, load_tokenizer, resolve_model_ref
 from pact.identify import SafetyTokens, SafetyTokensError, identify
 

@@ -18,8 +18,8 @@ from pact.training.deepspeed_shm import shm_buffer_path
 from pact.training.data import StepSampler
 from pact_kernels import PACTInputs
 from pact_kernels.backends.naive import naive_pact_loss
-from tests.pact.test_train_e2e import run, setup, write_tokens  # noqa: F401  (setup: the driver tests' fixture)
-from tests.pact.trl_run import REPO, driver_samples, trainer_for
+from tests.e2e.test_train import run, setup, write_tokens  # noqa: F401  (setup: the driver tests' fixture)
+from tests.e2e.trl_run import REPO, driver_samples, trainer_for
 
 pytestmark = pytest.mark.slow
 
@@ -132,10 +132,10 @@ def test_first_step_equals_the_naive_oracle_and_evaluate_uses_the_same_loss(setu
 
 
 def launch(setup, out, *overrides):
-    """tests/pact/trl_run.py under the deepspeed launcher, two ranks on the CPU (gloo)."""
+    """tests/e2e/trl_run.py under the deepspeed launcher, two ranks on the CPU (gloo)."""
     port = str(29900 + (abs(hash(str(out))) % 90))
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", "2", "--master_port", port,
-           str(REPO / "tests" / "pact" / "trl_run.py"), str(setup["model"]), str(setup["tokens"]), str(out), *overrides]
+           str(REPO / "tests" / "e2e" / "trl_run.py"), str(setup["model"]), str(setup["tokens"]), str(out), *overrides]
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
