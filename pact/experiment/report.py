@@ -299,7 +299,7 @@ def plot_sweep(panels: list[dict], path: Path, asr_name: str, acc_name: str | No
             ax2.set_ylabel("accuracy (%)")
             ax2.legend(loc="upper right", fontsize=8)
         ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle("PACT's sensitivity to λ, N, K (Fig. 5); bars: 95 % Wilson interval (one seed) or range over seeds",
+    fig.suptitle("PACT's sensitivity (Fig. 5)\nbars: 95 % Wilson interval (one seed) or range over seeds",
                  fontsize=9)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
