@@ -53,6 +53,15 @@ def _write_zero_row(g_row, stride_g_col, V, BLOCK_V: tl.constexpr):
 
 
 @triton.jit
+def _write_ignored_row(row, g_row, stride_g_col, ce_ptr, kl_ptr, gate_ptr, V, BLOCK_V: tl.constexpr):
+    """An unlabelled row of a PACT kernel: a zero gradient row and zero ``ce``, ``kl``, ``gate`` at ``row``."""
+    _write_zero_row(g_row, stride_g_col, V, BLOCK_V)
+    tl.store(ce_ptr + row, 0.0)
+    tl.store(kl_ptr + row, 0.0)
+    tl.store(gate_ptr + row, 0.0)
+
+
+@triton.jit
 def _dispersion(x, kmask, mass_threshold, K):
     """``I(softmax(x))`` over the K valid lanes of ``x`` ([K_PAD] float32, already divided by T_g).
 
@@ -178,10 +187,7 @@ def pact_safety_set_kernel(
     g_row = g_ptr + row * stride_g_row
     y = tl.load(labels_ptr + row)
     if y == ignore_index:
-        _write_zero_row(g_row, stride_g_col, V, BLOCK_V)
-        tl.store(ce_ptr + row, 0.0)
-        tl.store(kl_ptr + row, 0.0)
-        tl.store(gate_ptr + row, 0.0)
+        _write_ignored_row(row, g_row, stride_g_col, ce_ptr, kl_ptr, gate_ptr, V, BLOCK_V)
     else:
         lse = _row_lse(z_row, stride_z_col, V, BLOCK_V)  # sweep 1
         z_y = tl.load(z_row + y * stride_z_col).to(tl.float32)
@@ -251,10 +257,7 @@ def pact_full_vocab_kernel(
     g_row = g_ptr + row * stride_g_row
     y = tl.load(labels_ptr + row)
     if y == ignore_index:
-        _write_zero_row(g_row, stride_g_col, V, BLOCK_V)
-        tl.store(ce_ptr + row, 0.0)
-        tl.store(kl_ptr + row, 0.0)
-        tl.store(gate_ptr + row, 0.0)
+        _write_ignored_row(row, g_row, stride_g_col, ce_ptr, kl_ptr, gate_ptr, V, BLOCK_V)
     else:
         m_z = float("-inf")
         d_z = 0.0
