@@ -14,7 +14,7 @@ from ..fingerprint import weights_digest
 from ..model_rows import RowModel
 from ..models import load_model
 from ..reference import OnlineReference
-from .deepspeed_shm import unlink_shm_buffer
+from .deepspeed_shm import unlink_shm_buffer, warn_stale_build_lock
 from .schema import ConfigError
 from .setup import fill_missing_cache, open_reference_cache
 
@@ -34,6 +34,8 @@ def init_distributed(timeout_s: int = 300):
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(29500 + os.getpid() % 1000))
     backend = get_accelerator().communication_backend_name() if torch.cuda.is_available() else "gloo"
+    if not torch.cuda.is_available():
+        warn_stale_build_lock()
     deepspeed.init_distributed(dist_backend=backend, timeout=timedelta(seconds=timeout_s))
     unlink_shm_buffer(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]))
     destroy_at_exit()

@@ -81,3 +81,22 @@ def test_process_group_is_destroyed_before_interpreter_exit(tmp_path, how):
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stdout.splitlines()[-2:] == ["trained", "initialized at exit: False"], proc.stdout
+
+
+def test_a_stale_extension_build_lock_is_named(tmp_path, monkeypatch):
+    """torch waits without end while the build lock of DeepSpeed's op exists (left by a process killed mid-build):
+    an old one is named with the fix; a fresh one (a build running now) and none are not."""
+    import time
+
+    from pact.training.deepspeed_shm import SHM_OP_NAME, warn_stale_build_lock
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    assert warn_stale_build_lock() is None
+    lock = tmp_path / SHM_OP_NAME / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    assert warn_stale_build_lock() is None
+    old = time.time() - 3600
+    os.utime(lock, (old, old))
+    with pytest.warns(RuntimeWarning, match=rf"{lock} is 60 min old.*remove {lock}"):
+        assert warn_stale_build_lock() == lock
