@@ -13,7 +13,6 @@ import pytest
 from pact.training.deepspeed_shm import SHM_DIR, shm_buffer_path
 
 REPO = Path(__file__).resolve().parents[3]
-pytestmark = pytest.mark.skipif(not SHM_DIR.is_dir(), reason="no /dev/shm")
 
 #: two ranks start the process group the driver's way (pact.training.engine.init_distributed), check that their own buffer name is gone while the shm
 #: allreduce (DeepSpeed's inference_all_reduce, which reads the mapped buffers) still sums over both ranks
@@ -36,6 +35,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.skipif(not SHM_DIR.is_dir(), reason="no /dev/shm")
 def test_two_rank_run_leaves_no_shm_buffer(tmp_path):
     script = tmp_path / "ranks.py"
     script.write_text(SCRIPT)
